@@ -1,0 +1,201 @@
+"""The `zipfast` command: train, eval, demo, info (and bench)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+PLANTED = {"planted": "eurosat", "planted-cifar100": "cifar100"}
+
+
+def build_run(cfg, task_seed: int = 0):
+    """(model, tokenizer, classnames, data) for a TrainConfig's model and dataset."""
+    from .data.imagefolder import FewShotImageFolder
+    from .data.planted import make_planted_task, planted_model
+    from .models import load_clip
+    from .text import TextTower
+
+    if cfg.dataset in PLANTED:
+        if cfg.model == "zipfast-planted":
+            model, tokenizer = planted_model(task_seed)
+        else:
+            model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+        task = make_planted_task(TextTower(model), tokenizer, PLANTED[cfg.dataset], n_ctx=cfg.context_tokens,
+                                 shots=cfg.shots or 16, test_per_class=cfg.test_per_class or 100, seed=task_seed)
+        return model, tokenizer, task.classnames, task
+    if not cfg.dataset:
+        raise SystemExit("error: no dataset: pass --data ROOT (an image folder) or --data planted")
+    data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
+    model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+    return model, tokenizer, data.classnames, data
+
+
+def _config_from_args(args):
+    from .config import cfg_to_train_config, load_official
+
+    flags = {"budget": args.budget, "shots": args.shots, "seed": args.seed, "model": args.model,
+             "pretrained": args.pretrained, "dataset": args.data, "output_dir": args.output_dir,
+             "backend": args.backend, "precision": args.precision, "device": args.device,
+             "opt_type": args.opt_type, "test_per_class": args.test_per_class,
+             "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
+    if args.data in PLANTED and args.model is None:
+        flags.update(model="zipfast-planted", pretrained="none")
+    cfg = load_official(args.config_file, args.opts or ())
+    return cfg_to_train_config(cfg, **flags)
+
+
+def cmd_train(args) -> int:
+    from . import ZIPTrainer
+
+    cfg = _config_from_args(args)
+    model, tokenizer, classnames, data = build_run(cfg)
+    out = cfg.output_dir or None
+    trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=out,
+                         progress=not args.no_progress)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        print(f"resumed from {args.resume} at step {trainer.step} ({trainer.queries} queries)")
+    report = trainer.fit()
+    _print_report(report)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import ZIPTrainer
+    from .config import TrainConfig, merge_flags
+
+    sd = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(sd, dict) or "config" not in sd:
+        raise SystemExit(f"error: {args.checkpoint} is not a zipfast checkpoint")
+    cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
+                      device=args.device, backend=args.backend, test_per_class=args.test_per_class)
+    model, tokenizer, classnames, data = build_run(cfg)
+    trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
+    trainer.load_checkpoint(args.checkpoint)
+    acc = trainer.evaluate()
+    print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": trainer.step,
+                      "queries": trainer.queries, "test_acc": round(acc, 4)}))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The planted task: accuracy before and after ZIP, queries, time and queries/s."""
+    from . import ZIPTrainer
+    from .config import TrainConfig
+
+    cfg = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", budget=args.budget,
+                      seed=args.seed, output_dir=args.output_dir, device=args.device, backend=args.backend,
+                      precision=args.precision).validate()
+    t0 = time.perf_counter()
+    model, tokenizer, classnames, task = build_run(cfg)
+    trainer = ZIPTrainer(model, classnames, cfg, task, tokenizer=tokenizer, output_dir=cfg.output_dir,
+                         progress=not args.no_progress)
+    before = trainer.evaluate()
+    print(f"planted task: {len(classnames)} EuroSAT classes, {len(task.train_labels)} train / "
+          f"{len(task.test_labels)} test features, text tower {trainer.tower.width} wide; "
+          f"δ = {trainer.space.dim} parameters; backend {trainer.engine.name}, {cfg.precision}, {trainer.device}")
+    print(f"test accuracy before: {before:.1f}%   (teacher context: {_teacher_acc(trainer, task):.1f}%)")
+    report = trainer.fit()
+    print(f"test accuracy after:  {report['test_acc']:.1f}%   (+{report['test_acc'] - before:.1f} points)")
+    print(f"queries: {report['queries']} in {report['steps']} steps, training time {report['wall_time_s']:.1f} s, "
+          f"{report['queries_per_s']:.1f} queries/s (total {time.perf_counter() - t0:.1f} s)")
+    if cfg.output_dir:
+        print(f"log, checkpoint and report in {cfg.output_dir}/")
+    return 0
+
+
+def _teacher_acc(trainer, task) -> float:
+    txt = trainer.engine.text_features(task.teacher_ctx.to(trainer.device)[None])[0]
+    logits = trainer.engine.logits_from_text(task.test_features, txt)
+    return 100.0 * float((logits.argmax(-1).cpu() == task.test_labels).float().mean())
+
+
+def cmd_info(args) -> int:
+    from .backends import info
+
+    print(info())
+    return 0
+
+
+def _print_report(report: dict) -> None:
+    keys = ("queries", "steps", "train_loss", "train_acc", "test_acc", "wall_time_s", "queries_per_s", "backend")
+    print(json.dumps({k: report.get(k) for k in keys}))
+
+
+def _add_common(p):
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, hpu or auto (default)")
+    p.add_argument("--backend", default=None, help="query engine: auto (default) or torch-reference")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="zipfast", description="Fast ZIP black-box prompt tuning of CLIP.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a prompt with ZIP", description=(
+        "Train with ZIP. Accepts the official trainer yaml (--config-file) and trailing KEY VALUE "
+        "overrides in the official scripts' style, e.g. TRAINER.ZIP.N_CTX 8 TRAINER.BASIC.MAX_API_CALLS 5000. "
+        "Flags override both."))
+    t.add_argument("--config-file", default=None, help="official ZIP yaml (configs/trainers/ZIP/vit_b16.yaml)")
+    t.add_argument("--data", default=None, help="image-folder root, or planted / planted-cifar100")
+    t.add_argument("--model", default=None, help="open_clip model name (ViT-B-16; ViT-B/16 accepted)")
+    t.add_argument("--pretrained", default=None, help="open_clip tag, local checkpoint path, or none")
+    t.add_argument("--budget", type=int, default=None, help="query budget (TRAINER.BASIC.MAX_API_CALLS)")
+    t.add_argument("--shots", type=int, default=None, help="images per class (DATASET.NUM_SHOTS)")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--opt-type", default=None, help="spsa-clip (ZIP), spsa or spsa-gc")
+    t.add_argument("--precision", default=None, help="fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
+    t.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.pt, report.json go")
+    t.add_argument("--resume", default=None, help="checkpoint.pt to continue from")
+    _add_common(t)
+    t.add_argument("opts", nargs=argparse.REMAINDER, help="official KEY VALUE overrides")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="test accuracy of a checkpoint on a dataset")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    e.add_argument("--pretrained", default=None, help="override the checkpoint's weights source")
+    e.add_argument("--test-per-class", type=int, default=None)
+    _add_common(e)
+    e.set_defaults(fn=cmd_eval)
+
+    d = sub.add_parser("demo", help="ZIP on the built-in planted task (no downloads)")
+    d.add_argument("--budget", type=int, default=2000, help="query budget (default 2000)")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--precision", default="fp32")
+    d.add_argument("--output-dir", default="runs/demo")
+    _add_common(d)
+    d.set_defaults(fn=cmd_demo)
+
+    i = sub.add_parser("info", help="versions, device, backends, precision")
+    i.set_defaults(fn=cmd_info)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    for name in ("device", "backend"):
+        if getattr(args, name, "x") is None and args.cmd == "demo":
+            setattr(args, name, "auto")
+    from .config import ConfigError
+    from .data.imagefolder import DatasetError
+    from .models import ModelLoadError
+    from .trainer import CheckpointMismatchError, NonFiniteLossError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DatasetError, ModelLoadError, CheckpointMismatchError, NonFiniteLossError,
+            FileNotFoundError, ValueError) as e:
+        print(f"zipfast {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Image-folder datasets with seeded k-shot sampling.
+
+Two layouts are read:
+
+    (a) root/train/<class>/*  and optionally  root/test/<class>/*
+    (b) root/<class>/*        (shots are drawn per class, the rest of the class is the test split)
+
+Class order is the sorted folder names; label i is the i-th folder. Sampling seeds a
+`random.Random` per class from (seed, folder name): it is deterministic across machines and
+Python runs (string seeds are hashed with SHA-512, not the salted `hash`) and a class's shots
+do not change when other classes are added or removed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+Sample = tuple[str, int]  # (image path, label)
+
+
+class DatasetError(ValueError):
+    """A dataset folder or image that cannot be used; the message says what and how to fix it."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a non-hidden file whose extension (any case) is in IMAGE_EXTENSIONS."""
+    p = Path(path)
+    return not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image as RGB; any failure raises DatasetError naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so truncated/corrupt data fails here and not in a worker
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError…
+        raise DatasetError(
+            f"cannot read image file '{path}': {type(e).__name__}: {e}. "
+            "Replace or delete the file, or convert it to PNG/JPEG.") from e
+
+
+# --------------------------------------------------------------------------- folder scanning
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    """Sorted names of the non-hidden sub-directories of split_dir."""
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def _images_in(class_dir: Path) -> list[str]:
+    """Sorted image paths directly inside class_dir; raises if there are none."""
+    files = sorted(str(class_dir / e.name) for e in os.scandir(class_dir) if is_image_file(e.path))
+    if not files:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DatasetError(
+            f"class folder '{class_dir}' contains no images (looked for {exts}); "
+            "add images to it or remove the folder.")
+    return files
+
+
+def _scan(split_dir: Path) -> dict[str, list[str]]:
+    """{folder name: sorted image paths} for every class folder in split_dir."""
+    folders = _class_folders(split_dir)
+    if not folders:
+        raise DatasetError(
+            f"'{split_dir}' has no class folders; expected one sub-directory per class "
+            f"holding its images ('{split_dir}/<class>/*.jpg').")
+    return {f: _images_in(split_dir / f) for f in folders}
+
+
+def _check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test: list[str]) -> None:
+    only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+    if only_train or only_test:
+        parts = []
+        if only_train:
+            parts.append(f"only in '{train_dir}': {', '.join(only_train)}")
+        if only_test:
+            parts.append(f"only in '{test_dir}': {', '.join(only_test)}")
+        raise DatasetError(
+            f"the class folders of the train and test splits differ ({'; '.join(parts)}); "
+            "give both splits the same class folders.")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _rng(seed: int, purpose: str, folder: str) -> random.Random:
+    return random.Random(f"{seed}:{purpose}:{folder}")
+
+
+def _pick_shots(folder: str, files: list[str], shots: int, seed: int) -> tuple[list[str], list[str]]:
+    """(picked, rest) from sorted files; shots <= 0 picks all. Both keep the sorted order."""
+    if shots <= 0:
+        return list(files), []
+    if len(files) < shots:
+        raise DatasetError(
+            f"class '{folder}' has {len(files)} training image(s) but {shots} shots were "
+            f"requested; lower --shots to at most {len(files)} or add images to that class.")
+    picked = set(_rng(seed, "shots", folder).sample(range(len(files)), shots))
+    return ([f for i, f in enumerate(files) if i in picked],
+            [f for i, f in enumerate(files) if i not in picked])
+
+
+def _cap(folder: str, files: list[str], cap: int | None, seed: int) -> list[str]:
+    """At most `cap` of files, a seeded choice kept in sorted order."""
+    if cap is None or len(files) <= cap:
+        return files
+    keep = set(_rng(seed, "test", folder).sample(range(len(files)), cap))
+    return [f for i, f in enumerate(files) if i in keep]
+
+
+def _labelled(per_class: list[list[str]]) -> list[Sample]:
+    return [(path, label) for label, paths in enumerate(per_class) for path in paths]
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class FewShotImageFolder:
+    """A k-shot train split and a test split read from an image folder.
+
+    train/test are lists of (path, label) grouped by class in label order; `folders[label]`
+    is the class's folder name and `classnames[label]` the same with "_" → " ".
+    """
+
+    root: Path
+    folders: list[str]
+    classnames: list[str]
+    train: list[Sample]
+    test: list[Sample]
+    shots: int
+    seed: int
+    test_per_class: int | None = None
+    has_test_split: bool = field(default=False)
+
+    @classmethod
+    def from_root(cls, root: str | os.PathLike, shots: int, seed: int,
+                  test_per_class: int | None = None) -> FewShotImageFolder:
+        """Scan root (layout a or b, see module doc) and draw `shots` images per class.
+
+        shots <= 0 takes every training image. test_per_class, when given, caps the test
+        images per class with a seeded choice.
+        """
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise DatasetError(f"dataset root '{root}' does not exist; check the --data path.")
+        if not root.is_dir():
+            raise DatasetError(
+                f"dataset root '{root}' is not a directory; pass the folder that holds the "
+                "class folders (or train/ and test/).")
+        if test_per_class is not None and test_per_class < 1:
+            raise DatasetError(
+                f"test_per_class={test_per_class} is invalid; give a positive cap or None for all.")
+
+        train_dir, test_dir = root / "train", root / "test"
+        if train_dir.is_dir():
+            train_files = _scan(train_dir)
+            test_files = _scan(test_dir) if test_dir.is_dir() else None
+            if test_files is not None:
+                _check_same_classes(train_dir, test_dir, list(train_files), list(test_files))
+        else:
+            train_files, test_files = _scan(root), None
+
+        folders = list(train_files)
+        train, test = [], []
+        for folder in folders:
+            picked, rest = _pick_shots(folder, train_files[folder], shots, seed)
+            if test_files is not None:
+                rest = test_files[folder]
+            elif not rest:
+                raise DatasetError(
+                    f"class '{folder}' has no images left for the test split after taking "
+                    f"{len(picked)} as shots; lower --shots, add images to that class, or "
+                    f"provide a separate split as '{root}/train/<class>' and '{root}/test/<class>'.")
+            train.append(picked)
+            test.append(_cap(folder, rest, test_per_class, seed))
+
+        return cls(root=root, folders=folders, classnames=[f.replace("_", " ") for f in folders],
+                   train=_labelled(train), test=_labelled(test), shots=shots, seed=seed,
+                   test_per_class=test_per_class, has_test_split=test_files is not None)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.folders)

@@ -1,0 +1,78 @@
+"""The planted task (SPEC.md §5): a known answer planted in a random-init open_clip text tower.
+
+A teacher context ctx* = ctx0 + Δ (Δ a random direction, ‖Δ_i‖ = delta_scale·‖ctx0_i‖, not
+inside any method's subspace) defines class features t_k; "image features" are
+x = normalise(t_y + σ·ε/√E), ε ~ N(0, I). The student starts from ctx0. Seeded throughout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..space import random_ctx0
+from ..text import ClassPrompts, TextTower
+from .classnames import EUROSAT, LABEL_SETS
+
+PLANTED_MODEL = "zipfast-planted"  # 4-layer, 256-wide text tower (the SPEC calibration point)
+
+
+@dataclass
+class PlantedTask:
+    """Features [N, E] (L2-normalised) and labels [N] of both splits, ctx0 / teacher [m, D]."""
+
+    classnames: list
+    train_features: torch.Tensor
+    train_labels: torch.Tensor
+    test_features: torch.Tensor
+    test_labels: torch.Tensor
+    ctx0: torch.Tensor
+    teacher_ctx: torch.Tensor
+
+
+def planted_model(seed: int = 0, name: str = PLANTED_MODEL, logit_scale: float = 100.0):
+    """A random-init open_clip model (seeded) with logit scale 100, as in pretrained CLIP.
+
+    Returns (model, tokenizer).
+    """
+    from ..models import load_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, tokenizer, _ = load_clip(name, pretrained="none")
+    with torch.no_grad():
+        model.logit_scale.fill_(torch.log(torch.tensor(logit_scale)).item())
+    return model, tokenizer
+
+
+def make_planted_task(tower: TextTower, tokenizer, classnames=EUROSAT, n_ctx: int = 8, shots: int = 16,
+                      test_per_class: int = 100, delta_scale: float = 4.0, sigma: float = 0.7,
+                      seed: int = 0) -> PlantedTask:
+    if isinstance(classnames, str):
+        if classnames not in LABEL_SETS:
+            raise ValueError(f"unknown label set {classnames!r}; choose one of {', '.join(LABEL_SETS)}")
+        classnames = LABEL_SETS[classnames]
+    if shots <= 0 or test_per_class <= 0:
+        raise ValueError(f"shots ({shots}) and test_per_class ({test_per_class}) must be positive")
+    g = torch.Generator().manual_seed(seed)
+    D = tower.width
+    ctx0 = random_ctx0(n_ctx, D, g)
+    direction = torch.randn(n_ctx, D, generator=g)
+    delta = direction / direction.norm(dim=-1, keepdim=True) * (delta_scale * ctx0.norm(dim=-1, keepdim=True))
+    teacher = ctx0 + delta
+    prompts = ClassPrompts.build(tower, tokenizer, classnames, n_ctx)
+    dev = tower.positional_embedding.device
+    with torch.no_grad():
+        t = F.normalize(tower.encode(prompts.assemble(teacher.to(dev)), prompts.eot.to(dev)).float().cpu(), dim=-1)
+    E = t.shape[-1]
+
+    def split(n_per_class):
+        y = torch.arange(len(classnames)).repeat_interleave(n_per_class)
+        x = F.normalize(t[y] + sigma * torch.randn(len(y), E, generator=g) / E ** 0.5, dim=-1)
+        return x, y
+
+    xtr, ytr = split(shots)
+    xte, yte = split(test_per_class)
+    return PlantedTask(list(classnames), xtr, ytr, xte, yte, ctx0, teacher)

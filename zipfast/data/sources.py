@@ -1,0 +1,101 @@
+"""Where a step's image features come from, and which examples form its minibatch.
+
+Sampling and augmentation randomness is derived from (seed, epoch) and (seed, step), not
+from a running RNG, so a resumed run draws exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transforms import views
+
+_EPOCH, _AUGMENT = 1, 2
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for the stream named by keys (independent streams per key tuple)."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of step k's minibatch (k ≥ 1): shuffled epochs, incomplete last batch dropped
+    when the set has at least one full batch (Dassl's few-shot train loader)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, pos = divmod(step - 1, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, _EPOCH, epoch)))
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+class FeatureSource:
+    """Precomputed image features (the planted task, or a cached feature set).
+
+    train_x [N, E], train_y [N], test_x [M, E], test_y [M].
+    """
+
+    def __init__(self, train_x, train_y, test_x, test_y):
+        self.train_x, self.train_y = train_x.float(), train_y.long()
+        self.test_x, self.test_y = test_x.float(), test_y.long()
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_y)
+
+    def train_batch(self, idx: torch.Tensor, step: int, seed: int):
+        return self.train_x[idx], self.train_y[idx]
+
+    def test_set(self, progress=None):
+        return self.test_x, self.test_y
+
+
+class ImageSource:
+    """A few-shot image folder encoded by the model's image tower.
+
+    Train views: random resized crop + flip (seeded per step); test views: resize + centre crop.
+    Features are L2-normalised [B, E] float32.
+    """
+
+    def __init__(self, dataset, model, size: int, mean, std, interpolation: str = "bicubic",
+                 device="cpu", test_batch_size: int = 128, autocast=None):
+        self.dataset, self.model = dataset, model
+        self.size, self.mean, self.std, self.interpolation = size, mean, std, interpolation
+        self.device, self.test_batch_size = torch.device(device), test_batch_size
+        self.autocast = autocast
+        self.train_y = torch.tensor([y for _, y in dataset.train])
+        self._test = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.dataset.train)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        import contextlib
+
+        with torch.no_grad(), (self.autocast() if self.autocast else contextlib.nullcontext()):
+            feats = self.model.encode_image(images.to(self.device))
+        return F.normalize(feats.float(), dim=-1)
+
+    def train_batch(self, idx: torch.Tensor, step: int, seed: int):
+        g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT, step))
+        paths = [self.dataset.train[i][0] for i in idx.tolist()]
+        x = views(paths, True, self.size, self.mean, self.std, generator=g, interpolation=self.interpolation)
+        return self.encode(x), self.train_y[idx].to(self.device)
+
+    def test_set(self, progress=None):
+        """Test features [M, E] and labels [M], encoded once and cached."""
+        if self._test is None:
+            items = self.dataset.test
+            feats = []
+            for i in range(0, len(items), self.test_batch_size):
+                chunk = items[i:i + self.test_batch_size]
+                x = views([p for p, _ in chunk], False, self.size, self.mean, self.std,
+                          interpolation=self.interpolation)
+                feats.append(self.encode(x))
+                if progress is not None:
+                    progress(len(chunk))
+            labels = torch.tensor([y for _, y in items], device=self.device)
+            self._test = (torch.cat(feats), labels)
+        return self._test

@@ -1,0 +1,84 @@
+"""Loading open_clip CLIP models: pretrained tags, local checkpoints, or random init."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import torch
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def _register_configs():
+    """Add zipfast's small test/demo architectures (zipfast-tiny, zipfast-planted) to open_clip."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+def official_backbone(name: str) -> str:
+    """The official configs spell backbones as OpenAI CLIP does ("ViT-B/16"); open_clip uses "ViT-B-16"."""
+    return name.replace("/", "-")
+
+
+def load_clip(name: str, pretrained: str = "openai", device="cpu"):
+    """Create an open_clip model (eval mode, frozen) and its tokenizer and preprocessing.
+
+    pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", …), a path to a local
+    checkpoint file, or "none" for random initialisation (tests, the planted task).
+    Returns (model, tokenizer, preprocess_val).
+    """
+    import open_clip
+
+    _register_configs()
+    name = official_backbone(name)
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(f"unknown model name {name!r}.{hint} `python -c 'import open_clip; "
+                             f"print(open_clip.list_models())'` lists them.")
+    tag = (pretrained or "none").strip()
+    if tag.lower() in ("none", "random", ""):
+        tag = None
+    elif not os.path.exists(tag):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tag not in tags:
+            if os.sep in tag or tag.endswith((".bin", ".pt", ".pth", ".safetensors")):
+                raise ModelLoadError(f"pretrained checkpoint file {tag!r} does not exist")
+            raise ModelLoadError(f"{tag!r} is neither a pretrained tag of {name} (known: {', '.join(tags) or 'none'}) "
+                                 f"nor an existing checkpoint file")
+    try:
+        model, _, preprocess_val = open_clip.create_model_and_transforms(name, pretrained=tag, device=device)
+    except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors on a failed download
+        if tag is not None and not os.path.exists(tag):
+            raise ModelLoadError(
+                f"could not fetch pretrained weights {tag!r} for {name} ({type(e).__name__}: {str(e)[:200]}). "
+                f"Without internet access, download the checkpoint on another machine (open_clip's "
+                f"open_clip_pytorch_model.bin / .safetensors for this model and tag) and pass its local path: "
+                f"--pretrained /path/to/checkpoint (pretrained=path in the Python API)") from e
+        raise ModelLoadError(f"could not create {name} with pretrained={tag!r}: {e}") from e
+    model.eval().requires_grad_(False)
+    tokenizer = open_clip.get_tokenizer(name)
+    return model, tokenizer, preprocess_val
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch, "hpu", None) is not None and torch.hpu.is_available():
+        return torch.device("hpu")
+    return torch.device("cpu")
