@@ -30,8 +30,25 @@ def build_run(cfg, task_seed: int = 0):
     if not cfg.dataset:
         raise SystemExit("error: no dataset: pass --data ROOT (an image folder) or --data planted")
     data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
-    model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+    # A checkpoint holds no model weights: seed a random init (pretrained none) so that `eval`
+    # rebuilds the very model `train` used.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
     return model, tokenizer, data.classnames, data
+
+
+def _match_image_size(cfg, model):
+    """cfg with image_size set to the model's fixed input size (a ViT's positional embedding
+    admits no other); the official yaml's INPUT.SIZE (224, 224) would break smaller towers."""
+    import dataclasses
+
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    if cfg.dataset in PLANTED or not isinstance(size, int) or size == cfg.image_size:
+        return cfg
+    print(f"zipfast: image size {cfg.image_size} -> {size}, the input size of {cfg.model}", file=sys.stderr)
+    return dataclasses.replace(cfg, image_size=size).validate()
 
 
 def _config_from_args(args):
@@ -53,6 +70,7 @@ def cmd_train(args) -> int:
 
     cfg = _config_from_args(args)
     model, tokenizer, classnames, data = build_run(cfg)
+    cfg = _match_image_size(cfg, model)
     out = cfg.output_dir or None
     trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=out,
                          progress=not args.no_progress)
@@ -74,6 +92,7 @@ def cmd_eval(args) -> int:
     cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
                       device=args.device, backend=args.backend, test_per_class=args.test_per_class)
     model, tokenizer, classnames, data = build_run(cfg)
+    cfg = _match_image_size(cfg, model)
     trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
     trainer.load_checkpoint(args.checkpoint)
     acc = trainer.evaluate()
