@@ -32,7 +32,7 @@ def accelerators() -> list[str]:
 
 def info() -> str:
     from . import __version__
-    from .engine import BACKENDS
+    from .batched import BACKENDS
     from .models import resolve_device
     from .trainer import versions
 

@@ -26,12 +26,14 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class ReferenceEngine:
-    """One text-encoder pass per candidate, 77 positions, fp32 unless told otherwise."""
+class Engine:
+    """The engine contract: text_features(ctx [K, m, D]) → [K, C, E]; losses and logits follow."""
 
-    name = "torch-reference"
+    name = "engine"
 
     def __init__(self, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.tower, self.prompts, self.precision = tower, prompts, precision
         self.device = tower.positional_embedding.device
         self.eot = prompts.eot.to(self.device)
@@ -41,13 +43,7 @@ class ReferenceEngine:
         return self.tower.logit_scale.detach()
 
     def text_features(self, ctx: torch.Tensor) -> torch.Tensor:
-        """ctx [K, m, D] → text features [K, C, E] (float32, not normalised)."""
-        out = []
-        with torch.no_grad(), autocast_for(self.device, self.precision):
-            for k in range(ctx.shape[0]):
-                x = self.prompts.assemble(ctx[k].to(self.device))
-                out.append(self.tower.encode(x, self.eot).float())
-        return torch.stack(out)
+        raise NotImplementedError
 
     def logits_from_text(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """image_features [B, E], text_features [..., C, E] → logits [..., B, C] (fp32)."""
@@ -63,6 +59,21 @@ class ReferenceEngine:
         return losses_from_logits(self.logits(ctx, image_features), labels)
 
 
+class ReferenceEngine(Engine):
+    """One text-encoder pass per candidate, 77 positions, fp32 unless told otherwise."""
+
+    name = "torch-reference"
+
+    def text_features(self, ctx: torch.Tensor) -> torch.Tensor:
+        """ctx [K, m, D] → text features [K, C, E] (float32, not normalised)."""
+        out = []
+        with torch.no_grad(), autocast_for(self.device, self.precision):
+            for k in range(ctx.shape[0]):
+                x = self.prompts.assemble(ctx[k].to(self.device))
+                out.append(self.tower.encode(x, self.eot).float())
+        return torch.stack(out)
+
+
 def losses_from_logits(logits: torch.Tensor, labels: torch.Tensor):
     """logits [K, B, C], labels [B] → (mean CE per candidate [K], accuracy in % [K])."""
     K, B, C = logits.shape
@@ -71,12 +82,3 @@ def losses_from_logits(logits: torch.Tensor, labels: torch.Tensor):
     return ce, acc
 
 
-BACKENDS = {"torch-reference": ReferenceEngine}
-
-
-def make_engine(backend: str, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32"):
-    """The engine named by `backend` ("auto" picks the fastest exact one available)."""
-    name = "torch-reference" if backend == "auto" else backend
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
-    return BACKENDS[name](tower, prompts, precision)

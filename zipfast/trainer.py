@@ -20,7 +20,8 @@ from .config import TrainConfig
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
 from .data.sources import FeatureSource, ImageSource, batch_indices, derive_seed
-from .engine import autocast_for, make_engine
+from .batched import make_engine
+from .engine import autocast_for
 from .io import save_json, save_torch
 from .models import official_backbone, resolve_device
 from .optim import SPSA

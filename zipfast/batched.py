@@ -1,0 +1,221 @@
+"""The batched query engine: all K candidates of a step in ONE text-encoder pass.
+
+An implementation of `engine.ReferenceEngine.text_features`, exact under CLIP's causal
+mask and EOT pooling (SPEC.md §4):
+
+- batched: the K × C prompts of a step form one batch;
+- truncation: positions after the longest EOT of the class prompts are never computed;
+- shared prefix: SOS + context (P = 1 + m positions) are the same for every class of one
+  candidate, so they run once per candidate and every class suffix attends to their
+  keys/values (reused per layer) instead of recomputing them C times;
+- last layer: only the EOT rows of the final block are computed (queries, MLP);
+- chunking: candidates × classes are split to stay under a memory limit; results do not
+  depend on the chunking (up to float rounding).
+
+The residual stream stays fp32; with bf16/fp16 only the matmuls run in low precision,
+as under torch.autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .engine import PRECISIONS, Engine, autocast_for
+from .text import ClassPrompts, TextTower
+
+
+@dataclass
+class _Block:
+    ln1: tuple
+    wqkv: torch.Tensor
+    bqkv: torch.Tensor
+    wo: torch.Tensor
+    bo: torch.Tensor
+    ls1: torch.Tensor | None
+    ln2: tuple
+    w1: torch.Tensor
+    b1: torch.Tensor
+    act: nn.Module
+    w2: torch.Tensor
+    b2: torch.Tensor
+    ls2: torch.Tensor | None
+    heads: int
+
+
+def _blocks(tower: TextTower, dtype) -> list[_Block] | None:
+    """Weights of open_clip ResidualAttentionBlocks in `dtype` (LN and layer scale in fp32),
+    or None if the tower uses another block type."""
+    out = []
+    for blk in tower.transformer.resblocks:
+        attn = getattr(blk, "attn", None)
+        if (not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim
+                or hasattr(blk, "ln_1_kv") or not hasattr(blk, "mlp") or attn.in_proj_bias is None
+                or not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity)):
+            return None
+
+        def ls(mod):
+            return mod.gamma.detach().float() if hasattr(mod, "gamma") else None
+
+        def ln(mod):
+            return (mod.normalized_shape, mod.weight.detach().float(), mod.bias.detach().float(), mod.eps)
+
+        mlp = blk.mlp
+        out.append(_Block(
+            ln(blk.ln_1), attn.in_proj_weight.detach().to(dtype), attn.in_proj_bias.detach().to(dtype),
+            attn.out_proj.weight.detach().to(dtype), attn.out_proj.bias.detach().to(dtype), ls(blk.ls_1),
+            ln(blk.ln_2), mlp.c_fc.weight.detach().to(dtype), mlp.c_fc.bias.detach().to(dtype), mlp.gelu,
+            mlp.c_proj.weight.detach().to(dtype), mlp.c_proj.bias.detach().to(dtype), ls(blk.ls_2),
+            attn.num_heads))
+    return out
+
+
+def _ln(x, p, dtype):
+    return F.layer_norm(x, p[0], p[1], p[2], p[3]).to(dtype)
+
+
+def _scaled(y, ls):
+    y = y.float()
+    return y if ls is None else y * ls
+
+
+def _mlp(x, b: _Block, dtype):
+    h = b.act(F.linear(_ln(x, b.ln2, dtype), b.w1, b.b1))
+    return _scaled(F.linear(h, b.w2, b.b2), b.ls2)
+
+
+def _qkv(x, b: _Block, dtype):
+    """x [..., T, D] → q, k, v [..., H, T, hd]."""
+    qkv = F.linear(_ln(x, b.ln1, dtype), b.wqkv, b.bqkv)
+    *lead, T, _ = qkv.shape
+    qkv = qkv.view(*lead, T, 3, b.heads, -1).movedim(-3, 0).transpose(-2, -3)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def _attn_out(o, b: _Block):
+    """o [..., H, T, hd] → [..., T, D] after the output projection and layer scale."""
+    o = o.transpose(-2, -3).flatten(-2)
+    return _scaled(F.linear(o, b.wo, b.bo), b.ls1)
+
+
+class BatchedEngine(Engine):
+    """K candidates × C classes in one pass; see the module docstring for what is skipped."""
+
+    name = "torch-batched"
+
+    def __init__(self, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32", truncate: bool = True,
+                 shared_prefix: bool = True, memory_limit_mb: float = 1024.0):
+        super().__init__(tower, prompts, precision)
+        self.dtype = PRECISIONS[precision] or torch.float32
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            self.dtype = torch.bfloat16  # CPU matmuls have no fast fp16 path; autocast picks bf16 too
+        self.T = int(prompts.eot.max()) + 1 if truncate else tower.context_length
+        self.P = 1 + prompts.n_ctx
+        self.S = self.T - self.P
+        self.memory_limit = memory_limit_mb * 2 ** 20
+        self.blocks = _blocks(tower, self.dtype) if shared_prefix else None
+        self.shared_prefix = self.blocks is not None
+        pos = tower.positional_embedding.detach().float()[: self.T]
+        with torch.no_grad():
+            self.sos_in = (prompts.sos.to(self.device) + pos[0]).view(1, 1, -1)
+            self.ctx_pos = pos[1:self.P]
+            self.suffix_in = prompts.suffix.to(self.device)[:, : self.S] + pos[self.P:]  # [C, S, D]
+        self.eot_s = (prompts.eot.to(self.device) - self.P)  # EOT index inside the suffix
+        # mask of the final block's EOT queries: class c sees the prefix and suffix rows ≤ its EOT
+        keys = torch.arange(self.P + self.S, device=self.device)
+        self.eot_mask = (keys.view(1, -1) <= (self.eot_s + self.P).view(-1, 1)).view(-1, 1, 1, self.P + self.S)
+        causal = torch.ones(self.S, self.S, dtype=torch.bool, device=self.device).tril()
+        self.suffix_mask = torch.cat([torch.ones(self.S, self.P, dtype=torch.bool, device=self.device), causal], 1)
+
+    # ------------------------------------------------------------------ chunking
+
+    def _chunks(self, K: int, C: int):
+        """(candidate chunk, class chunk) sizes so one chunk's activations fit the memory limit."""
+        D = self.tower.width
+        per_row = 4 * D * 16  # fp32 bytes of residual, qkv, prefix-extended k/v and MLP hidden per token row
+        rows = max(1, int(self.memory_limit // per_row))
+        seq = self.S if self.shared_prefix else self.T
+        c_chunk = max(1, min(C, rows // max(1, K * seq)))
+        k_chunk = K if c_chunk > 1 or K * seq <= rows else max(1, rows // seq)
+        return k_chunk, c_chunk
+
+    # ------------------------------------------------------------------ passes
+
+    def text_features(self, ctx: torch.Tensor) -> torch.Tensor:
+        """ctx [K, m, D] → text features [K, C, E] (float32, not normalised)."""
+        ctx = ctx.to(self.device, torch.float32)
+        K, C = ctx.shape[0], self.prompts.n_cls
+        k_chunk, c_chunk = self._chunks(K, C)
+        out = []
+        with torch.no_grad():
+            for k0 in range(0, K, k_chunk):
+                c = ctx[k0:k0 + k_chunk]
+                if self.shared_prefix:
+                    kv = self._prefix(c)
+                    parts = [self._suffix(kv, c0, c0 + c_chunk) for c0 in range(0, C, c_chunk)]
+                else:
+                    parts = [self._full(c, c0, c0 + c_chunk) for c0 in range(0, C, c_chunk)]
+                out.append(torch.cat(parts, dim=1))
+        return torch.cat(out)
+
+    def _full(self, ctx, c0, c1):
+        """Truncated/batched pass through open_clip's own transformer (no shared prefix)."""
+        K = ctx.shape[0]
+        x = self.prompts.assemble(ctx)[:, c0:c1, : self.T]
+        n = x.shape[1]
+        with autocast_for(self.device, self.precision):
+            f = self.tower.encode(x.reshape(K * n, self.T, -1), self.eot[c0:c1].repeat(K))
+        return f.float().view(K, n, -1)
+
+    def _prefix(self, ctx):
+        """SOS + context [K, P, D] through every block (causal); returns per-block (k, v) [K, H, P, hd]."""
+        x = torch.cat([self.sos_in.expand(ctx.shape[0], 1, -1), ctx + self.ctx_pos], dim=1)
+        kv = []
+        for b in self.blocks[:-1]:
+            q, k, v = _qkv(x, b, self.dtype)
+            kv.append((k, v))
+            x = x + _attn_out(F.scaled_dot_product_attention(q, k, v, is_causal=True), b)
+            x = x + _mlp(x, b, self.dtype)
+        _, k, v = _qkv(x, self.blocks[-1], self.dtype)  # the final block only needs the prefix keys/values
+        kv.append((k, v))
+        return kv
+
+    def _suffix(self, kv, c0, c1):
+        """Class suffixes [K, n, S, D] attending to the shared prefix; → features at EOT [K, n, E]."""
+        K = kv[0][0].shape[0]
+        y = self.suffix_in[c0:c1].unsqueeze(0).expand(K, -1, -1, -1)
+        n = y.shape[1]
+        for i, b in enumerate(self.blocks):
+            kp, vp = (t.unsqueeze(1).expand(-1, n, -1, -1, -1) for t in kv[i])  # [K, n, H, P, hd]
+            q, k, v = _qkv(y, b, self.dtype)  # [K, n, H, S, hd]
+            k, v = torch.cat([kp, k], dim=-2), torch.cat([vp, v], dim=-2)
+            if i < len(self.blocks) - 1:
+                y = y + _attn_out(F.scaled_dot_product_attention(q, k, v, attn_mask=self.suffix_mask), b)
+                y = y + _mlp(y, b, self.dtype)
+            else:  # final block: only the EOT row of each class
+                e = self.eot_s[c0:c1].view(1, n, 1, 1, 1).expand(K, n, q.shape[2], 1, q.shape[-1])
+                qe = torch.gather(q, 3, e)
+                ye = torch.gather(y, 2, self.eot_s[c0:c1].view(1, n, 1, 1).expand(K, n, 1, y.shape[-1]))
+                o = F.scaled_dot_product_attention(qe, k, v, attn_mask=self.eot_mask[c0:c1])
+                ye = ye + _attn_out(o, b)
+                y = (ye + _mlp(ye, b, self.dtype)).squeeze(2)
+        pooled = self.tower.ln_final(y)
+        return self.tower.project(pooled).float()
+
+
+BACKENDS = ("torch-batched", "torch-reference")
+
+
+def make_engine(backend: str, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32", **options):
+    """The engine named by `backend`; "auto" picks torch-batched (exact, fastest available)."""
+    from .engine import ReferenceEngine
+
+    name = "torch-batched" if backend == "auto" else backend
+    if name == "torch-reference":
+        return ReferenceEngine(tower, prompts, precision)
+    if name == "torch-batched":
+        return BatchedEngine(tower, prompts, precision, **options)
+    raise ValueError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
