@@ -133,3 +133,20 @@ def test_demo_small_budget(tmp_path, capsys):
     assert "after" in captured.out
     assert "queries: 40" in captured.out
     assert (out / "report.json").is_file() and (out / "checkpoint.pt").is_file()
+
+
+def test_feature_bank_trains_and_is_deterministic(tiny_image_folder, tmp_path):
+    """--feature-bank 3: every training image's 3 views are encoded once; steps sample them."""
+    import json
+
+    from zipfast.cli import main
+
+    reports = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert main(["train", "--data", str(tiny_image_folder), "--model", "zipfast-tiny", "--pretrained", "none",
+                     "--budget", "20", "--shots", "2", "--batch-size", "4", "--feature-bank", "3",
+                     "--output-dir", str(out), "--no-progress"]) == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert reports[0]["config"]["feature_bank"] == 3 and reports[0]["queries"] == 20
+    assert reports[0]["train_loss"] == reports[1]["train_loss"]

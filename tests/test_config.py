@@ -113,7 +113,7 @@ def test_official_yaml_and_few_shot_script_map_to_paper_settings(official_yaml, 
     assert tc.pixel_mean == (0.48145466, 0.4578275, 0.40821073)
     assert tc.pixel_std == (0.26862954, 0.26130258, 0.27577711)
     assert tc.transforms == ("random_resized_crop", "random_flip", "normalize")
-    assert tc.precision == "fp32"
+    assert tc.precision == "auto"  # PREC unset: per-device default (official GPU runs autocast fp16)
     assert tc.dataset == "/data"
     assert tc.output_dir == "out/seed2"
     assert tc.log_every == 20

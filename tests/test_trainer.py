@@ -34,7 +34,8 @@ def small_trainer(planted, out=None, **kw):
 
 def test_planted_task_training_learns(planted, tmp_path):
     """Default ZIP settings (m=8, d=500, r=5, q=5) on the EuroSAT planted task, 400 queries.
-    Measured (seed 1): test accuracy 12.3 % → 59.3 %, loss 5.9 → 1.2."""
+    Measured (seed 1): test accuracy 12.3 % → 59.3 % (fp32) / 12.2 % → 60.0 % (bf16, the CPU
+    default); mean loss of the first 5 steps 3.73 → last 5 steps 1.37."""
     model, tok = planted
     task = make_planted_task(TextTower(model), tok, seed=0)
     cfg = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", budget=400, seed=1)
@@ -46,7 +47,7 @@ def test_planted_task_training_learns(planted, tmp_path):
     assert report["test_acc"] > 40
     assert report["queries"] == 400 and len(log) == 40
     first, last = sum(r["loss"] for r in log[:5]) / 5, sum(r["loss"] for r in log[-5:]) / 5
-    assert last < first - 2.0, (first, last)
+    assert last < first - 1.5, (first, last)
     assert all(set(r) >= {"step", "queries", "loss", "train_acc", "a_k", "c_k", "grad_norm", "clipped"} for r in log)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["test_acc"] == report["test_acc"] and saved["seed"] == 1 and "torch" in saved["versions"]

@@ -109,7 +109,7 @@ class BatchedEngine(Engine):
     def __init__(self, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32", truncate: bool = True,
                  shared_prefix: bool = True, memory_limit_mb: float = 1024.0):
         super().__init__(tower, prompts, precision)
-        self.dtype = PRECISIONS[precision] or torch.float32
+        self.dtype = PRECISIONS[self.precision] or torch.float32
         if self.device.type == "cpu" and self.dtype == torch.float16:
             self.dtype = torch.bfloat16  # CPU matmuls have no fast fp16 path; autocast picks bf16 too
         self.T = int(prompts.eot.max()) + 1 if truncate else tower.context_length

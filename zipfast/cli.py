@@ -58,7 +58,8 @@ def _config_from_args(args):
              "pretrained": args.pretrained, "dataset": args.data, "output_dir": args.output_dir,
              "backend": args.backend, "precision": args.precision, "device": args.device,
              "opt_type": args.opt_type, "test_per_class": args.test_per_class,
-             "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every}
+             "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
+             "feature_bank": args.feature_bank}
     if args.data in PLANTED and args.model is None:
         flags.update(model="zipfast-planted", pretrained="none")
     cfg = load_official(args.config_file, args.opts or ())
@@ -116,7 +117,7 @@ def cmd_demo(args) -> int:
     before = trainer.evaluate()
     print(f"planted task: {len(classnames)} EuroSAT classes, {len(task.train_labels)} train / "
           f"{len(task.test_labels)} test features, text tower {trainer.tower.width} wide; "
-          f"δ = {trainer.space.dim} parameters; backend {trainer.engine.name}, {cfg.precision}, {trainer.device}")
+          f"δ = {trainer.space.dim} parameters; backend {trainer.engine.name}, {trainer.engine.precision}, {trainer.device}")
     print(f"test accuracy before: {before:.1f}%   (teacher context: {_teacher_acc(trainer, task):.1f}%)")
     report = trainer.fit()
     print(f"test accuracy after:  {report['test_acc']:.1f}%   (+{report['test_acc'] - before:.1f} points)")
@@ -168,9 +169,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--opt-type", default=None, help="spsa-clip (ZIP), spsa or spsa-gc")
-    t.add_argument("--precision", default=None, help="fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
+    t.add_argument("--precision", default=None, help="auto (per device; default), fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
     t.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    t.add_argument("--feature-bank", type=int, default=None, metavar="V",
+                   help="encode V augmented views per training image once and sample them per step (off)")
     t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.pt, report.json go")
     t.add_argument("--resume", default=None, help="checkpoint.pt to continue from")
     _add_common(t)
@@ -186,9 +189,9 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_eval)
 
     d = sub.add_parser("demo", help="ZIP on the built-in planted task (no downloads)")
-    d.add_argument("--budget", type=int, default=2000, help="query budget (default 2000)")
+    d.add_argument("--budget", type=int, default=5000, help="query budget (default 5000, the paper's)")
     d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--precision", default="fp32")
+    d.add_argument("--precision", default="auto", help="auto (per device), fp32, bf16, fp16")
     d.add_argument("--output-dir", default="runs/demo")
     _add_common(d)
     d.set_defaults(fn=cmd_demo)

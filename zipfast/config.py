@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 
 
 OPT_TYPES = ("spsa-clip", "spsa", "spsa-gc")
-PRECISIONS = ("fp32", "fp16", "amp", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "amp", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # Dassl's INPUT.INTERPOLATION choices
 TRANSFORMS = ("random_resized_crop", "random_flip", "normalize", "center_crop", "resize")
 SPSA_PARAM_NAMES = ("o", "c", "a", "alpha", "gamma")
@@ -94,7 +94,7 @@ class TrainConfig:
     pixel_mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
     pixel_std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
     transforms: tuple[str, ...] = ("random_resized_crop", "random_flip", "normalize")
-    precision: str = "fp32"
+    precision: str = "auto"  # per device, by measurement: see engine.resolve_precision
     backend: str = "auto"
     device: str = "auto"
     dataset: str = ""  # a dataset root path, or a built-in name such as "planted"
@@ -102,6 +102,7 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 50  # steps; 0 = only at the end
     test_per_class: int | None = None
+    feature_bank: int = 0  # V > 0: encode V augmented views per training image once, sample per step
 
     def __post_init__(self) -> None:
         # JSON and CLI parsers hand over lists; keep the tuple fields hashable and comparable.
@@ -200,7 +201,7 @@ def _validate_ints(cfg: TrainConfig) -> None:
     for field in ("n_ctx", "intrinsic_dim", "rank", "sp_avg", "budget", "batch_size",
                   "test_batch_size", "image_size", "log_every"):
         _require_int(cfg, field)
-    for field in ("shots", "num_workers", "checkpoint_every", "seed"):
+    for field in ("shots", "num_workers", "checkpoint_every", "seed", "feature_bank"):
         # seed: the official -1 ("unseeded") has no meaning here: every zipfast run is seeded.
         _require_int(cfg, field, allow_zero=True)
     if cfg.test_per_class is not None:

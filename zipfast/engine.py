@@ -18,9 +18,24 @@ from .text import ClassPrompts, TextTower
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "amp": torch.float16}
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" → the measured default of the device (README, "Precision"): fp16 autocast on CUDA
+    (the official trainer's setting), bf16 on CPUs with native bf16 matmuls (avx512_bf16/AMX:
+    L⁺ − L⁻ noise 2–4 % of the signal, ĝ cosine ≥ 0.999 against fp32), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu":
+        from .backends import cpu_flags
+
+        return "bf16" if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else "fp32"
+    return "fp32"
+
+
 def autocast_for(device: torch.device, precision: str):
     """The autocast context of a precision name; fp32 → no autocast."""
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS[resolve_precision(precision, device)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -32,10 +47,11 @@ class Engine:
     name = "engine"
 
     def __init__(self, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32"):
-        if precision not in PRECISIONS:
+        if precision not in PRECISIONS and precision != "auto":
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        self.tower, self.prompts, self.precision = tower, prompts, precision
         self.device = tower.positional_embedding.device
+        self.tower, self.prompts = tower, prompts
+        self.precision = resolve_precision(precision, self.device)
         self.eot = prompts.eot.to(self.device)
 
     @property

@@ -32,7 +32,8 @@ CHECKPOINT_FORMAT = "zipfast-checkpoint-v1"
 # Settings that determine the trajectory: a checkpoint only resumes a run that agrees on all.
 TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
-                   "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class")
+                   "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class",
+                   "feature_bank")
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
@@ -102,8 +103,12 @@ class ZIPTrainer:
         elif isinstance(data, FewShotImageFolder):
             if len(data.classnames) != len(self.classnames):
                 raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
+            bar = tqdm(total=len(data.train), desc="feature bank", unit="image",
+                       disable=not (self.progress and c.feature_bank))
             data = ImageSource(data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation,
-                               self.device, c.test_batch_size, lambda: autocast_for(self.device, c.precision))
+                               self.device, c.test_batch_size, lambda: autocast_for(self.device, c.precision),
+                               bank_views=c.feature_bank, seed=c.seed, progress=bar.update)
+            bar.close()
         if not isinstance(data, (FeatureSource, ImageSource)):
             raise TypeError(f"data must be a PlantedTask, FewShotImageFolder or FeatureSource, got {type(data).__name__}")
         if data.n_train == 0:
@@ -195,6 +200,7 @@ class ZIPTrainer:
             "queries_per_s": round(self.queries / self.elapsed, 2) if self.elapsed > 0 else None,
             "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
             "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
+            "precision": self.engine.precision,
             "device": str(self.device), "versions": versions(),
         }
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .transforms import views
 
-_EPOCH, _AUGMENT = 1, 2
+_EPOCH, _AUGMENT, _BANK = 1, 2, 3
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -59,13 +59,15 @@ class ImageSource:
     """
 
     def __init__(self, dataset, model, size: int, mean, std, interpolation: str = "bicubic",
-                 device="cpu", test_batch_size: int = 128, autocast=None):
+                 device="cpu", test_batch_size: int = 128, autocast=None, bank_views: int = 0, seed: int = 0,
+                 progress=None):
         self.dataset, self.model = dataset, model
         self.size, self.mean, self.std, self.interpolation = size, mean, std, interpolation
         self.device, self.test_batch_size = torch.device(device), test_batch_size
         self.autocast = autocast
         self.train_y = torch.tensor([y for _, y in dataset.train])
         self._test = None
+        self.bank = self._build_bank(bank_views, seed, progress) if bank_views > 0 else None
 
     @property
     def n_train(self) -> int:
@@ -78,8 +80,23 @@ class ImageSource:
             feats = self.model.encode_image(images.to(self.device))
         return F.normalize(feats.float(), dim=-1)
 
+    def _build_bank(self, views_per_image: int, seed: int, progress=None) -> torch.Tensor:
+        """Features [N, V, E] of V augmented views of every training image, encoded once."""
+        bank = []
+        for i, (path, _) in enumerate(self.dataset.train):
+            g = torch.Generator().manual_seed(derive_seed(seed, _BANK, i))
+            x = views([path] * views_per_image, True, self.size, self.mean, self.std, generator=g,
+                      interpolation=self.interpolation)
+            bank.append(self.encode(x))
+            if progress is not None:
+                progress(1)
+        return torch.stack(bank)
+
     def train_batch(self, idx: torch.Tensor, step: int, seed: int):
         g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT, step))
+        if self.bank is not None:  # one of the V precomputed views per image, drawn per step
+            v = torch.randint(self.bank.shape[1], (len(idx),), generator=g)
+            return self.bank[idx, v], self.train_y[idx].to(self.device)
         paths = [self.dataset.train[i][0] for i in idx.tolist()]
         x = views(paths, True, self.size, self.mean, self.std, generator=g, interpolation=self.interpolation)
         return self.encode(x), self.train_y[idx].to(self.device)
