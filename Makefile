@@ -27,7 +27,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 bench: $(STAMP)
-	$(PY) -m pytest bench -q --benchmark-json=bench/results/latest.json
+	$(PY) -m pytest bench -q --benchmark-json=bench/results/latest.json && $(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,16 +1,9 @@
-"""Shared fixtures and bookkeeping of the throughput benchmarks (`make bench`).
+"""Session fixtures and pytest-benchmark hooks of the throughput benchmarks (`make bench`).
 
-Workload W (fixed, seeded):
-open_clip ViT-B-16 text tower (random init after torch.manual_seed(0)), EuroSAT's 10 class
-names, ZIP defaults m = 8 context tokens and q = 5 → K = 2q = 10 candidates
-(ctx = 0.02·randn(K, 8, 512), seeded), 128 cached image features (random, normalised) and
-labels. One benchmark round = one ZIP step = `engine.losses(ctx, feats, labels)` for all K.
-
-Every result records in `extra_info`: the engine config, K, n_cls, the SPEC §4 token count
-K·[(1+m) + n_cls·s] (s = T − (1+m), T = max EOT + 1), FLOPs per step
-(tokens · 2 · P_layers, P_layers = 12·layers·D²), and queries/s (= K / median step time).
-At the end of the session the JSON gets the machine's sustained matmul rate (the `floor`
-group, measured in the same run) and, per result, the floor time and measured/floor.
+The workload (W and its scalings) and the per-result record are defined in bench_workload.py.
+The hooks add machine info (CPU model, cores, torch version, date, load average) and, once all
+results are in, the machine's sustained matmul rate (the `floor` group, measured in the same
+run) and per result the floor time (FLOPs per step / rate) and measured/floor.
 """
 
 from __future__ import annotations
@@ -22,107 +15,11 @@ import platform
 import pytest
 import torch
 
-from zipfast.data.classnames import CIFAR100, EUROSAT
+from bench_workload import MODEL, N_CTX, SEED, classnames
 from zipfast.models import load_clip
 from zipfast.text import ClassPrompts, TextTower
 
-MODEL = "ViT-B-16"
-SEED = 0
-N_CTX = 8  # m
-Q = 5  # perturbation pairs per step → K = 2q candidates
-K_W = 2 * Q
-N_IMAGES = 128
-ADJECTIVES = ["small", "large", "red", "blue", "green", "old", "young", "wild", "dark", "bright"]
-
 _LOAD_AT_START = None
-
-
-# --------------------------------------------------------------------------- workload pieces
-
-
-def classnames(n: int) -> tuple[list[str], str]:
-    """n distinct class names and where they come from.
-
-    10 → EuroSAT, 100 → CIFAR-100; anything else up to 1000 → synthetic "{adjective} {CIFAR-100 name}"
-    (e.g. "small apple"), deterministic; fewer than 10/100 → the first n of the real set.
-    """
-    if n <= len(EUROSAT):
-        return EUROSAT[:n], "eurosat"
-    if n <= len(CIFAR100):
-        return CIFAR100[:n], "cifar100"
-    if n > len(ADJECTIVES) * len(CIFAR100):
-        raise ValueError(f"at most {len(ADJECTIVES) * len(CIFAR100)} synthetic class names")
-    return [f"{a} {c}" for a in ADJECTIVES for c in CIFAR100][:n], "synthetic: adjective x CIFAR-100"
-
-
-def make_ctx(K: int, n_ctx: int = N_CTX, width: int = 512) -> torch.Tensor:
-    """Candidate contexts 0.02·randn(K, m, D), seeded (the same K → the same tensor)."""
-    g = torch.Generator().manual_seed(SEED)
-    return 0.02 * torch.randn(K, n_ctx, width, generator=g)
-
-
-def image_features(n_cls: int, n: int = N_IMAGES, dim: int = 512):
-    """Cached image features [n, dim] (random, L2-normalised) and labels [n] in [0, n_cls), seeded."""
-    g = torch.Generator().manual_seed(SEED + 1)
-    feats = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
-    labels = torch.randint(0, n_cls, (n,), generator=g)
-    return feats, labels
-
-
-def tower_cost(tower: TextTower) -> dict:
-    """layers, D and P_layers = 12·layers·D² read from the model."""
-    layers = len(tower.transformer.resblocks)
-    D = tower.width
-    return {"layers": layers, "width": D, "P_layers": 12 * layers * D * D}
-
-
-def engine_config(engine) -> dict:
-    """The options that define an engine, as recorded in the JSON."""
-    cfg = {"engine": engine.name, "precision": engine.precision}
-    if engine.name == "torch-batched":
-        cfg.update(truncate=engine.T < engine.tower.context_length, shared_prefix=engine.shared_prefix,
-                   memory_limit_mb=engine.memory_limit / 2 ** 20, T=engine.T)
-    else:
-        cfg.update(truncate=False, shared_prefix=False, T=engine.tower.context_length)
-    return cfg
-
-
-def workload_info(tower: TextTower, prompts: ClassPrompts, K: int, engine=None, **extra) -> dict:
-    """The per-result record: config, K, n_cls, SPEC §4 tokens and FLOPs per step."""
-    m = prompts.n_ctx
-    T = int(prompts.eot.max()) + 1
-    s = T - (1 + m)
-    C = prompts.n_cls
-    cost = tower_cost(tower)
-    tokens = K * ((1 + m) + C * s)
-    info = {"K": K, "n_cls": C, "m": m, "T": T, "s": s, "tokens_per_step": tokens,
-            "flops_per_step": tokens * 2 * cost["P_layers"], **cost}
-    if engine is not None:
-        cfg = engine_config(engine)
-        info["config"] = cfg
-        info["precision"] = cfg["precision"]
-        # what the engine actually pushes through the transformer (the SPEC count is the useful work)
-        if cfg["shared_prefix"]:
-            info["tokens_computed"] = K * ((1 + m) + C * (engine.T - (1 + m)))
-        else:
-            info["tokens_computed"] = K * C * cfg["T"]
-    info.update(extra)
-    return info
-
-
-def run_case(benchmark, fn, info: dict, rounds: int, warmup_rounds: int):
-    """benchmark.pedantic(fn) and record info + queries/s from the median."""
-    benchmark.extra_info.update(info)
-    result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
-    stats = benchmark.stats.stats if benchmark.stats is not None else None
-    if stats is not None:
-        med = stats.median
-        benchmark.extra_info["median_s"] = med
-        if "K" in info:
-            benchmark.extra_info["queries_per_s"] = info["K"] / med
-        if "flops_per_step" in info:
-            benchmark.extra_info["achieved_gflops"] = info["flops_per_step"] / med / 1e9
-    return result
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -160,27 +57,39 @@ def class_prompts(clip, tower):
 
 def pytest_sessionstart(session):
     global _LOAD_AT_START
+    out = session.config.getoption("benchmark_json", None)
+    if out:  # pytest-benchmark does not create the folder of --benchmark-json
+        path = out if isinstance(out, (str, os.PathLike)) else out.name
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         _LOAD_AT_START = os.getloadavg()
     except OSError:
         _LOAD_AT_START = None
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo (empty off Linux)."""
+    out = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                out[k.strip()] = v.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     import open_clip
 
-    machine_info["cpu_model"] = _cpu_model()
+    info = _cpuinfo()
+    machine_info["cpu_model"] = info.get("model name") or platform.processor() or platform.machine()
+    machine_info["cpu_family_model"] = f"family {info.get('cpu family', '?')}, model {info.get('model', '?')}"
+    flags = set(info.get("flags", "").split())
+    machine_info["cpu_simd"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["torch_version"] = torch.__version__

@@ -38,3 +38,39 @@ def tiny_image_folder(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# Verbatim text of LOG-postech/ZIP configs/trainers/ZIP/vit_b16.yaml (no trailing newline); shared by the config and CLI tests.
+OFFICIAL_YAML = """\
+DATALOADER:
+  TRAIN_X:
+    BATCH_SIZE: 128
+  TEST:
+    BATCH_SIZE: 128
+  NUM_WORKERS: 8
+
+INPUT:
+  SIZE: (224, 224)
+  INTERPOLATION: "bicubic"
+  PIXEL_MEAN: [0.48145466, 0.4578275, 0.40821073]
+  PIXEL_STD: [0.26862954, 0.26130258, 0.27577711]
+  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
+
+OPTIM:
+  MAX_EPOCH: 1000
+
+TRAIN:
+  PRINT_FREQ: 20
+
+TRAINER:
+  BASIC:
+    OPT_TYPE: "spsa-clip"
+    SP_AVG: 5
+  ZIP:
+    SPSA_PARAMS: [1.0, 0.01, 0.01, 0.4, 0.1]
+    MOMS: 0.8
+    P_EPS: 1.0
+
+MODEL:
+  BACKBONE:
+    NAME: "ViT-B/16\""""

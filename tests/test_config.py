@@ -19,40 +19,7 @@ from zipfast.config import (
 # Only the official-config path needs yacs; TrainConfig tests run without it.
 needs_yacs = pytest.mark.skipif(importlib.util.find_spec("yacs") is None, reason="yacs not installed")
 
-# Verbatim text of LOG-postech/ZIP configs/trainers/ZIP/vit_b16.yaml (no trailing newline).
-OFFICIAL_YAML = """\
-DATALOADER:
-  TRAIN_X:
-    BATCH_SIZE: 128
-  TEST:
-    BATCH_SIZE: 128
-  NUM_WORKERS: 8
-
-INPUT:
-  SIZE: (224, 224)
-  INTERPOLATION: "bicubic"
-  PIXEL_MEAN: [0.48145466, 0.4578275, 0.40821073]
-  PIXEL_STD: [0.26862954, 0.26130258, 0.27577711]
-  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
-
-OPTIM:
-  MAX_EPOCH: 1000
-
-TRAIN:
-  PRINT_FREQ: 20
-
-TRAINER:
-  BASIC:
-    OPT_TYPE: "spsa-clip"
-    SP_AVG: 5
-  ZIP:
-    SPSA_PARAMS: [1.0, 0.01, 0.01, 0.4, 0.1]
-    MOMS: 0.8
-    P_EPS: 1.0
-
-MODEL:
-  BACKBONE:
-    NAME: "ViT-B/16\""""
+from conftest import OFFICIAL_YAML  # noqa: E402
 
 # The trailing overrides of scripts/few_shot/ZIP.sh.
 FEW_SHOT_OPTS = (
