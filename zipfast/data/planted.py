@@ -39,9 +39,17 @@ def planted_model(seed: int = 0, name: str = PLANTED_MODEL, logit_scale: float =
     """
     from ..models import load_clip
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, tokenizer, _ = load_clip(name, pretrained="none")
+    import logging
+
+    quiet = logging.getLogger()  # open_clip warns that a random init has no pretrained weights: intended here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, tokenizer, _ = load_clip(name, pretrained="none")
+    finally:
+        quiet.setLevel(level)
     with torch.no_grad():
         model.logit_scale.fill_(torch.log(torch.tensor(logit_scale)).item())
     return model, tokenizer
