@@ -33,6 +33,7 @@ def accelerators() -> list[str]:
 def info() -> str:
     from . import __version__
     from .batched import BACKENDS
+    from .engine import resolve_precision
     from .models import resolve_device
     from .trainer import versions
 
@@ -49,6 +50,7 @@ def info() -> str:
         "query engines: " + ", ".join(BACKENDS) + " (auto picks the fastest exact one)",
         f"triton: {'installed' if triton else 'not installed'}"
         f"{' (no GPU: kernels only run under TRITON_INTERPRET=1)' if triton and dev.type != 'cuda' else ''}",
-        "precision: fp32 reference; bf16/fp16 autocast selectable with --precision",
+        f"precision: auto = {resolve_precision('auto', dev)} on {dev.type} (fp32 is the reference; "
+        f"--precision fp32/bf16/fp16 overrides)",
     ]
     return "\n".join(lines)
