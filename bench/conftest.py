@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bench_workload import MODEL, N_CTX, SEED, classnames
+from report import floor_rates  # one definition, shared with the report
 from zipfast.models import load_clip
 from zipfast.text import ClassPrompts, TextTower
 
@@ -102,16 +103,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     except OSError:
         pass
 
-
-def floor_rates(benchmarks) -> dict:
-    """precision → best sustained matmul rate (FLOP/s) over the `floor` results (median-based)."""
-    rates = {}
-    for b in benchmarks:
-        ei = b["extra_info"]
-        if ei.get("kind") == "floor":
-            rate = ei["flops_per_round"] / b["stats"]["median"]
-            rates[ei["precision"]] = max(rates.get(ei["precision"], 0.0), rate)
-    return rates
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
