@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import PRECISIONS, Engine, autocast_for
+from .engine import PRECISIONS, Engine, ReferenceEngine, autocast_for
 from .text import ClassPrompts, TextTower
 
 
@@ -211,8 +211,6 @@ BACKENDS = ("torch-batched", "torch-reference")
 
 def make_engine(backend: str, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32", **options):
     """The engine named by `backend`; "auto" picks torch-batched (exact, fastest available)."""
-    from .engine import ReferenceEngine
-
     name = "torch-batched" if backend == "auto" else backend
     if name == "torch-reference":
         return ReferenceEngine(tower, prompts, precision)

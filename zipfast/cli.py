@@ -86,16 +86,15 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from . import ZIPTrainer
     from .config import TrainConfig, merge_flags
+    from .trainer import read_checkpoint
 
-    sd = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if not isinstance(sd, dict) or "config" not in sd:
-        raise SystemExit(f"error: {args.checkpoint} is not a zipfast checkpoint")
+    sd = read_checkpoint(args.checkpoint)
     cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
                       device=args.device, backend=args.backend, test_per_class=args.test_per_class)
     model, tokenizer, classnames, data = build_run(cfg)
     cfg = _match_image_size(cfg, model)
     trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
-    trainer.load_checkpoint(args.checkpoint)
+    trainer.load_checkpoint(args.checkpoint, sd)
     acc = trainer.evaluate()
     print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": trainer.step,
                       "queries": trainer.queries, "test_acc": round(acc, 4)}))
@@ -194,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", default="auto", help="auto (per device), fp32, bf16, fp16")
     d.add_argument("--output-dir", default="runs/demo")
     _add_common(d)
-    d.set_defaults(fn=cmd_demo)
+    d.set_defaults(fn=cmd_demo, device="auto", backend="auto")
 
     i = sub.add_parser("info", help="versions, device, backends, precision")
     i.set_defaults(fn=cmd_info)
@@ -203,9 +202,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    for name in ("device", "backend"):
-        if getattr(args, name, "x") is None and args.cmd == "demo":
-            setattr(args, name, "auto")
     from .config import ConfigError
     from .data.imagefolder import DatasetError
     from .models import ModelLoadError

@@ -30,5 +30,9 @@ def save_torch(obj, path):
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def save_text(text: str, path):
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
 def save_json(obj, path):
     _atomic(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .config import official_model_name
+
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
@@ -26,11 +28,6 @@ def _register_configs():
         _registered = True
 
 
-def official_backbone(name: str) -> str:
-    """The official configs spell backbones as OpenAI CLIP does ("ViT-B/16"); open_clip uses "ViT-B-16"."""
-    return name.replace("/", "-")
-
-
 def load_clip(name: str, pretrained: str = "openai", device="cpu"):
     """Create an open_clip model (eval mode, frozen) and its tokenizer and preprocessing.
 
@@ -41,7 +38,7 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
     import open_clip
 
     _register_configs()
-    name = official_backbone(name)
+    name = official_model_name(name)  # the official configs spell backbones "ViT-B/16"
     known = open_clip.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)

@@ -46,6 +46,10 @@ class SPSA:
         self._pending = (z, ck)
         return ref.antithetic_candidates(w, z, ck)
 
+    def discard(self) -> None:
+        """Forget the last ask() (its losses were unusable); the step counter is unchanged."""
+        self._pending = None
+
     def tell(self, w: torch.Tensor, losses: torch.Tensor):
         """losses [2·pairs] of the asked candidates → (new w [δ], info dict of step statistics)."""
         if self._pending is None:

@@ -16,14 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import TrainConfig
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
 from .data.sources import FeatureSource, ImageSource, batch_indices, derive_seed
 from .batched import make_engine
 from .engine import autocast_for
-from .io import save_json, save_torch
-from .models import official_backbone, resolve_device
+from .io import save_json, save_text, save_torch
+from .config import TrainConfig, official_model_name
+from .models import resolve_device
 from .optim import SPSA
 from .space import ZIPSpace, random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
@@ -64,7 +64,7 @@ class ZIPTrainer:
         if tokenizer is None:
             import open_clip
 
-            tokenizer = open_clip.get_tokenizer(official_backbone(config.model))
+            tokenizer = open_clip.get_tokenizer(official_model_name(config.model))
         self.classnames = list(classnames)
         self.tower = TextTower(model)
         self.source = self._source(data)
@@ -143,7 +143,7 @@ class ZIPTrainer:
                 cand = self.optimizer.ask(self.w, pairs)
                 losses, accs = self.engine.losses(self.space.contexts(cand), feats, labels.to(self.device))
                 if not bool(torch.isfinite(losses).all()):
-                    self.optimizer._pending = None
+                    self.optimizer.discard()
                     self.elapsed = time.perf_counter() - start
                     where = ""
                     if ckpt is not None:
@@ -221,14 +221,12 @@ class ZIPTrainer:
     def save_checkpoint(self, path) -> None:
         save_torch(self.state_dict(), path)
 
-    def load_checkpoint(self, path) -> None:
-        """Restore a run; the configuration must agree on every trajectory setting."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        sd = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatchError(f"{path} is not a zipfast checkpoint ({CHECKPOINT_FORMAT})")
+    def load_checkpoint(self, path, state: dict | None = None) -> None:
+        """Restore a run; the configuration must agree on every trajectory setting.
+
+        state: the checkpoint already read by `read_checkpoint(path)` (avoids a second load).
+        """
+        sd = read_checkpoint(path) if state is None else state
         mine, theirs = self.fingerprint(), sd["fingerprint"]
         diff = [f"{k}={theirs.get(k)!r} (checkpoint) vs {mine[k]!r} (this run)" for k in mine if theirs.get(k) != mine[k]]
         if diff:
@@ -243,12 +241,21 @@ class ZIPTrainer:
             _truncate_log(log_path, self.step)
 
 
+def read_checkpoint(path) -> dict:
+    """The state dict of a zipfast checkpoint file (errors name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    sd = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(f"{path} is not a zipfast checkpoint ({CHECKPOINT_FORMAT})")
+    return sd
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log records past the checkpoint's step (a crash may have left some)."""
-    from .io import _atomic
-
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    _atomic(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
+    save_text("".join(ln + "\n" for ln in keep), path)
 
 
 def versions() -> dict:

@@ -6,6 +6,8 @@ from a running RNG, so a resumed run draws exactly what an uninterrupted run wou
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,7 +66,7 @@ class ImageSource:
         self.dataset, self.model = dataset, model
         self.size, self.mean, self.std, self.interpolation = size, mean, std, interpolation
         self.device, self.test_batch_size = torch.device(device), test_batch_size
-        self.autocast = autocast
+        self.autocast = autocast or contextlib.nullcontext
         self.train_y = torch.tensor([y for _, y in dataset.train])
         self._test = None
         self.bank = self._build_bank(bank_views, seed, progress) if bank_views > 0 else None
@@ -74,9 +76,7 @@ class ImageSource:
         return len(self.dataset.train)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        import contextlib
-
-        with torch.no_grad(), (self.autocast() if self.autocast else contextlib.nullcontext()):
+        with torch.no_grad(), self.autocast():
             feats = self.model.encode_image(images.to(self.device))
         return F.normalize(feats.float(), dim=-1)
 
