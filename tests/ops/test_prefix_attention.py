@@ -127,3 +127,15 @@ def test_registry_choice_and_forcing(monkeypatch):
     monkeypatch.setenv("ZIPFAST_BACKEND_PREFIX_ATTENTION", "cuda")
     with pytest.raises(registry.BackendUnavailableError, match="no cuda implementation"):
         registry.resolve("prefix_attention", "cpu")
+
+
+@pytest.mark.skipif(not HAVE_TRITON_TARGET, reason="no CUDA device and TRITON_INTERPRET is not 1")
+def test_triton_custom_op_registration():
+    """zipfast::prefix_attention_triton passes torch.library's checks (schema, fake implementation)."""
+    from zipfast.ops.prefix_attention import triton_kernel  # noqa: F401  (registers the op)
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q, kp, vp, ks, vs, q_pos = make(2, 2, 3, 4, 5, 16, "eot", seed=4)
+    args = [t.to(dev) for t in (q, kp, vp, ks, vs)] + [q_pos.to(dev, torch.int32), 0.25]
+    torch.library.opcheck(torch.ops.zipfast.prefix_attention_triton.default, args,
+                          test_utils=("test_schema", "test_faketensor"))

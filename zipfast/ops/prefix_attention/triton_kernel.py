@@ -65,21 +65,34 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot needs ≥ 16 per dimension
 
 
-def prefix_attention(q, k_prefix, v_prefix, k_suffix, v_suffix, q_pos=None, scale=None):
-    """Same contract as `reference.prefix_attention`; any strides; one launch."""
+@torch.library.custom_op("zipfast::prefix_attention_triton", mutates_args=())
+def _launch(q: torch.Tensor, k_prefix: torch.Tensor, v_prefix: torch.Tensor, k_suffix: torch.Tensor,
+            v_suffix: torch.Tensor, q_pos: torch.Tensor, scale: float) -> torch.Tensor:
     K, H, C, Tq, hd = q.shape
     P, S = k_prefix.shape[-2], k_suffix.shape[-2]
-    if P < 1:
-        raise ValueError("prefix_attention needs a non-empty prefix (P ≥ 1)")
-    scale = hd ** -0.5 if scale is None else scale
-    q_pos = causal_positions(C, Tq, S, q.device) if q_pos is None else q_pos
-    q_pos = q_pos.to(device=q.device, dtype=torch.int32)
     o = torch.empty(K, H, C, Tq, hd, dtype=q.dtype, device=q.device)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     _prefix_attention_kernel[(C, K * H)](
         q, k_prefix, v_prefix, k_suffix, v_suffix, q_pos, o,
         *q.stride(), *k_prefix.stride(), *v_prefix.stride(), *k_suffix.stride(), *v_suffix.stride(),
         *o.stride(), *q_pos.stride(),
-        H, Tq, P, S, hd, float(scale),
+        H, Tq, P, S, hd, scale,
         BT=_block(Tq), BP=_block(P), BS=_block(S), BD=_block(hd), PREC=prec)
     return o
+
+
+@_launch.register_fake
+def _(q, k_prefix, v_prefix, k_suffix, v_suffix, q_pos, scale):
+    return q.new_empty(q.shape)
+
+
+def prefix_attention(q, k_prefix, v_prefix, k_suffix, v_suffix, q_pos=None, scale=None):
+    """Same contract as `reference.prefix_attention`; any strides; one launch, through the custom
+    op zipfast::prefix_attention_triton (a fake implementation lets torch.compile trace it)."""
+    K, H, C, Tq, hd = q.shape
+    if k_prefix.shape[-2] < 1:
+        raise ValueError("prefix_attention needs a non-empty prefix (P ≥ 1)")
+    scale = hd ** -0.5 if scale is None else scale
+    q_pos = causal_positions(C, Tq, k_suffix.shape[-2], q.device) if q_pos is None else q_pos
+    q_pos = q_pos.to(device=q.device, dtype=torch.int32)
+    return torch.ops.zipfast.prefix_attention_triton(q, k_prefix, v_prefix, k_suffix, v_suffix, q_pos, float(scale))
