@@ -27,6 +27,15 @@ def build_run(cfg, task_seed: int = 0):
         task = make_planted_task(TextTower(model), tokenizer, PLANTED[cfg.dataset], n_ctx=cfg.context_tokens,
                                  shots=cfg.shots or 16, test_per_class=cfg.test_per_class or 100, seed=task_seed)
         return model, tokenizer, task.classnames, task
+    if cfg.dataset.startswith("paper:"):  # a dataset of the paper by name (the official train.py surface)
+        from .paper.official import build_paper_data
+
+        paper, data = build_paper_data(cfg)
+        data.fewshot_source = paper.fewshot_source
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+        return model, tokenizer, data.classnames, data
     if not cfg.dataset:
         raise SystemExit("error: no dataset: pass --data ROOT (an image folder) or --data planted")
     data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
@@ -68,7 +77,10 @@ def _config_from_args(args):
 
 def cmd_train(args) -> int:
     from . import ZIPTrainer
+    from .paper import official
 
+    if official.wanted(args):
+        return official.run(args)
     cfg = _config_from_args(args)
     model, tokenizer, classnames, data = build_run(cfg)
     cfg = _match_image_size(cfg, model)
@@ -174,7 +186,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-bank", type=int, default=None, metavar="V",
                    help="encode V augmented views per training image once and sample them per step (off)")
     t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.pt, report.json go")
-    t.add_argument("--resume", default=None, help="checkpoint.pt to continue from")
+    t.add_argument("--resume", default=None, help="checkpoint.pt (or its run folder) to continue from")
+    from .paper.official import add_arguments as add_official_arguments
+
+    add_official_arguments(t)
     _add_common(t)
     t.add_argument("opts", nargs=argparse.REMAINDER, help="official KEY VALUE overrides")
     t.set_defaults(fn=cmd_train)

@@ -92,6 +92,8 @@ class ZIPTrainer:
         self.queries = 0
         self.elapsed = 0.0
         self.last_record: dict | None = None
+        # callables hook(trainer, record) run after every step (periodic evaluation: paper.hooks)
+        self.step_hooks: list = []
         self.output_dir = Path(output_dir) if output_dir else None
 
     # ------------------------------------------------------------------ data
@@ -161,6 +163,8 @@ class ZIPTrainer:
                        "c_k": info["c_k"], "grad_norm": float(info["grad_norm"]), "clipped": bool(info["clipped"]),
                        "time_s": round(self.elapsed, 4)}
                 self.last_record = rec
+                for hook in self.step_hooks:
+                    hook(self, rec)
                 if log is not None and (k % c.log_every == 0 or self.queries + 2 > c.budget):
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
