@@ -145,6 +145,26 @@ def _teacher_acc(trainer, task) -> float:
     return 100.0 * float((logits.argmax(-1).cpu() == task.test_labels).float().mean())
 
 
+def cmd_bench_paper(args) -> int:
+    """One of the paper's four protocols: run (skipping finished runs), then tables and plots."""
+    from .paper.protocols import Plan, run_protocol
+
+    split = lambda v, kind=str: [kind(x) for x in v.split(",") if x] if v else None  # noqa: E731
+    plan = Plan(args.protocol, args.root, args.output, datasets=split(args.datasets),
+                seeds=split(args.seeds, int) or (1, 2, 3), methods=split(args.methods) or ("zip",), shots=args.shots,
+                config_file=args.config_file or "", eval_every=args.eval_every, opts=args.opts or (),
+                flags=[f for flag, v in (("--model", args.model), ("--pretrained", args.pretrained),
+                                         ("--device", args.device), ("--backend", args.backend))
+                       if v for f in (flag, v)])
+    summary = run_protocol(plan, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                           progress=not args.no_progress)
+    for path in summary["tables"]:
+        if path.endswith(".md"):
+            print(open(path).read())
+    print(json.dumps(summary))
+    return 1 if summary["failed"] else 0
+
+
 def cmd_info(args) -> int:
     from .backends import info
 
@@ -209,6 +229,25 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--output-dir", default="runs/demo")
     _add_common(d)
     d.set_defaults(fn=cmd_demo, device="auto", backend="auto")
+
+    b = sub.add_parser("bench-paper", help="run one of the paper's protocols and write its tables and plots")
+    b.add_argument("protocol", choices=("few-shot", "base2new", "cross-dataset", "ood"))
+    b.add_argument("--root", required=True, help="the folder holding the datasets ($DATA)")
+    b.add_argument("--output", default="output", help="run folders (the official scripts' layout), tables/, plots/")
+    b.add_argument("--datasets", default=None, help="comma-separated (default: the protocol's datasets)")
+    b.add_argument("--seeds", default="1,2,3")
+    b.add_argument("--methods", default="zip", help="comma-separated: zip, zsclip")
+    b.add_argument("--shots", type=int, default=16)
+    b.add_argument("--config-file", default=None, help="trainer yaml (default: the official ZIP settings)")
+    b.add_argument("--eval-every", type=int, default=None, metavar="N", help="test accuracy every N queries (plots)")
+    b.add_argument("--model", default=None, help="open_clip model (default: the config's ViT-B/16)")
+    b.add_argument("--pretrained", default=None, help="weights (default openai)")
+    b.add_argument("--ray", default=None, metavar="auto|ADDRESS|local", help="run the jobs as Ray tasks")
+    b.add_argument("--cpus-per-job", type=float, default=1)
+    b.add_argument("--gpus-per-job", type=float, default=0)
+    _add_common(b)
+    b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    b.set_defaults(fn=cmd_bench_paper)
 
     i = sub.add_parser("info", help="versions, device, backends, precision")
     i.set_defaults(fn=cmd_info)
