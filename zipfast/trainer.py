@@ -8,7 +8,6 @@ told them and updates w. Every loss evaluation is one query; the budget is never
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from .data.planted import PlantedTask
 from .data.sources import FeatureSource, ImageSource, batch_indices, derive_seed
 from .batched import make_engine
 from .engine import autocast_for
+from .env import resolve_device, versions
 from .io import save_json, save_text, save_torch
 from .config import TrainConfig, official_model_name
-from .models import resolve_device
 from .optim import SPSA
 from .space import ZIPSpace, random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
@@ -205,6 +204,7 @@ class ZIPTrainer:
             "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
             "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
             "precision": self.engine.precision,
+            "fallbacks": list(getattr(self.engine, "fallbacks", [])),  # every substitution, also logged
             "device": str(self.device), "versions": versions(),
         }
 
@@ -260,20 +260,3 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log records past the checkpoint's step (a crash may have left some)."""
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
     save_text("".join(ln + "\n" for ln in keep), path)
-
-
-def versions() -> dict:
-    import numpy
-    import open_clip
-
-    v = {"zipfast": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-         "numpy": numpy.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except ImportError:
-        v["triton"] = None
-    v["cuda"] = torch.version.cuda
-    return v
-
