@@ -9,6 +9,7 @@ import pytest
 
 import paper_data
 from paper_runs import register_random_openai_weights
+from zipfast.cli import main
 from zipfast.paper.protocols import Plan, run_protocol
 from zipfast.paper.tables import read_accuracy
 
@@ -39,7 +40,7 @@ def plan(protocol, data, out, weights, **kw):
 def test_few_shot_protocol_runs_tabulates_plots_and_skips(data, weights, tmp_path):
     p = plan("few-shot", data, tmp_path, weights, datasets=["eurosat"], seeds=(1, 2), methods=("zip", "zsclip"),
              eval_every=10)
-    summary = run_protocol(p, progress=False)
+    summary = run_protocol(p, main, progress=False)
     assert summary["ran"] == 3 and summary["failed"] == []
     accs = [read_accuracy(tmp_path / f"basic/ZIP/eurosat/nctx8/seed{s}") for s in (1, 2)]
     assert all(a is not None for a in accs)
@@ -53,21 +54,21 @@ def test_few_shot_protocol_runs_tabulates_plots_and_skips(data, weights, tmp_pat
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = [json.loads(x) for x in (tmp_path / "basic/ZIP/eurosat/nctx8/seed1/curve.jsonl").read_text().splitlines()]
     assert [c["queries"] for c in curve] == [0, 10, 20]
-    again = run_protocol(p, progress=False)
+    again = run_protocol(p, main, progress=False)
     assert again["ran"] == 0 and again["skipped"] == 3
 
 
 def test_base2new_cross_dataset_and_ood_protocols(data, weights, tmp_path):
-    s = run_protocol(plan("base2new", data, tmp_path, weights, datasets=["eurosat"], seeds=(1,)), progress=False)
+    s = run_protocol(plan("base2new", data, tmp_path, weights, datasets=["eurosat"], seeds=(1,)), main, progress=False)
     assert s["ran"] == 2 and not s["failed"]
     b = read_accuracy(tmp_path / "base2new/base/ZIP/eurosat/nctx8/seed1")
     n = read_accuracy(tmp_path / "base2new/new/ZIP/eurosat/nctx8/seed1")
     h = 0.0 if b + n == 0 else 2 * b * n / (b + n)
     assert f"| EuroSAT | {b:.1f} ± 0.0 | {n:.1f} ± 0.0 | {h:.1f} |" in (tmp_path / "tables/base2new.md").read_text()
-    s = run_protocol(plan("cross-dataset", data, tmp_path, weights, datasets=["eurosat"], seeds=(1,)), progress=False)
+    s = run_protocol(plan("cross-dataset", data, tmp_path, weights, datasets=["eurosat"], seeds=(1,)), main, progress=False)
     assert s["ran"] == 2 and not s["failed"]
     s = run_protocol(plan("ood", data, tmp_path, weights, datasets=["imagenetv2", "imagenet_a"], seeds=(1,)),
-                     progress=False)
+                     main, progress=False)
     assert s["ran"] == 2 and s["skipped"] == 1 and not s["failed"]  # the ImageNet prompt is reused
     header = (tmp_path / "tables/ood.csv").read_text().splitlines()[0]
     assert header == "Method,ImageNet,ImageNetV2,ImageNetA,Average"
@@ -102,7 +103,7 @@ def test_ray_runner_on_a_local_instance(data, weights, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'zipfast[ray]')")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        s = run_protocol(plan("few-shot", data, tmp_path, weights, datasets=["eurosat"], seeds=(1,)), ray="local",
+        s = run_protocol(plan("few-shot", data, tmp_path, weights, datasets=["eurosat"], seeds=(1,)), main, ray="local",
                          progress=False)
     finally:
         ray.shutdown()

@@ -68,7 +68,7 @@ def _config_from_args(args):
              "backend": args.backend, "precision": args.precision, "device": args.device,
              "opt_type": args.opt_type, "test_per_class": args.test_per_class,
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
-             "feature_bank": args.feature_bank}
+             "feature_bank": args.feature_bank, "augment": args.augment}
     if args.data in PLANTED and args.model is None:
         flags.update(model="zipfast-planted", pretrained="none")
     cfg = load_official(args.config_file, args.opts or ())
@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
     from .paper import official
 
     if official.wanted(args):
-        return official.run(args)
+        return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)
     model, tokenizer, classnames, data = build_run(cfg)
     cfg = _match_image_size(cfg, model)
@@ -156,7 +156,7 @@ def cmd_bench_paper(args) -> int:
                 flags=[f for flag, v in (("--model", args.model), ("--pretrained", args.pretrained),
                                          ("--device", args.device), ("--backend", args.backend))
                        if v for f in (flag, v)])
-    summary = run_protocol(plan, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+    summary = run_protocol(plan, main, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
                            progress=not args.no_progress)
     for path in summary["tables"]:
         if path.endswith(".md"):
@@ -205,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     t.add_argument("--feature-bank", type=int, default=None, metavar="V",
                    help="encode V augmented views per training image once and sample them per step (off)")
+    t.add_argument("--augment", default=None, choices=("tensor", "pil"),
+                   help="training views: tensor (decode once, batched crop/flip on the device; default) or pil (reference)")
     t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.pt, report.json go")
     t.add_argument("--resume", default=None, help="checkpoint.pt (or its run folder) to continue from")
     from .paper.official import add_arguments as add_official_arguments

@@ -130,7 +130,7 @@ def official_config(args):
              "batch_size": args.batch_size, "backend": args.backend, "precision": args.precision,
              "device": args.device, "test_per_class": args.test_per_class,
              "checkpoint_every": args.checkpoint_every, "feature_bank": args.feature_bank,
-             "opt_type": args.opt_type}
+             "opt_type": args.opt_type, "augment": args.augment}
     return cfg_to_train_config(plain, **flags), kind, spec, subsample
 
 
@@ -149,9 +149,10 @@ def _prompt_settings(sd_config: dict) -> dict:
     return {k: sd_config[k] for k in keys if k in sd_config}
 
 
-def run(args) -> int:
+def run(args, build_run, match_image_size) -> int:
+    """Run an official command line. build_run(cfg) → (model, tokenizer, classnames, data) and
+    match_image_size(cfg, model) → cfg are the CLI's (passed in: this module sits below the CLI)."""
     from .. import ZIPTrainer
-    from ..cli import _match_image_size, build_run
     from ..trainer import read_checkpoint
     from .dassl_log import DasslLog, result_block
     from .evaluation import predict_prompt, predict_with_text, zero_shot_text_features
@@ -165,6 +166,8 @@ def run(args) -> int:
         ckpt = find_checkpoint(args.model_dir)
         sd = read_checkpoint(ckpt)
         cfg = dataclasses.replace(cfg, **_prompt_settings(sd["config"])).validate()
+    if args.eval_only or kind == "zsclip":  # nothing trains: skip decoding the (possibly huge) train split
+        cfg = dataclasses.replace(cfg, augment="pil").validate()
     out = cfg.output_dir or None
     dlog = DasslLog(out)
     try:
@@ -176,7 +179,7 @@ def run(args) -> int:
         dlog("** Config (zipfast) **")
         dlog(json.dumps(cfg.to_dict(), sort_keys=True))
         model, tokenizer, classnames, data = build_run(cfg)
-        cfg = _match_image_size(cfg, model)
+        cfg = match_image_size(cfg, model)
         dlog(f"Dataset: {spec.name} ({subsample} classes: {len(classnames)}; train {len(data.train)}, "
              f"test {len(data.test)})")
         trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer,

@@ -176,10 +176,11 @@ class Plan:
         return {"tables": [str(p) for pair in tables for p in pair], "plot": str(plot) if plot else None}
 
 
-def run_protocol(plan: Plan, ray: str | None = None, cpus_per_job: float = 1, gpus_per_job: float = 0,
+def run_protocol(plan: Plan, entry, ray: str | None = None, cpus_per_job: float = 1, gpus_per_job: float = 0,
                  progress: bool = True) -> dict:
-    """Run (or skip) every job of the plan, then write its tables and plot."""
-    runner = RayRunner(None if ray == "local" else ray, cpus_per_job, gpus_per_job) if ray else LocalRunner()
+    """Run (or skip) every job of the plan through entry (the CLI's main), then write its tables and plot."""
+    runner = (RayRunner(entry, None if ray == "local" else ray, cpus_per_job, gpus_per_job) if ray
+              else LocalRunner(entry))
     summary = run_stages(plan.stages(), runner, progress)
     summary.update(plan.report(), runner=runner.name)
     return summary

@@ -30,20 +30,22 @@ class Job:
         return (Path(self.output_dir) / RESULT_FILE).is_file()
 
 
-def run_job(argv: list[str]) -> int:
-    """One `zipfast train` call in this process; returns its exit status."""
-    from ..cli import main
-
-    return main(["train", *argv])
+def run_job(entry, argv: list[str]) -> int:
+    """One `zipfast train` call through entry (the CLI's main, passed in: this module sits below
+    the CLI; Ray pickles it by reference); returns its exit status."""
+    return entry(["train", *argv])
 
 
 class LocalRunner:
     name = "in-process"
 
+    def __init__(self, entry):
+        self.entry = entry
+
     def run(self, jobs: list[Job], progress: bool = True) -> list[int]:
         codes = []
         for job in tqdm(jobs, desc="jobs", unit="job", disable=not progress):
-            codes.append(run_job(job.argv))
+            codes.append(run_job(self.entry, job.argv))
         return codes
 
 
@@ -53,18 +55,18 @@ class RayRunner:
 
     name = "ray"
 
-    def __init__(self, address: str | None = "auto", cpus_per_job: float = 1, gpus_per_job: float = 0):
+    def __init__(self, entry, address: str | None = "auto", cpus_per_job: float = 1, gpus_per_job: float = 0):
         try:
             import ray
         except ImportError as e:
             raise ImportError("--ray needs Ray: pip install 'zipfast[ray]'") from e
-        self.ray = ray
+        self.ray, self.entry = ray, entry
         if not ray.is_initialized():
             ray.init(address=address, ignore_reinit_error=True)
         self.task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(run_job)
 
     def run(self, jobs: list[Job], progress: bool = True) -> list[int]:
-        refs = [self.task.remote(job.argv) for job in jobs]
+        refs = [self.task.remote(self.entry, job.argv) for job in jobs]
         pending, bar = list(refs), tqdm(total=len(refs), desc="jobs (ray)", unit="job", disable=not progress)
         while pending:
             ready, pending = self.ray.wait(pending, num_returns=1)
