@@ -18,6 +18,7 @@ VARIANTS = {
     "shared-prefix": dict(),
     "chunked": dict(memory_limit_mb=0.02),
     "chunked-noprefix": dict(shared_prefix=False, memory_limit_mb=0.02),
+    "chunked-tokens": dict(chunk_tokens=5),
 }
 
 

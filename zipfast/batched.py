@@ -105,6 +105,20 @@ def _mlp(x, b: _Block, dtype):
     return _scaled(F.linear(h, b.w2, b.b2), b.ls2)
 
 
+def _add_linear(y, x, w, bias, ls):
+    """The residual update y + ls·(x @ wᵀ + bias). In fp32 without layer scale it is one GEMM
+    accumulating into (y + bias): no separate bias broadcast and residual add over the rows."""
+    if ls is None and x.dtype == y.dtype == torch.float32:
+        out = (y + bias).view(-1, y.shape[-1])
+        return out.addmm_(x.reshape(-1, x.shape[-1]), w.t()).view(y.shape)
+    return y + _scaled(F.linear(x, w, bias), ls)
+
+
+def _add_mlp(y, b: _Block, dtype):
+    """y + MLP(LN(y))."""
+    return _add_linear(y, b.act(F.linear(_ln(y, b.ln2, dtype), b.w1, b.b1)), b.w2, b.b2, b.ls2)
+
+
 def _qkv(x, b: _Block, dtype):
     """x [..., T, D] → q, k, v [..., H, T, hd]."""
     qkv = F.linear(_ln(x, b.ln1, dtype), b.wqkv, b.bqkv)
@@ -127,10 +141,10 @@ def _qkv_heads(y, b: _Block, dtype):
     return qkv[0], qkv[1], qkv[2]
 
 
-def _attn_out_heads(o, b: _Block):
-    """o [K, H, n, T, hd] → [K, n, T, D] after the output projection and layer scale."""
+def _add_attn_out_heads(y, o, b: _Block):
+    """y [K, n, T, D] + the output projection (and layer scale) of o [K, H, n, T, hd]."""
     K, H, n, T, hd = o.shape
-    return _scaled(F.linear(o.permute(0, 2, 3, 1, 4).reshape(K, n, T, H * hd), b.wo, b.bo), b.ls1)
+    return _add_linear(y, o.permute(0, 2, 3, 1, 4).reshape(K, n, T, H * hd), b.wo, b.bo, b.ls1)
 
 
 # Token rows per chunk. The matmuls reach the machine's sustained rate from ~1k rows, while
@@ -226,7 +240,7 @@ class BatchedEngine(Engine):
             x = x + _mlp(x, b, self.dtype)
         _, k, v = _qkv(x, self.blocks[-1], self.dtype)  # the final block only needs the prefix keys/values
         kv.append((k, v))
-        return kv
+        return [(k.contiguous(), v.contiguous()) for k, v in kv]  # read by every class chunk
 
     def _suffix(self, kv, c0, c1):
         """Class suffixes [K, n, S, D] attending to the shared prefix through the op
@@ -239,14 +253,14 @@ class BatchedEngine(Engine):
             kp, vp = kv[i]  # [K, H, P, hd]
             q, k, v = _qkv_heads(y, b, self.dtype)  # [K, H, n, S, hd]
             if i < len(self.blocks) - 1:
-                y = y + _attn_out_heads(self.prefix_attention(q, kp, vp, k, v), b)
-                y = y + _mlp(y, b, self.dtype)
+                y = _add_attn_out_heads(y, self.prefix_attention(q, kp, vp, k, v), b)
+                y = _add_mlp(y, b, self.dtype)
             else:  # final block: only the EOT row of each class
                 H, hd = q.shape[1], q.shape[-1]
                 qe = torch.gather(q, 3, eot.view(1, 1, n, 1, 1).expand(K, H, n, 1, hd))
                 ye = torch.gather(y, 2, eot.view(1, n, 1, 1).expand(K, n, 1, D))
-                ye = ye + _attn_out_heads(self.prefix_attention(qe, kp, vp, k, v, eot.view(n, 1)), b)
-                y = (ye + _mlp(ye, b, self.dtype)).squeeze(2)
+                ye = _add_attn_out_heads(ye, self.prefix_attention(qe, kp, vp, k, v, eot.view(n, 1)), b)
+                y = _add_mlp(ye, b, self.dtype).squeeze(2)
         pooled = self.tower.ln_final(y)
         return self.tower.project(pooled).float()
 
