@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 
 from .config import official_model_name
+from .errors import DeviceError, UserError
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
 
-class ModelLoadError(RuntimeError):
-    pass
+class ModelLoadError(UserError):
+    """A model name, tag or weights file that cannot be loaded."""
 
 
 def _register_configs():
@@ -71,11 +72,47 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch, "hpu", None) is not None and torch.hpu.is_available():
-        return torch.device("hpu")
-    return torch.device("cpu")
+    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu.
+
+    An explicit device must exist on this machine: DeviceError (exit 2) names it otherwise.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _hpu_available():
+            return torch.device("hpu")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"--device {device!r} is not a device torch knows; use auto, cpu, cuda, cuda:N "
+                          "or hpu") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device!r}: no CUDA GPU is available here (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu "
+                              "or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "hpu" and not _hpu_available():
+        raise DeviceError(f"--device {device!r}: no Intel Gaudi (HPU) is available; use --device cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "hpu"):
+        try:  # other torch device types (mps, xpu…): usable only if a tensor can live there
+            torch.empty(1, device=dev)
+        except Exception as e:
+            raise DeviceError(f"--device {device!r} is not available here ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''}); use --device cpu or auto") from None
+    return dev
+
+
+def _hpu_available() -> bool:
+    return getattr(torch, "hpu", None) is not None and torch.hpu.is_available()
+
+
+def model_image_size(model) -> int | None:
+    """The fixed square input size of an open_clip model's image tower, or None if it has none."""
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0] if len(size) == 2 and size[0] == size[1] else None
+    return size if isinstance(size, int) else None
