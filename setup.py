@@ -24,9 +24,10 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
+        "safetensors",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis"],
         "kernels": ["triton", "pybind11", "ninja"],
     },
     entry_points={"console_scripts": ["zipfast=zipfast.cli:main"]},

@@ -262,6 +262,22 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, ValueError) and type(e) is not ValueError and type(e).__module__.startswith("zipfast")
 
 
+def _last_checkpoint_note(e: BaseException, args, argv) -> str:
+    """For a write that failed mid-run (disk full…): where the intact last checkpoint is."""
+    from .checkpoint import read_checkpoint
+    from .errors import OutputDirError
+
+    run = getattr(args, "run_dir", None)
+    if not isinstance(e, OutputDirError) or run is None or not run.checkpoint.exists():
+        return ""
+    try:
+        step = read_checkpoint(run.checkpoint).state["step"]
+    except Exception:  # the note is a courtesy; the error itself is what matters
+        return ""
+    return (f". The last checkpoint, {run.checkpoint} (step {step}), is intact; once the problem is fixed, "
+            f"resume with: {resume_command(argv, run.checkpoint)}")
+
+
 def main(argv=None) -> int:
     """Run one command; returns the exit code (see the parser's epilog)."""
     from .signals import RunInterrupted
@@ -289,7 +305,7 @@ def main(argv=None) -> int:
         if debug:
             traceback.print_exc()
         if _is_user_error(e):
-            print(f"zipfast {args.cmd}: error: {e}", file=sys.stderr, flush=True)
+            print(f"zipfast {args.cmd}: error: {e}{_last_checkpoint_note(e, args, argv)}", file=sys.stderr, flush=True)
             return EXIT_USER
         if not debug:
             traceback.print_exc()

@@ -83,7 +83,7 @@ class ZIPTrainer:
         seed = config.seed
         if ctx0 is None and isinstance(data, PlantedTask):
             ctx0 = data.ctx0
-        if ctx0 is None and config.ctx_init:
+        if ctx0 is None and config.ctx_init.replace("_", " ").strip():  # blank: no init text (context_tokens)
             ctx0 = init_context_from_text(self.tower, tokenizer, config.ctx_init)
             prefix = config.ctx_init.replace("_", " ")
         else:
