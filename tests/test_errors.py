@@ -16,8 +16,7 @@ import zipfast.cli
 from zipfast import ZIPTrainer
 from zipfast.checkpoint import CHECKPOINT_NAME
 from zipfast.cli import main
-from zipfast.config import (OFFICIAL_KEYS, ConfigError, TrainConfig, cfg_to_train_config, default_cfg,
-                            load_official)
+from zipfast.config import OFFICIAL_KEYS, ConfigError, TrainConfig, cfg_to_train_config, load_official
 from zipfast.data.imagefolder import DatasetError, FewShotImageFolder
 from zipfast.data.sources import derive_seed
 from zipfast.data.verify import verify_images
