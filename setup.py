@@ -24,10 +24,12 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
+        "matplotlib",
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],
+        "ray": ["ray"],
         "kernels": ["triton", "pybind11", "ninja"],
     },
     entry_points={"console_scripts": ["zipfast=zipfast.cli:main"]},

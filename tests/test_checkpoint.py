@@ -183,7 +183,7 @@ def _future(blob: bytes) -> bytes:
     (lambda b: b[: len(b) // 2], "truncated"),
     (lambda b: b[:6], "truncated"),
     (lambda b: os.urandom(4096), "not a zipfast checkpoint"),
-    (lambda b: b"\x80\x02" + os.urandom(64), "refused"),
+    (lambda b: b"\x80\x02\x8a\x0a" + os.urandom(64), "refused"),
     (lambda b: b"PK\x03\x04" + os.urandom(64), "refused"),
     (_tampered, "checksum"),
     (_edited_metadata, "checksum"),

@@ -61,7 +61,8 @@ def test_crash_drill_kill_stop_resume_is_bit_identical(tmp_path):
     ckpt = out / CHECKPOINT_NAME
     argv = ["train", *ARGS, "--output-dir", str(out), *OPTS]
     resume = ["train", "--resume", str(ckpt), *ARGS, "--output-dir", str(out), *OPTS]
-    plan = [(3, signal.SIGKILL), (9, signal.SIGTERM), (15, signal.SIGKILL), (21, signal.SIGINT)]
+    # the first kill comes after the step-4 checkpoint: before it there is nothing to resume
+    plan = [(5, signal.SIGKILL), (10, signal.SIGTERM), (15, signal.SIGKILL), (21, signal.SIGINT)]
     for i, (step, signum) in enumerate(plan):
         rc, err = _signal_after(_spawn(argv if i == 0 else resume), out, step, signum)
         if signum == signal.SIGKILL:

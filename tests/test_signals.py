@@ -47,6 +47,7 @@ def test_stop_signal_saves_prints_resume_and_continues_exactly(reference, tmp_pa
     out = tmp_path / "run"
     argv = ["train", *ARGS, "--output-dir", str(out), *OPTS]
     _signal_at_step(monkeypatch, signum, 3)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     ckpt = out / CHECKPOINT_NAME
@@ -55,7 +56,7 @@ def test_stop_signal_saves_prints_resume_and_continues_exactly(reference, tmp_pa
     assert read_checkpoint(ckpt).state["step"] == 3  # the step in flight was finished, then saved
     assert [r["step"] for r in _strip(out)] == [1, 2, 3]
     assert not (out / "report.json").exists()
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # handlers restored
 
     monkeypatch.undo()
     cmd = err[-1].split("resume with: ", 1)[1]

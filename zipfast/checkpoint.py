@@ -41,6 +41,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pt"
 _TENSOR = "__tensor__"
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+_TORCH_PICKLE_MAGIC = b"\x80\x02\x8a\x0a"  # pickle protocol 2, then torch's 10-byte magic number
 
 
 class CheckpointError(UserError):
@@ -160,7 +161,8 @@ def resolve_checkpoint_path(path) -> Path:
         raise CheckpointError(f"directory {str(path)!r} holds no checkpoint ({CHECKPOINT_NAME}); pass the "
                               "checkpoint file of the run to resume or evaluate")
     if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path (a run stopped before its "
+                              "first checkpoint has none: start it again, with --overwrite)")
     return path
 
 
@@ -174,7 +176,9 @@ def read_checkpoint(path) -> Checkpoint:
     if not blob:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes); it is not a checkpoint (a copy may "
                               "have failed): use another checkpoint, or start afresh with --overwrite")
-    if blob[:4] == b"PK\x03\x04" or blob[:2] == b"\x80\x02":  # torch.save: zip archive, or legacy pickle
+    # torch.save: a zip archive, or (before torch 1.6) a pickle opening with its magic number. A
+    # safetensors header length can look like "\x80\x02" too, so the magic is matched in full.
+    if blob[:4] == b"PK\x03\x04" or blob[:4] == _TORCH_PICKLE_MAGIC:
         return _read_legacy(path, blob)
     return _read_safetensors(path, blob)
 

@@ -6,10 +6,10 @@ import difflib
 import os
 from pathlib import Path
 
-import torch
 
 from .config import official_model_name
-from .errors import DeviceError, UserError
+from .env import resolve_device  # noqa: F401  (re-exported: old import path)
+from .errors import UserError
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -69,45 +69,6 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer, preprocess_val
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu.
-
-    An explicit device must exist on this machine: DeviceError (exit 2) names it otherwise.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _hpu_available():
-            return torch.device("hpu")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise DeviceError(f"--device {device!r} is not a device torch knows; use auto, cpu, cuda, cuda:N "
-                          "or hpu") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"--device {device!r}: no CUDA GPU is available here (torch "
-                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu "
-                              "or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    elif dev.type == "hpu" and not _hpu_available():
-        raise DeviceError(f"--device {device!r}: no Intel Gaudi (HPU) is available; use --device cpu or auto")
-    elif dev.type not in ("cpu", "cuda", "hpu"):
-        try:  # other torch device types (mps, xpu…): usable only if a tensor can live there
-            torch.empty(1, device=dev)
-        except Exception as e:
-            raise DeviceError(f"--device {device!r} is not available here ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:120] if str(e) else ''}); use --device cpu or auto") from None
-    return dev
-
-
-def _hpu_available() -> bool:
-    return getattr(torch, "hpu", None) is not None and torch.hpu.is_available()
 
 
 def model_image_size(model) -> int | None:

@@ -10,24 +10,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import platform
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
 from .checkpoint import CheckpointMismatchError, read_checkpoint as _read, write_checkpoint
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
-from .data.sources import FeatureSource, ImageSource, batch_indices, derive_seed
+from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_indices, derive_seed
+from .data.transforms import DEFAULT_CHOICES
 from .data.verify import verify_images
 from .batched import make_engine
 from .engine import autocast_for
+from .env import resolve_device, versions
 from .errors import UserError
 from .io import save_json
 from .config import ConfigError, OFFICIAL_KEYS, TrainConfig, official_model_name
-from .models import model_image_size, resolve_device
+from .models import model_image_size
 from .optim import SPSA
 from .rundir import RunDir
 from .signals import RunInterrupted, StopSignals
@@ -39,7 +39,7 @@ log = logging.getLogger("zipfast.trainer")
 TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
                    "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class",
-                   "feature_bank")
+                   "feature_bank", "augment")
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
@@ -66,10 +66,8 @@ class ZIPTrainer:
                  output_dir=None, progress: bool = True, overwrite: bool = False):
         config.validate()
         self.progress = progress
-        self.config = _model_image_size(config, model, data)
-        # Settings changed to what the model admits: logged, and listed in the report.
-        self.adjustments = ([f"image_size {config.image_size} -> {self.config.image_size} (the model's input size)"]
-                            if self.config.image_size != config.image_size else [])
+        # Settings changed to what the model and data path admit: each logged, and listed in the report.
+        self.config, self.adjustments = adapt_config(config, model, isinstance(data, FewShotImageFolder))
         config = self.config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -105,6 +103,8 @@ class ZIPTrainer:
         self.queries = 0
         self.elapsed = 0.0
         self.last_record: dict | None = None
+        # callables hook(trainer, record) run after every step (periodic evaluation: paper.hooks)
+        self.step_hooks: list = []
         self.run_dir = output_dir if isinstance(output_dir, RunDir) else (
             RunDir(output_dir, "overwrite" if overwrite else "fresh") if output_dir else None)
         self.output_dir = self.run_dir.path if self.run_dir is not None else None
@@ -123,10 +123,17 @@ class ZIPTrainer:
                           progress=self.progress)
             bar = tqdm(total=len(data.train), desc="feature bank", unit="image",
                        disable=not (self.progress and c.feature_bank))
-            data = ImageSource(data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation,
-                               self.device, c.test_batch_size, lambda: autocast_for(self.device, c.precision),
-                               bank_views=c.feature_bank, seed=c.seed, progress=bar.update,
-                               transforms=c.transforms, workers=c.num_workers)
+            args = (data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation, self.device,
+                    c.test_batch_size, lambda: autocast_for(self.device, c.precision))
+            if c.augment == "tensor":  # decode once, batched crop/flip on the device (data.gpu_augment)
+                dbar = tqdm(total=len(data.train), desc="decode", unit="image", disable=not self.progress)
+                data = DecodedImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update,
+                                          decode_progress=dbar.update, transforms=c.transforms,
+                                          workers=c.num_workers)
+                dbar.close()
+            else:
+                data = ImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update,
+                                   transforms=c.transforms, workers=c.num_workers)
             bar.close()
         if not isinstance(data, (FeatureSource, ImageSource)):
             raise TypeError(f"data must be a PlantedTask, FewShotImageFolder or FeatureSource, got {type(data).__name__}")
@@ -202,6 +209,8 @@ class ZIPTrainer:
                        "c_k": info["c_k"], "grad_norm": float(info["grad_norm"]), "clipped": bool(info["clipped"]),
                        "time_s": round(self.elapsed, 4)}
                 self.last_record = rec
+                for hook in self.step_hooks:
+                    hook(self, rec)
                 if log is not None and (k % c.log_every == 0 or self.queries + 2 > c.budget):
                     log.write(rec)
                 bar.update(len(cand))
@@ -246,6 +255,7 @@ class ZIPTrainer:
             "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
             "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
             "precision": self.engine.precision,
+            "fallbacks": list(getattr(self.engine, "fallbacks", [])),  # every substitution, also logged
             "device": str(self.device), "versions": versions(), "adjustments": list(self.adjustments),
         }
 
@@ -300,14 +310,24 @@ def read_checkpoint(path) -> dict:
                                       "it was not written by ZIPTrainer") from None
 
 
-def _model_image_size(config: TrainConfig, model, data) -> TrainConfig:
-    """config with image_size set to the model's fixed input size when images are encoded
-    (a ViT's positional embedding admits no other size); one log line and a report field."""
+def adapt_config(config: TrainConfig, model, encodes_images: bool) -> tuple[TrainConfig, list[str]]:
+    """(config, adjustments) for a run that encodes images: image_size becomes the model's fixed
+    input size (a ViT's positional embedding admits no other), and INPUT.TRANSFORMS other than
+    the official list run on the PIL augmentation path (the tensor path implements only that
+    list). Each change is one log line and one entry of the report's "adjustments"."""
+    if not encodes_images:
+        return config, []
+    changes, notes = {}, []
     size = model_image_size(model)
-    if not isinstance(data, FewShotImageFolder) or size is None or size == config.image_size:
-        return config
-    log.info("image size %d -> %d, the input size of %s", config.image_size, size, config.model)
-    return dataclasses.replace(config, image_size=size).validate()
+    if size is not None and size != config.image_size:
+        changes["image_size"] = size
+        notes.append(f"image_size {config.image_size} -> {size} (the model's input size)")
+    if config.augment == "tensor" and set(config.transforms) != set(DEFAULT_CHOICES):
+        changes["augment"] = "pil"
+        notes.append(f"augment tensor -> pil (INPUT.TRANSFORMS {list(config.transforms)} runs on the PIL path only)")
+    for note in notes:
+        log.info("%s", note)
+    return (dataclasses.replace(config, **changes).validate() if changes else config), notes
 
 
 def _check_intrinsic_dim(intrinsic_dim: int, n_ctx: int, width: int) -> None:
@@ -318,20 +338,3 @@ def _check_intrinsic_dim(intrinsic_dim: int, n_ctx: int, width: int) -> None:
             f"{OFFICIAL_KEYS['intrinsic_dim']} (intrinsic_dim) {intrinsic_dim} is too large for {n_ctx} context tokens "
             f"of width {width}: each token gets {intrinsic_dim} // {n_ctx} = {intrinsic_dim // n_ctx} coordinates, "
             f"its Fastfood projection takes at most {L}; use at most {L * n_ctx}")
-
-
-def versions() -> dict:
-    import numpy
-    import open_clip
-
-    v = {"zipfast": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-         "numpy": numpy.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except ImportError:
-        v["triton"] = None
-    v["cuda"] = torch.version.cuda
-    return v
-
