@@ -24,6 +24,8 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
+        "cma",  # pycma: SharpZO's CMA-ES stage
+        "matplotlib",  # zipfast compare's accuracy-vs-queries plot
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4"],
