@@ -222,6 +222,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from .config import ConfigError
+    from .env import log_to_stderr
+
+    log_to_stderr()  # fallbacks and substitutions: one "zipfast: ..." line each on stderr
     from .data.imagefolder import DatasetError
     from .models import ModelLoadError
     from .trainer import CheckpointMismatchError, NonFiniteLossError

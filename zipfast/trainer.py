@@ -11,7 +11,6 @@ trainer owns the budget, which is never exceeded, identically for every method.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -24,9 +23,9 @@ from .data.planted import PlantedTask
 from .data.sources import FeatureSource, ImageSource, batch_indices, derive_seed
 from .batched import make_engine
 from .engine import autocast_for
+from .env import resolve_device, versions
 from .io import save_json, save_text, save_torch
 from .config import TrainConfig, official_model_name
-from .models import resolve_device
 from . import zeroshot
 from .methods import build as build_method
 from .methods import resolve_options, space_from_state_dict
@@ -227,6 +226,7 @@ class ZIPTrainer:
             "n_classes": len(self.classnames), "param_dim": self.space.dim if self.space else 0,
             "template": self.template, "backend": self.engine.name,
             "precision": self.engine.precision,
+            "fallbacks": list(getattr(self.engine, "fallbacks", [])),  # every substitution, also logged
             "device": str(self.device), "versions": versions(),
         }
 
@@ -288,20 +288,3 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log records past the checkpoint's step (a crash may have left some)."""
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
     save_text("".join(ln + "\n" for ln in keep), path)
-
-
-def versions() -> dict:
-    import numpy
-    import open_clip
-
-    v = {"zipfast": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-         "numpy": numpy.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except ImportError:
-        v["triton"] = None
-    v["cuda"] = torch.version.cuda
-    return v
-
