@@ -28,7 +28,8 @@ setup(
         "matplotlib",  # zipfast compare's accuracy-vs-queries plot
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],
+        "ray": ["ray"],
         "kernels": ["triton", "pybind11", "ninja"],
     },
     entry_points={"console_scripts": ["zipfast=zipfast.cli:main"]},

@@ -79,7 +79,7 @@ SHARPZO_RELEASED = {"grad_estimator": "cge", "grad_mu": 1e-3, "prune": False, "m
 @dataclass(frozen=True)
 class ZeroShotOptions:
     """Zero-shot CLIP: `template` with "{}" for the class name; empty = the dataset's official template
-    when its name is known (zipfast.zeroshot.TEMPLATES), else "a photo of a {}."."""
+    when its name is known (zipfast.datasets.specs), else "a photo of a {}."."""
 
     template: str = ""
 

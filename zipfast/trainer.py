@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
-from .data.sources import FeatureSource, ImageSource, batch_indices, derive_seed
+from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_indices, derive_seed
 from .batched import make_engine
 from .engine import autocast_for
 from .env import resolve_device, versions
@@ -37,7 +37,7 @@ CHECKPOINT_FORMAT = "zipfast-checkpoint-v1"
 TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
                    "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class",
-                   "feature_bank", "method", "method_options")
+                   "feature_bank", "augment", "method", "method_options")
 # Trajectory keys added after the first checkpoint format, with the value older checkpoints imply.
 _IMPLIED = {"method": "zip", "method_options": {}}
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
@@ -101,6 +101,8 @@ class ZIPTrainer:
         self.queries = 0
         self.elapsed = 0.0
         self.last_record: dict | None = None
+        # callables hook(trainer, record) run after every step (periodic evaluation: paper.hooks)
+        self.step_hooks: list = []
         self.output_dir = Path(output_dir) if output_dir else None
 
     # ------------------------------------------------------------------ data
@@ -114,9 +116,15 @@ class ZIPTrainer:
                 raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
             bar = tqdm(total=len(data.train), desc="feature bank", unit="image",
                        disable=not (self.progress and c.feature_bank))
-            data = ImageSource(data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation,
-                               self.device, c.test_batch_size, lambda: autocast_for(self.device, c.precision),
-                               bank_views=c.feature_bank, seed=c.seed, progress=bar.update)
+            args = (data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation, self.device,
+                    c.test_batch_size, lambda: autocast_for(self.device, c.precision))
+            if c.augment == "tensor":  # decode once, batched crop/flip on the device (data.gpu_augment)
+                dbar = tqdm(total=len(data.train), desc="decode", unit="image", disable=not self.progress)
+                data = DecodedImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update,
+                                          decode_progress=dbar.update)
+                dbar.close()
+            else:
+                data = ImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update)
             bar.close()
         if not isinstance(data, (FeatureSource, ImageSource)):
             raise TypeError(f"data must be a PlantedTask, FewShotImageFolder or FeatureSource, got {type(data).__name__}")
@@ -134,6 +142,15 @@ class ZIPTrainer:
     def w(self) -> torch.Tensor | None:
         """The optimiser's current point (None for zero-shot CLIP)."""
         return self.optimizer.point if self.optimizer is not None else None
+
+    @w.setter
+    def w(self, value: torch.Tensor) -> None:
+        """Replace the current point (e.g. a prompt read back for evaluation); optimisers whose point is a
+        plain vector (ZIP, ZO-SGD) only."""
+        if not isinstance(getattr(self.optimizer, "w", None), torch.Tensor):
+            raise AttributeError(f"the point of method {self.config.method!r} cannot be set directly; "
+                                 "use load_checkpoint()")
+        self.optimizer.w = value
 
     def _paths(self):
         d = self.output_dir
@@ -180,6 +197,8 @@ class ZIPTrainer:
                 rec = {"step": k, "queries": self.queries, **stats, "time_s": round(self.elapsed, 4)}
                 self.last_record = rec
                 unlogged = rec
+                for hook in self.step_hooks:
+                    hook(self, rec)
                 if log is not None and k % c.log_every == 0:
                     log.write(json.dumps(rec) + "\n")
                     log.flush()

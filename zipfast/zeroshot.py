@@ -1,7 +1,7 @@
 """Zero-shot CLIP: class text features from a hand-written template (0 queries).
 
-The per-dataset templates are the official ones CoOp's zero-shot baseline uses; any
-other dataset gets "a photo of a {}.".
+The per-dataset templates are the official ones CoOp's zero-shot baseline uses (kept once,
+in `zipfast.datasets.specs`); any other dataset gets "a photo of a {}.".
 """
 
 from __future__ import annotations
@@ -14,28 +14,17 @@ import torch
 from .text import TextTower
 
 DEFAULT_TEMPLATE = "a photo of a {}."
-# Dataset (folder / config name, normalised: lower case, no separators) → template.
-TEMPLATES = {
-    "oxfordpets": "a photo of a {}, a type of pet.",
-    "oxfordflowers": "a photo of a {}, a type of flower.",
-    "fgvcaircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "describabletextures": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanfordcars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-}
-_ALIASES = {"pets": "oxfordpets", "flowers": "oxfordflowers", "flowers102": "oxfordflowers",
-            "oxford102flowers": "oxfordflowers", "aircraft": "fgvcaircraft", "fgvc": "fgvcaircraft",
-            "cars": "stanfordcars", "food": "food101", "caltech": "caltech101", "ucf": "ucf101"}
 
 
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _templates() -> dict:
+    """Normalised dataset name, config stem or folder name → template (zipfast.datasets.specs)."""
+    from .datasets.specs import SPECS
+
+    return {_key(n): s.template for s in SPECS for n in (s.name, s.key, s.dataset_dir)}
 
 
 def template_for(dataset: str) -> str:
@@ -45,9 +34,7 @@ def template_for(dataset: str) -> str:
     borrow, so they get the default template."""
     if not dataset or dataset.startswith("planted"):
         return DEFAULT_TEMPLATE
-    key = _key(Path(dataset.rstrip("/")).name)
-    key = _ALIASES.get(key, key)
-    return TEMPLATES.get(key, DEFAULT_TEMPLATE)
+    return _templates().get(_key(Path(dataset.rstrip("/")).name), DEFAULT_TEMPLATE)
 
 
 def text_features(tower: TextTower, tokenizer, classnames, template: str) -> torch.Tensor:
