@@ -66,6 +66,31 @@ def test_trainer_state_round_trips_exactly(run_ckpt):
     assert (st_["step"], st_["queries"]) == (3, 30) and st_["last_record"] == tr.last_record
 
 
+@pytest.mark.parametrize("method, options", [
+    ("zo-sgd", {"pairs": 2}),
+    ("sharpzo", {"dim": 16, "popsize": 4, "change_point": 2, "grad_dirs": 1, "prune_interval": 3}),
+    ("zsclip", {}),
+])
+def test_every_method_state_fits_the_format_and_resumes_exactly(planted, tmp_path, method, options):
+    """The optimisers' states (SharpZO's CMA-ES stage included) go through checkpoint.safetensors
+    and a 20 + 20-query run equals a 40-query run."""
+    kw = dict(method=method, method_options=options)
+    full = _trainer(planted, tmp_path / "full", budget=40, **kw)
+    full.fit()
+    _trainer(planted, tmp_path / "half", budget=20, **kw).fit()
+    resumed = _trainer(planted, tmp_path / "half", budget=40, **kw)
+    resumed.load_checkpoint(tmp_path / "half" / CHECKPOINT_NAME)
+    resumed.fit()
+    assert resumed.queries == full.queries
+    if method == "zsclip":
+        assert resumed.w is None and read_checkpoint(tmp_path / "half" / CHECKPOINT_NAME).state["optimizer"] is None
+    else:
+        assert torch.equal(resumed.w.cpu(), full.w.cpu())
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "time_s"}  # noqa: E731
+                       for x in (p / "log.jsonl").read_text().splitlines()]
+    assert strip(tmp_path / "half") == strip(tmp_path / "full")
+
+
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**62, 2**62), st.text(max_size=8),
                   st.floats(allow_nan=False, width=64))
 _tensor = st.builds(lambda shape, dt: (torch.arange(int(torch.tensor(shape).prod()) if shape else 1)
