@@ -24,7 +24,9 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
-        "matplotlib",
+        "cma",  # pycma: SharpZO's CMA-ES stage
+        "matplotlib",  # zipfast compare's accuracy-vs-queries plot
+        "safetensors",  # checkpoints (zipfast.checkpoint)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],

@@ -18,16 +18,18 @@ import dataclasses
 import difflib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import yaml
+
+from .errors import UserError
 
 if TYPE_CHECKING:
     from yacs.config import CfgNode
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting is unknown, of the wrong type, out of range, or unsupported by zipfast."""
 
 
@@ -105,6 +107,8 @@ class TrainConfig:
     test_per_class: int | None = None
     augment: str = "tensor"  # training views: "tensor" (batched, data.gpu_augment) or "pil" (the reference)
     feature_bank: int = 0  # V > 0: encode V augmented views per training image once, sample per step
+    method: str = "zip"  # zip, sharpzo, zo-sgd or zsclip (zipfast.methods)
+    method_options: dict = field(default_factory=dict)  # the method's own section (zipfast.methods)
 
     def __post_init__(self) -> None:
         # JSON and CLI parsers hand over lists; keep the tuple fields hashable and comparable.
@@ -125,13 +129,15 @@ class TrainConfig:
         _validate_floats(self)
         _validate_choices(self)
         _validate_strings(self)
+        _validate_method(self)
         _validate_relations(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy (tuples become lists)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+        return {name: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v
+                for name, v in values.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -171,11 +177,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Integers must fit a signed 64-bit tensor / RNG seed; larger ones fail deep inside torch.
+INT_MAX = 2**63 - 1
+
+
 def _require_int(cfg: TrainConfig, field: str, allow_zero: bool = False) -> None:
     value = getattr(cfg, field)
     if not _is_int(value) or value < (0 if allow_zero else 1):
         what = "a non-negative integer" if allow_zero else "a positive integer"
         raise ConfigError(f"{_label(field)} must be {what}, got {value!r}")
+    if value > INT_MAX:
+        raise ConfigError(f"{_label(field)} {value} is too large: it must be at most 2^63 - 1 = {INT_MAX}")
 
 
 def _require_number(label: str, value: Any, ok=lambda v: True, what: str = "") -> None:
@@ -247,6 +259,19 @@ def _validate_strings(cfg: TrainConfig) -> None:
             raise ConfigError(f"{_label(field)} must be a string, got {value!r}")
 
 
+def _validate_method(cfg: TrainConfig) -> None:
+    from .methods import METHODS, MethodOptionError, resolve_options
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    if not isinstance(cfg.method_options, dict):
+        raise ConfigError(f"method_options must be a mapping of option names to values, got {cfg.method_options!r}")
+    try:
+        resolve_options(cfg.method, cfg.method_options)
+    except MethodOptionError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _validate_relations(cfg: TrainConfig) -> None:
     m = cfg.context_tokens
     tokens = f"{m} context tokens" + (" (the words of ctx_init)" if m != cfg.n_ctx else "")
@@ -257,7 +282,7 @@ def _validate_relations(cfg: TrainConfig) -> None:
     if cfg.rank > d_t:
         raise ConfigError(f"{_label('rank')} {cfg.rank} exceeds intrinsic_dim // n_ctx = "
                           f"{cfg.intrinsic_dim} // {m} = {d_t} (the per-token intrinsic size, {tokens})")
-    if cfg.budget < 2 * cfg.sp_avg:
+    if cfg.method == "zip" and cfg.budget < 2 * cfg.sp_avg:
         raise ConfigError(f"{OFFICIAL_KEYS['budget']}: budget {cfg.budget} is smaller than one step "
                           f"(2*sp_avg = {2 * cfg.sp_avg} queries)")
 

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from ..env import get_logger
+from ..errors import UserError
 
 PRIORITY = ("cuda", "triton", "torch", "reference")
 ENV_ALL = "ZIPFAST_BACKEND"
@@ -39,7 +40,7 @@ log = get_logger("ops")
 Availability = Callable[[torch.device], "tuple[bool, str]"]
 
 
-class BackendUnavailableError(ValueError):
+class BackendUnavailableError(UserError):
     """A backend forced through the environment cannot run an op (message says which and why)."""
 
 
