@@ -187,6 +187,46 @@ def cmd_bench_paper(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_compare(args) -> int:
+    """Methods × seeds on one task with one budget: table, CSV and accuracy-vs-queries plot."""
+    from .compare import compare, markdown_table, summarise
+    from .config import ConfigError, TrainConfig
+    from .methods import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: unknown method(s) {bad or args.methods!r}; choose from {', '.join(METHODS)}")
+    seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
+    options: dict = {}
+    for key, value in (parse_method_opts(args.method_opt) or {}).items():
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise ConfigError(f"--method-opt for compare takes METHOD.KEY=VALUE with METHOD one of "
+                              f"{', '.join(methods)}; got {key!r}")
+        options.setdefault(method, {})[name] = value
+    planted = args.data in PLANTED
+    base = TrainConfig(model=args.model or ("zipfast-planted" if planted else "ViT-B-16"),
+                       pretrained=args.pretrained or ("none" if planted else "openai"), dataset=args.data,
+                       budget=args.budget, shots=args.shots, device=args.device or "auto",
+                       backend=args.backend or "auto", checkpoint_every=0).validate()
+    runs = compare(base, build_run, methods, seeds, args.eval_every, targets, options, args.output_dir,
+                   progress=not args.no_progress)
+    rows = summarise(runs, methods, targets)
+    print(markdown_table(rows, targets), end="")
+    print(f"outputs: {args.output_dir}/compare.png, compare.md, compare.csv, runs.jsonl")
+    return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    from .config import ConfigError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
 def cmd_info(args) -> int:
     from .backends import info
 
@@ -275,6 +315,22 @@ def parser() -> argparse.ArgumentParser:
     _add_common(b)
     b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     b.set_defaults(fn=cmd_bench_paper)
+
+    c = sub.add_parser("compare", help="several methods x seeds on one task, same budget: table and plot")
+    c.add_argument("--data", default="planted", help="planted (default), planted-cifar100 or an image-folder root")
+    c.add_argument("--methods", default="zip,sharpzo,zo-sgd,zsclip", help="comma-separated (default: all)")
+    c.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    c.add_argument("--budget", type=int, default=5000, help="query budget of every run (default 5000)")
+    c.add_argument("--eval-every", type=int, default=250, help="queries between test evaluations (default 250)")
+    c.add_argument("--targets", default="50,60,70", help="accuracies (%%) for the queries-to-reach columns")
+    c.add_argument("--shots", type=int, default=16)
+    c.add_argument("--model", default=None, help="open_clip model (default: zipfast-planted on planted data)")
+    c.add_argument("--pretrained", default=None)
+    c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
+                   help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")
+    c.add_argument("--output-dir", default="runs/compare")
+    _add_common(c)
+    c.set_defaults(fn=cmd_compare)
 
     i = sub.add_parser("info", help="versions, device, backends, precision")
     i.set_defaults(fn=cmd_info)
