@@ -112,11 +112,16 @@ def test_every_method_stops_at_the_budget(planted, small_task, method, budget, e
     assert report["method"] == method
 
 
-@pytest.mark.parametrize("method,opts", [("zo-sgd", {"pairs": 2}), ("sharpzo", SMALL_SHARPZO),
-                                         ("sharpzo", {**SMALL_SHARPZO, "preset": "released", "dim": 8,
-                                                      "prune": True, "prune_interval": 4})])
-def test_determinism_and_bit_exact_resume_through_the_checkpoint(planted, small_task, tmp_path, method, opts):
-    budget, half_budget = 80, 36  # SharpZO: stage 1 ends inside the first half, stage 2 spans both
+# Half budgets end on a round the shorter run did not cut (as ZIP's budget multiples of 10): SharpZO's
+# stage 1 ends inside the first half (24 queries), stage 2 spans both halves.
+@pytest.mark.parametrize("method,opts,half_budget,budget", [
+    ("zo-sgd", {"pairs": 2}, 36, 80),
+    ("sharpzo", SMALL_SHARPZO, 34, 80),  # 2 × (4 + 8), then [mask 4, 2, 2, 2] per 3 steps
+    ("sharpzo", {**SMALL_SHARPZO, "preset": "released", "dim": 8, "change_point": 1, "prune": True,
+                 "prune_interval": 4}, 48, 96),  # 16 + 8, then [cge mask 16, 2, 2, 2, 2] per 4 steps
+])
+def test_determinism_and_bit_exact_resume_through_the_checkpoint(planted, small_task, tmp_path, method, opts,
+                                                                 half_budget, budget):
     full = trainer(planted, small_task, tmp_path / "full", method=method, method_options=opts, budget=budget)
     full.fit()
     again = trainer(planted, small_task, method=method, method_options=opts, budget=budget)
@@ -165,7 +170,8 @@ def test_zero_shot_template_table():
 
 
 @pytest.mark.parametrize("method,opts,budget,floor", [
-    # measured (seed 1, fp32/bf16 alike within ±2 points): see the README's method table
+    # floors: on this task (seed 1) zo-sgd reached 51.5 % and sharpzo (change_point 10) 47.9 % after 1,500
+    # queries, from 12.2 %; these shorter runs must clear roughly half the gain
     ("zo-sgd", {}, 400, 30.0),
     ("sharpzo", {"change_point": 6}, 500, 25.0),
 ])

@@ -59,10 +59,16 @@ def first_reach(points, target: float):
     return next((q for q, acc in points if acc >= target), None)
 
 
-def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bool) -> dict:
+def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bool, cache: dict | None = None) -> dict:
     from .trainer import ZIPTrainer
 
-    model, tokenizer, classnames, data = build_run(cfg)
+    # The frozen model and the task do not depend on the method; on the planted task not on the seed either.
+    key = (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
+           None if cfg.dataset.startswith("planted") else cfg.seed)
+    cache = {} if cache is None else cache
+    if key not in cache:
+        cache[key] = build_run(cfg)
+    model, tokenizer, classnames, data = cache[key]
     trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=progress)
     curve = EvalCurve(eval_every)
     curve.start(trainer)
@@ -85,11 +91,11 @@ def compare(base: TrainConfig, build_run: Callable, methods: Sequence[str] = DEF
     method_options = method_options or {}
     cfgs = [dataclasses.replace(base, method=m, seed=s, method_options=dict(method_options.get(m, {})),
                                 output_dir="").validate() for m in methods for s in seeds]
-    runs = []
+    runs, cache = [], {}
     for i, cfg in enumerate(cfgs, 1):
         if progress:
             print(f"[{i}/{len(cfgs)}] {cfg.method} seed {cfg.seed}", flush=True)
-        runs.append(run_one(cfg, build_run, eval_every, progress))
+        runs.append(run_one(cfg, build_run, eval_every, progress, cache))
     rows = summarise(runs, methods, targets)
     if output_dir is not None:
         write_outputs(Path(output_dir), runs, rows, targets, base)
