@@ -26,6 +26,7 @@ setup(
         "tqdm",
         "cma",  # pycma: SharpZO's CMA-ES stage
         "matplotlib",  # zipfast compare's accuracy-vs-queries plot
+        "safetensors",  # checkpoints (zipfast.checkpoint)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],
