@@ -27,6 +27,7 @@ setup(
         "cma",  # pycma: SharpZO's CMA-ES stage
         "threadpoolctl",  # one BLAS thread around pycma's small matrix algebra
         "matplotlib",  # zipfast compare's accuracy-vs-queries plot
+        "safetensors",  # checkpoints (zipfast.checkpoint)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],

@@ -133,7 +133,7 @@ def test_determinism_and_bit_exact_resume_through_the_checkpoint(planted, small_
     half = trainer(planted, small_task, tmp_path / "half", method=method, method_options=opts, budget=half_budget)
     half.fit()
     resumed = trainer(planted, small_task, tmp_path / "half", method=method, method_options=opts, budget=budget)
-    resumed.load_checkpoint(tmp_path / "half" / "checkpoint.pt")
+    resumed.load_checkpoint(tmp_path / "half" / "checkpoint.safetensors")
     assert resumed.queries == half.queries
     resumed.fit()
     assert torch.equal(resumed.w, full.w) and resumed.queries == full.queries
@@ -146,7 +146,7 @@ def test_checkpoint_of_another_method_is_refused(planted, small_task, tmp_path):
     trainer(planted, small_task, tmp_path / "z", budget=20).fit()
     other = trainer(planted, small_task, method="zo-sgd", budget=20)
     with pytest.raises(ValueError, match="method='zip' \\(checkpoint\\) vs 'zo-sgd'"):
-        other.load_checkpoint(tmp_path / "z" / "checkpoint.pt")
+        other.load_checkpoint(tmp_path / "z" / "checkpoint.safetensors")
 
 
 def test_zero_shot_spends_no_queries_and_scores_the_template(planted, small_task, tmp_path):

@@ -123,7 +123,7 @@ def test_missing_dataset_and_model_dir_errors(workdir, capsys):
     argv = ["train", "--root", "DATA", "--trainer", "ZIP", "--dataset-config-file", "configs/datasets/eurosat.yaml",
             "--model-dir", "output/nothing-here", "--eval-only"]
     assert main(argv) == 2
-    assert "output/nothing-here/checkpoint.pt" in capsys.readouterr().err
+    assert "output/nothing-here/checkpoint.safetensors" in capsys.readouterr().err
 
 
 def test_macro_f1_against_a_hand_count():
@@ -143,3 +143,15 @@ def test_pil_reference_augmentation_runs_through_the_official_line(workdir):
     assert main(argv + TINY) == 0
     cfg = json.loads((workdir / out / "report.json").read_text())["config"]
     assert cfg["augment"] == "pil"
+
+
+def test_another_method_through_the_official_surface_and_its_eval_only(workdir):
+    out = "output/zosgd/seed1"
+    argv = few_shot_line("eurosat", 1, out)
+    argv[1:1] = ["--method", "zo-sgd"]
+    assert main(argv + TINY) == 0
+    assert json.loads((workdir / out / "report.json").read_text())["method"] == "zo-sgd"
+    assert main(["train", "--root", "DATA", "--seed", "1", "--trainer", "ZIP", "--dataset-config-file",
+                 "configs/datasets/imagenet_a.yaml", "--config-file", "configs/trainers/ZIP/vit_b16.yaml",
+                 "--output-dir", "output/zosgd-xd", "--model-dir", out, "--eval-only", *TINY]) == 0
+    assert parse_test_res(workdir / "output/zosgd-xd/log.txt", end_signal="=> result") is not None
