@@ -414,7 +414,7 @@ def _last_checkpoint_note(e: BaseException, args, argv) -> str:
 
 def main(argv=None) -> int:
     """Run one command; returns the exit code (see the parser's epilog)."""
-    from .signals import RunInterrupted
+    from .signals import TerminateOnSignals
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -422,6 +422,13 @@ def main(argv=None) -> int:
     from .env import log_to_stderr
 
     log_to_stderr()  # fallbacks, substitutions, cleanups: one "zipfast: ..." line each on stderr
+    with TerminateOnSignals():  # SIGTERM/SIGHUP outside the step loop: a message, not a silent death
+        return _run(args, argv, debug)
+
+
+def _run(args, argv, debug) -> int:
+    from .signals import RunInterrupted
+
     try:
         return args.fn(args)
     except RunInterrupted as e:
@@ -430,13 +437,18 @@ def main(argv=None) -> int:
             line += f"; resume with: {resume_command(argv, e.checkpoint)}"
         print(line, file=sys.stderr, flush=True)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # a second SIGINT, or a signal outside the step loop (signals.Terminated)
         if debug:
             traceback.print_exc()
+        how = f"stopped by {e.signal_name}" if hasattr(e, "signal_name") else "aborted by SIGINT"
         run = getattr(args, "run_dir", None)
-        saved = f"; the last checkpoint is {run.checkpoint}" if run is not None and run.checkpoint.exists() else ""
-        print(f"zipfast {args.cmd}: aborted by SIGINT{saved}", file=sys.stderr, flush=True)
-        return EXIT_SIGINT
+        saved = ""
+        if run is not None and run.checkpoint.exists():
+            saved = f"; the last checkpoint is {run.checkpoint}"
+            if args.cmd == "train":
+                saved += f"; resume with: {resume_command(argv, run.checkpoint)}"
+        print(f"zipfast {args.cmd}: {how}{saved}", file=sys.stderr, flush=True)
+        return getattr(e, "exit_code", EXIT_SIGINT)
     except Exception as e:
         if debug:
             traceback.print_exc()
