@@ -111,6 +111,21 @@ def load_coordinator_encoder(backbone: str = "vit-mae-base", source: str | None 
 # ------------------------------------------------------------------------------ decoder
 
 
+def _conv_transpose_nonoverlap(x, weight, bias, k: int, groups: int):
+    """ConvTranspose2d with kernel = stride = k, no padding, per-candidate weights.
+
+    x [B, K, Cin, H, W]; weight [K, Cin, Cout/groups, k, k]; bias [K, Cout] or None
+    → [B, K, Cout, H·k, W·k]. Each input pixel writes its own k × k output block.
+    """
+    B, K, cin, H, W = x.shape
+    ci, co = cin // groups, weight.shape[2]
+    xg = x.reshape(B, K, groups, ci, H, W)
+    wg = weight.reshape(K, groups, ci, co, k, k)
+    y = torch.einsum("nkgihw,kgiopq->nkgohpwq", xg, wg).reshape(B, K, groups * co, H * k, W * k)
+    return y if bias is None else y + bias[None, :, :, None, None]
+
+
+
 def _stages(src_c: int) -> list[tuple]:
     """The decoder's layers for the ViT backbones: ("convT", cin, cout, k, groups, bias) | ("bn", c) | ("gelu",)."""
     g0 = 64 if src_c >= 64 else src_c
@@ -212,45 +227,45 @@ class CoordinatorPrompter:
         return torch.maximum(torch.minimum(images.unsqueeze(0) + self.p_eps * prompt, hi), lo)
 
     def decode(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """z [B, z_dim], w [K, dim] → prompts [K, B, 3, 224, 224]; the K decoders run as one
-        grouped convolution (candidates stacked along channels)."""
+        """z [B, z_dim], w [K, dim] → prompts [K, B, 3, 224, 224]. The K decoders run together on
+        activations [B, K, C, H, W]: every transposed convolution has stride = kernel (no overlap),
+        so it is one batched matmul per layer (grouped convolutions are slow on CPU)."""
         K, B = w.shape[0], z.shape[0]
         params = self.unflatten(w)
-        trig = params[0].view(K, 1, -1).expand(K, B, -1)
-        x = torch.cat([z.unsqueeze(0).expand(K, B, -1), trig], -1)  # [K, B, src]
-        x = x.view(K, B, self.template.src_c, 7, 7).transpose(0, 1).reshape(B, K * self.template.src_c, 7, 7)
+        trig = params[0].view(1, K, -1).expand(B, K, -1)
+        x = torch.cat([z.unsqueeze(1).expand(B, K, -1), trig], -1).reshape(B, K, self.template.src_c, 7, 7)
         p, bn = 1, 0
         for s in self.stages:
             if s[0] == "convT":
                 _, cin, cout, k, g, has_bias = s
-                weight = params[p].reshape(K * cin, cout // g, k, k)
-                bias = params[p + 1].reshape(K * cout) if has_bias else None
+                bias = params[p + 1] if has_bias else None
+                x = _conv_transpose_nonoverlap(x, params[p], bias, k, g)
                 p += 2 if has_bias else 1
-                x = F.conv_transpose2d(x, weight, bias, stride=k, groups=K * g)
             elif s[0] == "bn":
-                c = s[1]
-                gamma, beta = params[p].reshape(K * c), params[p + 1].reshape(K * c)
+                x = self._batch_norm(x, params[p], params[p + 1], bn)
                 p += 2
-                x = self._batch_norm(x, gamma, beta, bn, K, c)
                 bn += 1
             else:
                 x = F.gelu(x)
-        return x.view(B, K, 3, self.image_size, self.image_size).transpose(0, 1)
+        return x.transpose(0, 1)
 
-    def _batch_norm(self, x, gamma, beta, i, K, c):
+    def _batch_norm(self, x, gamma, beta, i):
+        """x [B, K, C, H, W]; gamma, beta [K, C]. Training: per-candidate batch statistics and one
+        running-statistics update per candidate in order; eval: the running statistics."""
         rm, rv = self.running[i]
-        if not self.training:
-            return F.batch_norm(x, rm.to(x.device).repeat(K), rv.to(x.device).repeat(K), gamma, beta, False, 0.0,
-                                BN_EPS)
-        y = F.batch_norm(x, None, None, gamma, beta, True, 0.0, BN_EPS)
-        n = x.shape[0] * x.shape[2] * x.shape[3]
-        mean = x.mean((0, 2, 3)).view(K, c).cpu()
-        var = x.var((0, 2, 3), unbiased=n > 1).view(K, c).cpu()  # PyTorch's running var is unbiased
-        for k in range(K):  # the official queries run one after another: one EMA update each
-            rm = (1 - BN_MOMENTUM) * rm + BN_MOMENTUM * mean[k]
-            rv = (1 - BN_MOMENTUM) * rv + BN_MOMENTUM * var[k]
-        self.running[i] = (rm, rv)
-        return y
+        if self.training:
+            var, mean = torch.var_mean(x, dim=(0, 3, 4), unbiased=False)  # [K, C]
+            n = x.shape[0] * x.shape[3] * x.shape[4]
+            unbiased = (var * (n / (n - 1)) if n > 1 else var).cpu()
+            for k in range(x.shape[1]):  # the official queries run one after another: one EMA update each
+                rm = (1 - BN_MOMENTUM) * rm + BN_MOMENTUM * mean[k].cpu()
+                rv = (1 - BN_MOMENTUM) * rv + BN_MOMENTUM * unbiased[k]
+            self.running[i] = (rm, rv)
+        else:
+            mean, var = (t.to(x.device).expand(x.shape[1], -1) for t in (rm, rv))
+        scale = gamma * torch.rsqrt(var + BN_EPS)
+        shift = beta - mean * scale
+        return x * scale[None, :, :, None, None] + shift[None, :, :, None, None]
 
     def state_dict(self) -> dict:
         return {"z_dim": self.template.z_dim, "src_dim": self.template.src_dim, "p_eps": self.p_eps,
