@@ -24,9 +24,11 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],
+        "ray": ["ray"],
         "kernels": ["triton", "pybind11", "ninja"],
     },
     entry_points={"console_scripts": ["zipfast=zipfast.cli:main"]},

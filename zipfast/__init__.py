@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0"
 
-from .trainer import ZIPTrainer  # noqa: E402
-
 __all__ = ["ZIPTrainer", "__version__"]
+
+
+def __getattr__(name):
+    # Lazy, so that importing a bottom-level module (zipfast.env, zipfast.ops) does not load
+    # the trainer and everything above it.
+    if name == "ZIPTrainer":
+        from .trainer import ZIPTrainer
+
+        return ZIPTrainer
+    raise AttributeError(f"module 'zipfast' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Which implementation runs where: the one place that reports backends (`zipfast info`)."""
+"""`zipfast info`: versions, machine, device, precision, query engines and the ops table."""
 
 from __future__ import annotations
 
@@ -8,34 +8,14 @@ import platform
 
 import torch
 
-
-def cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if x in have]
-    except OSError:
-        pass
-    return []
-
-
-def accelerators() -> list[str]:
-    out = []
-    if torch.cuda.is_available():
-        out += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
-    if getattr(torch, "hpu", None) is not None and torch.hpu.is_available():
-        out.append("hpu")
-    return out
+from .env import (accelerators, cpu_flags, environment_overrides, resolve_device,  # noqa: F401  (cpu_flags: old path)
+                  resolve_precision, versions)
 
 
 def info() -> str:
     from . import __version__
     from .batched import BACKENDS
-    from .engine import resolve_precision
-    from .models import resolve_device
-    from .trainer import versions
+    from .ops import format_table
 
     v = versions()
     dev = resolve_device("auto")
@@ -52,5 +32,10 @@ def info() -> str:
         f"{' (no GPU: kernels only run under TRITON_INTERPRET=1)' if triton and dev.type != 'cuda' else ''}",
         f"precision: auto = {resolve_precision('auto', dev)} on {dev.type} (fp32 is the reference; "
         f"--precision fp32/bf16/fp16 overrides)",
+        "",
+        f"ops on {dev.type} (cuda > triton > torch; override with ZIPFAST_BACKEND=<backend> for every op "
+        f"or ZIPFAST_BACKEND_<OP>=<backend> for one):",
+        format_table(dev),
+        "environment overrides: " + (", ".join(f"{k}={v}" for k, v in environment_overrides().items()) or "none"),
     ]
     return "\n".join(lines)

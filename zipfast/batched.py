@@ -18,6 +18,7 @@ as under torch.autocast.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .engine import PRECISIONS, Engine, ReferenceEngine, autocast_for
+from .env import log_once
 from .text import ClassPrompts, TextTower
 
 
@@ -46,16 +48,31 @@ class _Block:
     heads: int
 
 
-def _blocks(tower: TextTower, dtype) -> list[_Block] | None:
-    """Weights of open_clip ResidualAttentionBlocks in `dtype` (LN and layer scale in fp32),
-    or None if the tower uses another block type."""
+def _unsupported(blk) -> str | None:
+    """Why the shared-prefix pass cannot run block `blk`, or None if it can."""
+    attn = getattr(blk, "attn", None)
+    if not isinstance(attn, nn.MultiheadAttention):
+        return f"attention is {type(attn).__name__}, not nn.MultiheadAttention"
+    if not attn._qkv_same_embed_dim or attn.in_proj_bias is None:
+        return "attention without one fused, biased qkv projection"
+    if hasattr(blk, "ln_1_kv"):
+        return "cross-attention block (ln_1_kv)"
+    if not hasattr(blk, "mlp"):
+        return "block without an mlp"
+    if not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity):
+        return "scaled-cosine / extra LayerNorm in attention (ln_attn)"
+    return None
+
+
+def _blocks(tower: TextTower, dtype) -> tuple[list[_Block] | None, str | None]:
+    """(weights of open_clip ResidualAttentionBlocks in `dtype` (LN and layer scale in fp32), None),
+    or (None, why) if a block has another type."""
     out = []
-    for blk in tower.transformer.resblocks:
-        attn = getattr(blk, "attn", None)
-        if (not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim
-                or hasattr(blk, "ln_1_kv") or not hasattr(blk, "mlp") or attn.in_proj_bias is None
-                or not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity)):
-            return None
+    for i, blk in enumerate(tower.transformer.resblocks):
+        why = _unsupported(blk)
+        if why:
+            return None, f"text block {i} ({type(blk).__name__}): {why}"
+        attn = blk.attn
 
         def ls(mod):
             return mod.gamma.detach().float() if hasattr(mod, "gamma") else None
@@ -70,7 +87,7 @@ def _blocks(tower: TextTower, dtype) -> list[_Block] | None:
             ln(blk.ln_2), mlp.c_fc.weight.detach().to(dtype), mlp.c_fc.bias.detach().to(dtype), mlp.gelu,
             mlp.c_proj.weight.detach().to(dtype), mlp.c_proj.bias.detach().to(dtype), ls(blk.ls_2),
             attn.num_heads))
-    return out
+    return out, None
 
 
 def _ln(x, p, dtype):
@@ -109,15 +126,17 @@ class BatchedEngine(Engine):
     def __init__(self, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32", truncate: bool = True,
                  shared_prefix: bool = True, memory_limit_mb: float = 1024.0):
         super().__init__(tower, prompts, precision)
-        self.dtype = PRECISIONS[self.precision] or torch.float32
-        if self.device.type == "cpu" and self.dtype == torch.float16:
-            self.dtype = torch.bfloat16  # CPU matmuls have no fast fp16 path; autocast picks bf16 too
+        self.dtype = PRECISIONS[self.precision] or torch.float32  # fp16 on CPU already resolved to bf16
         self.T = int(prompts.eot.max()) + 1 if truncate else tower.context_length
         self.P = 1 + prompts.n_ctx
         self.S = self.T - self.P
         self.memory_limit = memory_limit_mb * 2 ** 20
-        self.blocks = _blocks(tower, self.dtype) if shared_prefix else None
+        self.blocks, why = _blocks(tower, self.dtype) if shared_prefix else (None, None)
         self.shared_prefix = self.blocks is not None
+        if why:
+            log_once(("shared_prefix", why), f"shared-prefix pass off, every class recomputes the prefix: {why}",
+                     logging.WARNING, area="engine")
+            self.fallbacks.append({"what": "shared_prefix", "requested": True, "used": False, "why": why})
         pos = tower.positional_embedding.detach().float()[: self.T]
         with torch.no_grad():
             self.sos_in = (prompts.sos.to(self.device) + pos[0]).view(1, 1, -1)

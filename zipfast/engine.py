@@ -13,25 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from . import reference as ref
+from .env import PRECISIONS, precision_substitution, resolve_precision
 from .text import ClassPrompts, TextTower
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "amp": torch.float16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" → the measured default of the device (README, "Precision"): fp16 autocast on CUDA
-    (the official trainer's setting), bf16 on CPUs with native bf16 matmuls (avx512_bf16/AMX:
-    L⁺ − L⁻ noise 2–4 % of the signal, ĝ cosine ≥ 0.999 against fp32), else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    if device.type == "cpu":
-        from .backends import cpu_flags
-
-        return "bf16" if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else "fp32"
-    return "fp32"
-
 
 def autocast_for(device: torch.device, precision: str):
     """The autocast context of a precision name; fp32 → no autocast."""
@@ -53,6 +36,11 @@ class Engine:
         self.tower, self.prompts = tower, prompts
         self.precision = resolve_precision(precision, self.device)
         self.eot = prompts.eot.to(self.device)
+        # what runs differently from what was asked (logged once each; the run report lists them)
+        self.fallbacks: list[dict] = []
+        why = precision_substitution(precision, self.device)
+        if why:
+            self.fallbacks.append({"what": "precision", "requested": precision, "used": self.precision, "why": why})
 
     @property
     def logit_scale(self) -> torch.Tensor:

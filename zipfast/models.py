@@ -6,9 +6,9 @@ import difflib
 import os
 from pathlib import Path
 
-import torch
 
 from .config import official_model_name
+from .env import resolve_device  # noqa: F401  (re-exported: old import path)
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -68,14 +68,3 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer, preprocess_val
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch, "hpu", None) is not None and torch.hpu.is_available():
-        return torch.device("hpu")
-    return torch.device("cpu")

@@ -1,0 +1,170 @@
+"""The environment, at the bottom of the package: the `zipfast` logger, the device and
+precision rules, and what the machine has (CPU features, accelerators, versions).
+
+Imports nothing from zipfast at module level, so every other module may import it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+
+import torch
+
+LOGGER_NAME = "zipfast"
+logger = logging.getLogger(LOGGER_NAME)
+logger.addHandler(logging.NullHandler())  # a library stays quiet unless the application configures logging
+
+# Precision names → the matmul dtype they run (None: fp32, no autocast). "amp" is the official
+# trainer's name for fp16 autocast.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "amp": torch.float16}
+
+_logged: set = set()
+
+
+def get_logger(area: str | None = None) -> logging.Logger:
+    """The package logger, or its child "zipfast.<area>"."""
+    return logger.getChild(area) if area else logger
+
+
+def log_once(key, message: str, level: int = logging.INFO, area: str | None = None) -> bool:
+    """Log `message` the first time `key` is seen in this process; → whether it was logged."""
+    if key in _logged:
+        return False
+    _logged.add(key)
+    get_logger(area).log(level, message, stacklevel=3)
+    return True
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (not the one at creation)."""
+
+    _zipfast_cli = True
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _CliFormatter(logging.Formatter):
+    def format(self, record):
+        tag = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"zipfast: {tag}{record.getMessage()}"
+
+
+def log_to_stderr(level: int = logging.INFO) -> logging.Handler:
+    """Print the package's log lines (INFO and up by default) to stderr, as the CLI does.
+
+    Idempotent: a second call returns the handler installed by the first.
+    """
+    for h in logger.handlers:
+        if getattr(h, "_zipfast_cli", False):
+            h.setLevel(level)
+            return h
+    h = _StderrHandler()
+    h.setFormatter(_CliFormatter())
+    h.setLevel(level)
+    logger.addHandler(h)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
+    return h
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD features that matter for matmul speed (Linux /proc/cpuinfo; [] elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if x in have]
+    except OSError:
+        pass
+    return []
+
+
+def accelerators() -> list[str]:
+    """Visible accelerators, e.g. ["cuda:0 NVIDIA H100 80GB HBM3"]; [] on a CPU-only machine."""
+    out = []
+    if torch.cuda.is_available():
+        out += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    if getattr(torch, "hpu", None) is not None and torch.hpu.is_available():
+        out.append("hpu")
+    return out
+
+
+def versions() -> dict:
+    """Versions of zipfast and what it runs on (None where a package is absent)."""
+    import numpy
+    import open_clip
+
+    from . import __version__
+
+    v = {"zipfast": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+         "numpy": numpy.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        v["triton"] = triton.__version__
+    except ImportError:
+        v["triton"] = None
+    v["cuda"] = torch.version.cuda
+    return v
+
+
+# --------------------------------------------------------------------------- device and precision
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch, "hpu", None) is not None and torch.hpu.is_available():
+        return torch.device("hpu")
+    return torch.device("cpu")
+
+
+def precision_substitution(precision: str, device: torch.device) -> str | None:
+    """Why `device` runs another precision than the (non-auto) `precision` asked for, or None."""
+    if device.type == "cpu" and PRECISIONS.get(precision) is torch.float16:
+        return "CPU matmuls have no fast fp16 path; bf16 has the same 16-bit cost and fp32's exponent range"
+    return None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision that actually runs on `device`.
+
+    "auto" → the measured default of the device (README, "Precision"): fp16 autocast on CUDA
+    (the official trainer's setting), bf16 on CPUs with native bf16 matmuls (avx512_bf16/AMX:
+    L⁺ − L⁻ noise 2–4 % of the signal, ĝ cosine ≥ 0.999 against fp32), else fp32.
+    fp16/amp on CPU → bf16, logged once (see `precision_substitution`).
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        if device.type == "cpu":
+            return "bf16" if {"avx512_bf16", "amx_bf16"} & set(cpu_flags()) else "fp32"
+        return "fp32"
+    why = precision_substitution(precision, device)
+    if why:
+        log_once(("precision", precision, device.type),
+                 f"precision {precision} requested on {device.type}: running bf16 instead ({why})",
+                 logging.WARNING)
+        return "bf16"
+    return precision
+
+
+def environment_overrides(prefix: str = "ZIPFAST_") -> dict:
+    """The ZIPFAST_* environment variables that are set, name → value."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(prefix)}

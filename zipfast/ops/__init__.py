@@ -1,0 +1,9 @@
+"""Ops: one folder per op, each holding a readable `reference`, the PyTorch path, the Triton
+kernel and the binding of the CUDA kernel (where they exist). `registry` alone decides which
+implementation runs; importing this package registers every op.
+"""
+
+from . import registry
+from .registry import BackendUnavailableError, fallbacks, format_table, register, resolve, table
+
+__all__ = ["registry", "register", "resolve", "table", "format_table", "fallbacks", "BackendUnavailableError"]
