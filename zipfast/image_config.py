@@ -146,8 +146,10 @@ _FIXED = {"TRAINER.BPTVLM.OPT_TYPE": "shallow_cma", "TRAINER.BAR.METHOD": "repro
 
 
 def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequence[Any] = (),
-                        dataset_config_file: str | os.PathLike | None = None, trainer: str | None = None):
-    """Official yaml + KEY VALUE pairs → (method, TrainConfig fields dict, method config).
+                        dataset_config_file: str | os.PathLike | None = None, trainer: str | None = None,
+                        return_node: bool = False):
+    """Official yaml + KEY VALUE pairs → (method, TrainConfig fields dict, method config)
+    (+ the merged yacs node when return_node).
 
     trainer: the official --trainer name (BPTVLM | BAR | BlackVIP); else TRAINER.NAME decides.
     """
@@ -194,7 +196,7 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
                               "zipfast does not implement; leave it at 0")
         mc = method_config(method, backbone=s.PT_BACKBONE, src_dim=s.SRC_DIM, spsa_params=tuple(s.SPSA_PARAMS),
                            moms=s.MOMS, p_eps=s.P_EPS, sp_avg=basic.SP_AVG, opt_type=basic.OPT_TYPE)
-    return method, shared, mc
+    return (method, shared, mc, node) if return_node else (method, shared, mc)
 
 
 def train_config_from_official(shared: dict, **flags) -> TrainConfig:

@@ -228,27 +228,32 @@ class ImagePromptTrainer:
 
     def test_metrics(self, w: torch.Tensor | None = None) -> tuple[float, float]:
         """(accuracy in %, mean training-objective loss) on the test split, of the point or of w."""
+        pred, true, loss = self.test_predictions(w)
+        return 100.0 * float((pred == true).float().mean()) if len(true) else 0.0, loss
+
+    def test_predictions(self, w: torch.Tensor | None = None):
+        """(predictions [M], labels [M], mean loss) on the test split, of the point or of w."""
         w = (self.optimizer.point if w is None else w).unsqueeze(0)
         if self.method == "blackvip":
             self.space.eval()  # BatchNorm with the running statistics, as the official test
         text = self.text_features
         if self.method == "bptvlm":
             text = F.normalize(self.text_engine.text_features(self.space.text_ctx(w)), dim=-1)
-        correct = total = 0
-        loss_sum = 0.0
+        preds, trues, loss_sum = [], [], 0.0
         gamma = self.mcfg.focal_g if self.method == "bar" else None
         try:
             for x, y in self.source.test_batches(self.config.test_batch_size):
                 feats = self.engine.features(self.space, w, x)
                 logits = image_logits(feats, text, self.tower.logit_scale.detach())
                 loss, _ = losses_and_accuracy(logits, y, gamma)
-                correct += int((logits[0].argmax(-1).cpu() == y).sum())
+                preds.append(logits[0].argmax(-1).cpu())
+                trues.append(y)
                 loss_sum += float(loss[0]) * len(y)
-                total += len(y)
         finally:
             if self.method == "blackvip":
                 self.space.train()
-        return 100.0 * correct / max(1, total), loss_sum / max(1, total)
+        pred, true = torch.cat(preds), torch.cat(trues)
+        return pred, true, loss_sum / max(1, len(true))
 
     def report(self, test_acc: float | None = None) -> dict:
         rec = self.last_record or {}
