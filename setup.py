@@ -24,6 +24,8 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
+        "cma",  # pycma: SharpZO's and BPT-VLM's CMA-ES
+        "transformers",  # BlackVIP's coordinator encoder (ViT-MAE), as the official code loads it
         "matplotlib",
     ],
     extras_require={

@@ -39,6 +39,8 @@ class BARGradientFree:
     total_steps = OPTIM.MAX_EPOCH × minibatches per epoch.
     """
 
+    name = "bar-rgf"
+
     def __init__(self, w0: torch.Tensor, q: int = 5, beta: float = 0.01, sigma: float = 1.0,
                  lrs=(10.0, 0.1), decay: float = 0.9, total_steps: int = 1000, seed: int = 0):
         if q < 1 or beta <= 0 or sigma <= 0 or decay <= 0 or total_steps < 1:
@@ -74,7 +76,7 @@ class BARGradientFree:
     def discard(self) -> None:
         self._pending = None
 
-    def tell(self, losses: torch.Tensor) -> dict:
+    def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
         if self._pending is None:
             raise RuntimeError("tell() called without a preceding ask()")
         u = self._pending
@@ -94,7 +96,7 @@ class BARGradientFree:
                 "lrs": [self.lr0, self.lr_min], "decay": self.decay, "total_steps": self.total_steps,
                 "step": self.step, "generator": self.generator.get_state()}
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict, device="cpu") -> None:
         _check_same(self.state_dict(), sd, ("kind", "q", "beta", "sigma", "lrs", "decay", "total_steps"))
         self.w, self.step = sd["w"].clone().float(), int(sd["step"])
         self.generator.set_state(sd["generator"])
@@ -107,6 +109,8 @@ class SPSAGC:
     """BlackVIP's SPSA-GC on the flat decoder vector w: per step q pairs w ± c_k z_j asked in
     the official query order [+1, −1, +2, −2, …] (it matters for the decoder's BatchNorm
     running statistics); the arithmetic is `zipfast.optim.SPSA` with opt_type "spsa-gc"."""
+
+    name = "blackvip-spsa"
 
     def __init__(self, w0: torch.Tensor, sp_avg: int = 5, spsa_params=(1.0, 0.01, 0.01, 0.4, 0.1),
                  moms: float = 0.8, seed: int = 0, opt_type: str = "spsa-gc"):
@@ -136,7 +140,7 @@ class SPSAGC:
         self.spsa.discard()
         self._order = None
 
-    def tell(self, losses: torch.Tensor) -> dict:
+    def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
         if self._order is None:
             raise RuntimeError("tell() called without a preceding ask()")
         back = torch.empty_like(losses.detach().float().cpu())
@@ -151,7 +155,7 @@ class SPSAGC:
         sd["spsa_params"] = list(sd["spsa_params"])
         return {"kind": "blackvip-spsa", "w": self.w.clone(), "spsa": sd}
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict, device="cpu") -> None:
         if sd.get("kind") != "blackvip-spsa":
             raise ValueError(f"optimiser state is for {sd.get('kind')!r}, this run has 'blackvip-spsa'")
         self.spsa.load_state_dict(sd["spsa"])
@@ -185,6 +189,8 @@ class PyCMA:
     evaluated in part and never told, as officially). `point` is the best candidate seen
     (the official BPT-VLM tests its best prompt), `mean` the distribution mean.
     """
+
+    name = "pycma"
 
     def __init__(self, dim: int, popsize: int = 15, sigma: float = 1.0, seed: int = 1, cma_budget: int = 6000,
                  bound: float = 0.0):
@@ -248,7 +254,7 @@ class PyCMA:
     def discard(self) -> None:
         self._asked = len(self._fitness)
 
-    def tell(self, losses: torch.Tensor) -> dict:
+    def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
         losses = [float(v) for v in losses.detach().double().cpu()]
         n = self._asked - len(self._fitness)
         if len(losses) != n:
@@ -276,7 +282,7 @@ class PyCMA:
                 "partial": torch.tensor(self._fitness if self._solutions is not None else [], dtype=torch.float64),
                 "best_x": self.best_x.clone(), "best_f": self.best_f}
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict, device="cpu") -> None:
         """Rebuild pycma by replaying every told generation (pycma is deterministic given its seed
         and the fitnesses), then re-ask a partly evaluated generation."""
         _check_same(self.state_dict(), sd, ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound"))
