@@ -77,7 +77,14 @@ class ImagePromptTrainer:
 
             tokenizer = open_clip.get_tokenizer(config.model)
         self.tower = ImageTower(self.model)
-        self.engine = make_image_engine(config.backend, self.tower, config.precision)
+        precision = config.precision
+        if method == "bar" and precision == "auto":
+            # BAR's one-sided differences move W by β = 0.01 along a unit vector of 150,528 dims:
+            # the loss changes by ~1e-5 relative, far below bf16/fp16 rounding. The official BAR runs fp32.
+            precision = "fp32"
+            log.info("BAR: precision auto -> fp32 (its loss differences are below bf16/fp16 resolution)")
+        self.precision_note = "BAR: auto -> fp32" if precision != config.precision else None
+        self.engine = make_image_engine(config.backend, self.tower, precision)
         self._check_sizes()
         c, seed = config, config.seed
         self.source = PixelSource(data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation)
@@ -93,7 +100,7 @@ class ImagePromptTrainer:
             self.tower.require_tokens()
             text = TextTower(self.model)
             self.prompts = ClassPrompts.build(text, tokenizer, self.classnames, m.tokens_l)
-            self.text_engine = make_engine(c.backend, text, self.prompts, c.precision)
+            self.text_engine = make_engine(c.backend, text, self.prompts, precision)
             self.space = BPTVLMSpace.create(text.token_embedding.weight, self.model.visual.conv1.weight, m.tokens_l,
                                             m.tokens_v, m.intrinsic_dim_l, m.intrinsic_dim_v, m.sigma, g_space
                                             ).to(self.device)
@@ -263,7 +270,8 @@ class ImagePromptTrainer:
                 "queries_per_s": round(self.queries / self.elapsed, 2) if self.elapsed > 0 else None,
                 "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
                 "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
-                "precision": self.engine.precision, "device": str(self.device), "zipfast": __version__}
+                "precision": self.engine.precision, "precision_substitution": self.precision_note,
+                "device": str(self.device), "zipfast": __version__}
 
     # ------------------------------------------------------------------ checkpoints
 
