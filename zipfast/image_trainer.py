@@ -127,6 +127,7 @@ class ImagePromptTrainer:
         self.queries, self.batches, self.elapsed = 0, 0, 0.0
         self.last_record: dict | None = None
         self.output_dir = Path(output_dir) if output_dir else None
+        self.step_hooks: list = []  # called as hook(trainer, record) after every step (e.g. test curves)
 
     # ------------------------------------------------------------------ setup
 
@@ -212,6 +213,8 @@ class ImagePromptTrainer:
                 if logf is not None:
                     logf.write(json.dumps(rec) + "\n")
                     logf.flush()
+                for hook in self.step_hooks:
+                    hook(self, rec)
                 bar.update(cand.shape[0] * self.cost)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
                 if ckpt is not None and c.checkpoint_every and self.optimizer.step % c.checkpoint_every == 0:
