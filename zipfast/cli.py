@@ -77,8 +77,10 @@ def _config_from_args(args):
 
 def cmd_train(args) -> int:
     from . import ZIPTrainer
-    from .paper import official
+    from .paper import official, official_image
 
+    if official_image.wanted(args):  # --trainer BPTVLM | BAR | BlackVIP
+        return official_image.run(args, build_run, _match_image_size)
     if official.wanted(args):
         return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)

@@ -161,10 +161,6 @@ def run(args, build_run, match_image_size) -> int:
     from .evaluation import predict_prompt, predict_with_text, zero_shot_text_features
     from .hooks import EvalEvery
 
-    from . import official_image
-
-    if official_image.wanted(args):  # BPTVLM, BAR, BlackVIP
-        return official_image.run(args, build_run, match_image_size)
     cfg, kind, spec, subsample = official_config(args)
     sd = None
     if args.eval_only and kind == "zip":
