@@ -26,7 +26,7 @@ setup(
         "tqdm",
         "cma",  # pycma: SharpZO's and BPT-VLM's CMA-ES
         "transformers",  # BlackVIP's coordinator encoder (ViT-MAE), as the official code loads it
-        "matplotlib",
+        "matplotlib",  # zipfast compare's accuracy-vs-queries plot
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],

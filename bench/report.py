@@ -130,6 +130,27 @@ def render(data: dict) -> str:
                 f"| {ei['K'] / c['med']:.2f} | {ei['flops_per_step'] / c['med'] / 1e9:.0f} "
                 f"| {_x(c['med'] / c['floor'] if c['floor'] else None)} | {c['rounds']} |")
         lines += ["", "n_cls = 1000 uses synthetic names (10 adjectives × CIFAR-100, e.g. \"small apple\").", ""]
+
+    # ---------------------------------------------------------------- prefix attention A/B
+    ab = [c for c in by_case.values() if c["b"].get("group") == "prefix_attention"]
+    if ab:
+        ab.sort(key=lambda c: (c["ei"]["n_cls"], c["ei"]["K"], c["ei"]["config"].get("prefix_attention") != "reference"))
+        base = {(c["ei"]["n_cls"], c["ei"]["K"]): c["med"] for c in ab
+                if c["ei"]["config"].get("prefix_attention") == "reference"}
+        lines += [
+            "## Shared-prefix attention: per-class copies (reference) vs batched matmuls + LSE merge (torch)",
+            "",
+            "| n_cls | K | prefix_attention | median ms/step | queries/s | speed-up vs reference | measured/floor | rounds |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for c in ab:
+            ei = c["ei"]
+            ref_med = base.get((ei["n_cls"], ei["K"]))
+            lines.append(
+                f"| {ei['n_cls']} | {ei['K']} | {ei['config'].get('prefix_attention')} | {c['med'] * 1e3:,.1f} "
+                f"| {ei['K'] / c['med']:.2f} | {_x(ref_med / c['med'] if ref_med else None)} "
+                f"| {_x(c['med'] / c['floor'] if c['floor'] else None)} | {c['rounds']} |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -7,3 +7,6 @@ from . import registry
 from .registry import BackendUnavailableError, fallbacks, format_table, register, resolve, table
 
 __all__ = ["registry", "register", "resolve", "table", "format_table", "fallbacks", "BackendUnavailableError"]
+
+# one line per op: importing it registers its implementations
+from . import prefix_attention  # noqa: E402,F401
