@@ -75,7 +75,7 @@ def test_pycma_is_pycma_with_the_official_options_and_isolates_numpy():
     assert np.array_equal(np.random.get_state()[1], outer)  # the caller's numpy RNG is untouched
     es = cma.CMAEvolutionStrategy(6 * [0], 1.0, inopts={"seed": 7, "popsize": 5, "maxiter": 20, "verbose": -1})
     sols = es.ask()
-    assert torch.equal(first, torch.from_numpy(np.stack(sols)))
+    assert torch.equal(first, torch.from_numpy(np.stack(sols)).float())
     es.tell(sols, fit)
     assert info["generation"] == 1 and torch.equal(opt.mean, torch.from_numpy(es.mean))
     assert torch.equal(opt.point, first[1]) and opt.best_f == 1.0  # the best candidate seen
@@ -318,3 +318,25 @@ def test_run_image_method_records_a_test_curve(models, folder):
     r = run_image_method("bar", model, tok, folder, cfg, method_config("bar", **mc), eval_every=6)
     assert [q for q, _ in r["curve"]] == [0, 6, 12, 14]
     assert r["report"]["queries"] == 14 and r["curve"][-1][1] == r["report"]["test_acc"]
+
+
+@pytest.mark.parametrize("method,opts", [("bar", []), ("bptvlm", ["--method-opt", "pop_size=4", "--method-opt",
+                                                                  "intrinsic_dim_l=20", "--method-opt",
+                                                                  "intrinsic_dim_v=20"])])
+def test_cli_method_flag_trains_on_an_image_folder(method, opts, folder, capsys):
+    import json
+
+    from zipfast.cli import main
+
+    argv = ["train", "--data", str(folder.root), "--model", "zipfast-tiny", "--pretrained", "none", "--budget", "12",
+            "--batch-size", "8", "--shots", "4", "--no-progress", "--precision", "fp32", "--method", method, *opts]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["method"] == method and out["queries"] == 12
+
+
+def test_cli_image_method_refuses_the_planted_task(capsys):
+    from zipfast.cli import main
+
+    assert main(["train", "--data", "planted", "--budget", "12", "--method", "blackvip", "--no-progress"]) == 2
+    assert "needs images" in capsys.readouterr().err

@@ -100,6 +100,12 @@ def cmd_train(args) -> int:
     if official.wanted(args):
         return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)
+    from .methods import IMAGE_METHODS
+
+    if cfg.method in IMAGE_METHODS:
+        from .image_trainer import train_image_method
+
+        return train_image_method(cfg, args, build_run, _match_image_size)
     model, tokenizer, classnames, data = build_run(cfg)
     cfg = _match_image_size(cfg, model)
     out = cfg.output_dir or None
@@ -223,7 +229,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--shots", type=int, default=None, help="images per class (DATASET.NUM_SHOTS)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--method", default=None, help="zip (default), sharpzo, zo-sgd or zsclip")
+    t.add_argument("--method", default=None, help="zip (default), sharpzo, zo-sgd, zsclip, or the image-side "
+                   "bptvlm, bar, blackvip (these need --data an image folder)")
     t.add_argument("--method-opt", action="append", default=None, metavar="KEY=VALUE",
                    help="an option of the method's section, e.g. change_point=30 (repeatable; README lists them)")
     t.add_argument("--opt-type", default=None, help="ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc")

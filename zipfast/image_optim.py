@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .optim import SPSA
+from .optim.protocol import Optimizer
 
 
 def _empty(dim: int) -> torch.Tensor:
@@ -29,7 +30,7 @@ def _empty(dim: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------ BAR
 
 
-class BARGradientFree:
+class BARGradientFree(Optimizer):
     """Step k asks [w ; w + β·u_1 ; … ; w + β·u_q], u_j uniform on the unit sphere of R^d, and
     updates w ← w − a_k · Σ_j (d / q) · u_j · (L(w + β u_j) − L(w)) / β with
     a_k = (lr0 − lr_min) · (1 − min(k, T) / T)^decay + lr_min, T = total_steps · decay.
@@ -105,7 +106,7 @@ class BARGradientFree:
 # ------------------------------------------------------------------------------ BlackVIP
 
 
-class SPSAGC:
+class SPSAGC(Optimizer):
     """BlackVIP's SPSA-GC on the flat decoder vector w: per step q pairs w ± c_k z_j asked in
     the official query order [+1, −1, +2, −2, …] (it matters for the decoder's BatchNorm
     running statistics); the arithmetic is `zipfast.optim.SPSA` with opt_type "spsa-gc"."""
@@ -116,23 +117,23 @@ class SPSAGC:
                  moms: float = 0.8, seed: int = 0, opt_type: str = "spsa-gc"):
         if opt_type not in ("spsa-gc", "spsa"):
             raise ValueError(f"TRAINER.BASIC.OPT_TYPE {opt_type!r}: BlackVIP runs 'spsa-gc' or 'spsa'")
-        self.w = w0.detach().clone().float()
-        self.spsa = SPSA(self.w.numel(), opt_type, sp_avg, spsa_params, moms, seed=seed)
+        self.spsa = SPSA(w0.detach().clone().float(), opt_type, sp_avg, spsa_params, moms, seed=seed)
+        self.dim = self.spsa.dim
         self._order = None
 
     @property
     def point(self) -> torch.Tensor:
-        return self.w
+        return self.spsa.point
 
     @property
     def step(self) -> int:
         return self.spsa.step
 
     def ask(self, allowance: int) -> torch.Tensor:
-        pairs = min(self.spsa.sp_avg, allowance // 2)
-        if pairs < 1:
-            return _empty(self.w.numel())
-        cand = self.spsa.ask(self.w, pairs)  # [+1..+q ; −1..−q]
+        cand = self.spsa.ask(allowance)  # [+1..+q ; −1..−q], q = min(sp_avg, allowance // 2)
+        if cand.shape[0] == 0:
+            return cand
+        pairs = cand.shape[0] // 2
         self._order = torch.arange(2 * pairs).view(2, pairs).T.flatten()  # → +1, −1, +2, −2, …
         return cand[self._order]
 
@@ -145,21 +146,17 @@ class SPSAGC:
             raise RuntimeError("tell() called without a preceding ask()")
         back = torch.empty_like(losses.detach().float().cpu())
         back[self._order] = losses.detach().float().cpu()
-        self.w, info = self.spsa.tell(self.w, back)
+        info = self.spsa.tell(back)
         self._order = None
-        return {"loss": float(info["loss"]), "a_k": info["a_k"], "c_k": info["c_k"],
-                "grad_norm": float(info["grad_norm"])}
+        return info
 
     def state_dict(self) -> dict:
-        sd = self.spsa.state_dict()
-        sd["spsa_params"] = list(sd["spsa_params"])
-        return {"kind": "blackvip-spsa", "w": self.w.clone(), "spsa": sd}
+        return {"kind": "blackvip-spsa", "spsa": self.spsa.state_dict()}
 
     def load_state_dict(self, sd: dict, device="cpu") -> None:
         if sd.get("kind") != "blackvip-spsa":
             raise ValueError(f"optimiser state is for {sd.get('kind')!r}, this run has 'blackvip-spsa'")
-        self.spsa.load_state_dict(sd["spsa"])
-        self.w = sd["w"].clone().float()
+        self.spsa.load_state_dict(sd["spsa"], device)
 
 
 # ------------------------------------------------------------------------------ BPT-VLM
@@ -181,7 +178,7 @@ class _NumpyRNG:
         np.random.set_state(self._outer)
 
 
-class PyCMA:
+class PyCMA(Optimizer):
     """CMA-ES (pycma) from mean 0 with σ0 = SIGMA and population POP_SIZE, options as the
     official shallow_cma: seed = SEED, maxiter = BUDGET / POP_SIZE, bounds ±BOUND if BOUND > 0.
 
@@ -223,7 +220,7 @@ class PyCMA:
 
     @property
     def point(self) -> torch.Tensor:
-        return self.best_x
+        return self.best_x.float()
 
     @property
     def mean(self) -> torch.Tensor:
@@ -241,15 +238,16 @@ class PyCMA:
         return self._solutions
 
     def ask(self, allowance: int) -> torch.Tensor:
-        """The next min(allowance, remaining of this generation) candidates [K, dim] (float64)."""
+        """The next min(allowance, remaining of this generation) candidates [K, dim] (float32, as the
+        official prompts; pycma is told its own float64 solutions)."""
         if allowance < 1:
-            return torch.empty(0, self.dim, dtype=torch.float64)
+            return _empty(self.dim)
         sols = self._generation()
         if self._asked != len(self._fitness):
             raise RuntimeError("ask() again before tell() of the previous candidates")
         part = sols[self._asked:self._asked + allowance]
         self._asked += len(part)
-        return torch.from_numpy(np.stack(part)).to(torch.float64)
+        return torch.from_numpy(np.stack(part)).float()
 
     def discard(self) -> None:
         self._asked = len(self._fitness)

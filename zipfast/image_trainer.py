@@ -309,3 +309,41 @@ class ImagePromptTrainer:
             self.space = BPTVLMSpace.from_state_dict(sd["space"], self.device)
         self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
+
+
+def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> int:
+    """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]`.
+
+    build_run / match_image_size are the CLI's (passed in: this module sits below the CLI).
+    """
+    import dataclasses
+
+    from .config import ConfigError
+    from .data.imagefolder import FewShotImageFolder
+
+    from .methods import resolve_options
+
+    mcfg = resolve_options(cfg.method, cfg.method_options)  # parses KEY=VALUE strings, validates
+    if getattr(args, "blackvip_encoder", None) and cfg.method == "blackvip":
+        mcfg = dataclasses.replace(mcfg, encoder=args.blackvip_encoder)
+    model, tokenizer, classnames, data = build_run(cfg)
+    if not isinstance(data, FewShotImageFolder):
+        raise ConfigError(f"--method {cfg.method} acts on the image tower and needs images: pass --data an image "
+                          f"folder (got {cfg.dataset!r})")
+    cfg = match_image_size(cfg, model)
+    if cfg.method == "bar":  # the image sits inside the frame: 194 px in 224 (INPUT.SIZE of the official yaml)
+        if "frame_size" not in cfg.method_options and cfg.image_size != mcfg.frame_size:
+            log.info("BAR: frame size %d -> %d, the model's input size", mcfg.frame_size, cfg.image_size)
+            mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
+        inner = mcfg.frame_size * 194 // 224
+        cfg = dataclasses.replace(cfg, image_size=inner - inner % 2).validate()
+    out = cfg.output_dir or None
+    trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
+                                 output_dir=out, progress=not args.no_progress)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        print(f"resumed from {args.resume} at {trainer.queries} queries")
+    report = trainer.fit()
+    print(json.dumps({k: report[k] for k in ("method", "queries", "steps", "test_acc", "train_loss",
+                                             "queries_per_s", "wall_time_s")}))
+    return 0
