@@ -27,6 +27,7 @@ setup(
         "cma",  # pycma: SharpZO's and BPT-VLM's CMA-ES
         "transformers",  # BlackVIP's coordinator encoder (ViT-MAE), as the official code loads it
         "matplotlib",  # zipfast compare's accuracy-vs-queries plot
+        "safetensors",  # checkpoints (zipfast.checkpoint)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray"],
