@@ -185,7 +185,7 @@ def test_resume_is_bit_exact(method, models, folder, tmp_path):
     half = make(method, models, folder, budgets[0], output_dir=tmp_path / "half")
     half.fit()
     resumed = make(method, models, folder, budgets[1], output_dir=tmp_path / "half")
-    resumed.load_checkpoint(tmp_path / "half" / "checkpoint.pt")
+    resumed.load_checkpoint(tmp_path / "half" / "checkpoint.safetensors")
     resumed.fit()
     assert torch.equal(full.optimizer.point, resumed.optimizer.point)
     a, b = records(tmp_path / "full"), records(tmp_path / "half")
@@ -196,7 +196,7 @@ def test_resume_is_bit_exact(method, models, folder, tmp_path):
             assert torch.equal(m1, m2) and torch.equal(v1, v2)
     other = make(method, models, folder, budgets[1], seed=2)
     with pytest.raises(CheckpointMismatchError, match="seed"):
-        other.load_checkpoint(tmp_path / "half" / "checkpoint.pt")
+        other.load_checkpoint(tmp_path / "half" / "checkpoint.safetensors")
 
 
 # Test loss (the method's own objective: focal for BAR, CE otherwise) after / before a short run,

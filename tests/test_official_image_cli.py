@@ -51,7 +51,7 @@ def test_official_script_line_trains_and_logs(workdir, trainer, extra, queries):
     assert result["queries"] == queries and result["trainer"] == trainer.lower()
     log = (workdir / out / "log.txt").read_text()
     assert "* accuracy:" in log and "Finish training" in log
-    assert (workdir / out / "checkpoint.pt").is_file() and (workdir / out / "log.jsonl").is_file()
+    assert (workdir / out / "checkpoint.safetensors").is_file() and (workdir / out / "log.jsonl").is_file()
 
 
 def test_blackvip_without_weights_names_the_encoder(workdir, capsys):

@@ -33,7 +33,8 @@ from .image_config import METHODS, config_to_dict, method_config
 from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
 from .image_tower import ImageTower
-from .io import save_json, save_torch
+from .checkpoint import CHECKPOINT_NAME, CheckpointMismatchError, read_checkpoint, write_checkpoint
+from .io import save_json
 from .models import resolve_device
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
@@ -48,10 +49,6 @@ _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class CheckpointMismatchError(ValueError):
     pass
 
 
@@ -175,7 +172,7 @@ class ImagePromptTrainer:
 
     def _paths(self):
         d = self.output_dir
-        return (d / "checkpoint.pt", d / "log.jsonl", d / "report.json") if d else (None, None, None)
+        return (d / CHECKPOINT_NAME, d / "log.jsonl", d / "report.json") if d else (None, None, None)
 
     def fit(self) -> dict:
         c = self.config
@@ -284,24 +281,24 @@ class ImagePromptTrainer:
                 "classnames": self.classnames}
 
     def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint(), "optimizer": self.optimizer.state_dict(),
+        return {"format": CHECKPOINT_FORMAT, "optimizer": self.optimizer.state_dict(),
                 "space": self.space.state_dict(), "queries": self.queries, "batches": self.batches,
                 "elapsed": self.elapsed, "last_record": self.last_record, "zipfast": __version__}
 
     def save_checkpoint(self, path) -> None:
-        save_torch(self.state_dict(), path)
+        """Tensors in safetensors, the rest in JSON (zipfast.checkpoint); never pickle."""
+        write_checkpoint(path, self.state_dict(), self.fingerprint())
 
     def load_checkpoint(self, path) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
-        if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatchError(f"{path} is not a zipfast image-method checkpoint ({CHECKPOINT_FORMAT})")
-        mine, theirs = self.fingerprint(), sd["fingerprint"]
+        ck = read_checkpoint(path)
+        sd = ck.state
+        if sd.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointMismatchError(f"{ck.path} is not a checkpoint of an image-side method "
+                                          f"({CHECKPOINT_FORMAT}); it holds {sd.get('format')!r}")
+        mine, theirs = self.fingerprint(), ck.fingerprint
         diff = [f"{k}={theirs.get(k)!r} (checkpoint) vs {mine[k]!r} (this run)" for k in mine if theirs.get(k) != mine[k]]
         if diff:
-            raise CheckpointMismatchError(f"checkpoint {path} is from another configuration: " + "; ".join(diff))
+            raise CheckpointMismatchError(f"checkpoint {ck.path} is from another configuration: " + "; ".join(diff))
         self.optimizer.load_state_dict(sd["optimizer"])
         if self.method == "blackvip":
             self.space.load_state_dict(sd["space"])
@@ -309,7 +306,6 @@ class ImagePromptTrainer:
             self.space = BPTVLMSpace.from_state_dict(sd["space"], self.device)
         self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
-
 
 def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> int:
     """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]`.

@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..checkpoint import CHECKPOINT_NAME, resolve_checkpoint_path
 from ..config import ConfigError
 from ..image_config import TRAINER_NAMES, load_official_image, train_config_from_official
 from ..io import save_json
 
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def wanted(args) -> bool:
@@ -77,7 +77,7 @@ def run(args, build_run, match_image_size) -> int:
         src = args.resume or (str(Path(out) / CHECKPOINT_NAME) if out and (Path(out) / CHECKPOINT_NAME).is_file()
                               else "")
         if src:
-            path = Path(src) if Path(src).is_file() else Path(src) / CHECKPOINT_NAME
+            path = resolve_checkpoint_path(src)
             trainer.load_checkpoint(path)
             dlog(f"Resumed from {path} at {trainer.queries} queries")
         report = trainer.fit()
