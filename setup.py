@@ -61,10 +61,12 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
         # pybind11/cmake/ninja: the tests (re)build csrc/ (cached) to check the kernels' math and the nvcc compile.
-        "test": ["pytest>=7", "pytest-benchmark>=4", "pybind11>=2.10", "cmake>=3.18", "ninja"],
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray", "pybind11>=2.10", "cmake>=3.18", "ninja"],
+        "ray": ["ray"],
         "kernels": ["triton"],
     },
     entry_points={"console_scripts": ["zipfast=zipfast.cli:main"]},

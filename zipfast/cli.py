@@ -27,6 +27,15 @@ def build_run(cfg, task_seed: int = 0):
         task = make_planted_task(TextTower(model), tokenizer, PLANTED[cfg.dataset], n_ctx=cfg.context_tokens,
                                  shots=cfg.shots or 16, test_per_class=cfg.test_per_class or 100, seed=task_seed)
         return model, tokenizer, task.classnames, task
+    if cfg.dataset.startswith("paper:"):  # a dataset of the paper by name (the official train.py surface)
+        from .paper.official import build_paper_data
+
+        paper, data = build_paper_data(cfg)
+        data.fewshot_source = paper.fewshot_source
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+        return model, tokenizer, data.classnames, data
     if not cfg.dataset:
         raise SystemExit("error: no dataset: pass --data ROOT (an image folder) or --data planted")
     data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
@@ -59,7 +68,7 @@ def _config_from_args(args):
              "backend": args.backend, "precision": args.precision, "device": args.device,
              "opt_type": args.opt_type, "test_per_class": args.test_per_class,
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
-             "feature_bank": args.feature_bank}
+             "feature_bank": args.feature_bank, "augment": args.augment}
     if args.data in PLANTED and args.model is None:
         flags.update(model="zipfast-planted", pretrained="none")
     cfg = load_official(args.config_file, args.opts or ())
@@ -68,7 +77,10 @@ def _config_from_args(args):
 
 def cmd_train(args) -> int:
     from . import ZIPTrainer
+    from .paper import official
 
+    if official.wanted(args):
+        return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)
     model, tokenizer, classnames, data = build_run(cfg)
     cfg = _match_image_size(cfg, model)
@@ -133,6 +145,26 @@ def _teacher_acc(trainer, task) -> float:
     return 100.0 * float((logits.argmax(-1).cpu() == task.test_labels).float().mean())
 
 
+def cmd_bench_paper(args) -> int:
+    """One of the paper's four protocols: run (skipping finished runs), then tables and plots."""
+    from .paper.protocols import Plan, run_protocol
+
+    split = lambda v, kind=str: [kind(x) for x in v.split(",") if x] if v else None  # noqa: E731
+    plan = Plan(args.protocol, args.root, args.output, datasets=split(args.datasets),
+                seeds=split(args.seeds, int) or (1, 2, 3), methods=split(args.methods) or ("zip",), shots=args.shots,
+                config_file=args.config_file or "", eval_every=args.eval_every, opts=args.opts or (),
+                flags=[f for flag, v in (("--model", args.model), ("--pretrained", args.pretrained),
+                                         ("--device", args.device), ("--backend", args.backend))
+                       if v for f in (flag, v)])
+    summary = run_protocol(plan, main, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                           progress=not args.no_progress)
+    for path in summary["tables"]:
+        if path.endswith(".md"):
+            print(open(path).read())
+    print(json.dumps(summary))
+    return 1 if summary["failed"] else 0
+
+
 def cmd_info(args) -> int:
     from .backends import info
 
@@ -173,8 +205,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     t.add_argument("--feature-bank", type=int, default=None, metavar="V",
                    help="encode V augmented views per training image once and sample them per step (off)")
+    t.add_argument("--augment", default=None, choices=("tensor", "pil"),
+                   help="training views: tensor (decode once, batched crop/flip on the device; default) or pil (reference)")
     t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.pt, report.json go")
-    t.add_argument("--resume", default=None, help="checkpoint.pt to continue from")
+    t.add_argument("--resume", default=None, help="checkpoint.pt (or its run folder) to continue from")
+    from .paper.official import add_arguments as add_official_arguments
+
+    add_official_arguments(t)
     _add_common(t)
     t.add_argument("opts", nargs=argparse.REMAINDER, help="official KEY VALUE overrides")
     t.set_defaults(fn=cmd_train)
@@ -194,6 +231,25 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--output-dir", default="runs/demo")
     _add_common(d)
     d.set_defaults(fn=cmd_demo, device="auto", backend="auto")
+
+    b = sub.add_parser("bench-paper", help="run one of the paper's protocols and write its tables and plots")
+    b.add_argument("protocol", choices=("few-shot", "base2new", "cross-dataset", "ood"))
+    b.add_argument("--root", required=True, help="the folder holding the datasets ($DATA)")
+    b.add_argument("--output", default="output", help="run folders (the official scripts' layout), tables/, plots/")
+    b.add_argument("--datasets", default=None, help="comma-separated (default: the protocol's datasets)")
+    b.add_argument("--seeds", default="1,2,3")
+    b.add_argument("--methods", default="zip", help="comma-separated: zip, zsclip")
+    b.add_argument("--shots", type=int, default=16)
+    b.add_argument("--config-file", default=None, help="trainer yaml (default: the official ZIP settings)")
+    b.add_argument("--eval-every", type=int, default=None, metavar="N", help="test accuracy every N queries (plots)")
+    b.add_argument("--model", default=None, help="open_clip model (default: the config's ViT-B/16)")
+    b.add_argument("--pretrained", default=None, help="weights (default openai)")
+    b.add_argument("--ray", default=None, metavar="auto|ADDRESS|local", help="run the jobs as Ray tasks")
+    b.add_argument("--cpus-per-job", type=float, default=1)
+    b.add_argument("--gpus-per-job", type=float, default=0)
+    _add_common(b)
+    b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    b.set_defaults(fn=cmd_bench_paper)
 
     i = sub.add_parser("info", help="versions, device, backends, precision")
     i.set_defaults(fn=cmd_info)

@@ -36,6 +36,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "amp", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # Dassl's INPUT.INTERPOLATION choices
 TRANSFORMS = ("random_resized_crop", "random_flip", "normalize", "center_crop", "resize")
 SPSA_PARAM_NAMES = ("o", "c", "a", "alpha", "gamma")
+AUGMENTS = ("tensor", "pil")
 
 # TrainConfig field -> the official config key that sets it (used in error messages too).
 OFFICIAL_KEYS: dict[str, str] = {
@@ -102,6 +103,7 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 50  # steps; 0 = only at the end
     test_per_class: int | None = None
+    augment: str = "tensor"  # training views: "tensor" (batched, data.gpu_augment) or "pil" (the reference)
     feature_bank: int = 0  # V > 0: encode V augmented views per training image once, sample per step
 
     def __post_init__(self) -> None:
@@ -225,7 +227,7 @@ def _validate_floats(cfg: TrainConfig) -> None:
 
 def _validate_choices(cfg: TrainConfig) -> None:
     for field, choices in (("opt_type", OPT_TYPES), ("precision", PRECISIONS),
-                           ("interpolation", INTERPOLATIONS)):
+                           ("interpolation", INTERPOLATIONS), ("augment", AUGMENTS)):
         value = getattr(cfg, field)
         if value not in choices:
             raise ConfigError(f"{_label(field)} must be one of {', '.join(choices)}; got {value!r}")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
-from .data.sources import FeatureSource, ImageSource, batch_indices, derive_seed
+from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_indices, derive_seed
 from .batched import make_engine
 from .engine import autocast_for
 from .env import resolve_device, versions
@@ -32,7 +32,7 @@ CHECKPOINT_FORMAT = "zipfast-checkpoint-v1"
 TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
                    "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class",
-                   "feature_bank")
+                   "feature_bank", "augment")
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
@@ -91,6 +91,8 @@ class ZIPTrainer:
         self.queries = 0
         self.elapsed = 0.0
         self.last_record: dict | None = None
+        # callables hook(trainer, record) run after every step (periodic evaluation: paper.hooks)
+        self.step_hooks: list = []
         self.output_dir = Path(output_dir) if output_dir else None
 
     # ------------------------------------------------------------------ data
@@ -104,9 +106,15 @@ class ZIPTrainer:
                 raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
             bar = tqdm(total=len(data.train), desc="feature bank", unit="image",
                        disable=not (self.progress and c.feature_bank))
-            data = ImageSource(data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation,
-                               self.device, c.test_batch_size, lambda: autocast_for(self.device, c.precision),
-                               bank_views=c.feature_bank, seed=c.seed, progress=bar.update)
+            args = (data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation, self.device,
+                    c.test_batch_size, lambda: autocast_for(self.device, c.precision))
+            if c.augment == "tensor":  # decode once, batched crop/flip on the device (data.gpu_augment)
+                dbar = tqdm(total=len(data.train), desc="decode", unit="image", disable=not self.progress)
+                data = DecodedImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update,
+                                          decode_progress=dbar.update)
+                dbar.close()
+            else:
+                data = ImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update)
             bar.close()
         if not isinstance(data, (FeatureSource, ImageSource)):
             raise TypeError(f"data must be a PlantedTask, FewShotImageFolder or FeatureSource, got {type(data).__name__}")
@@ -160,6 +168,8 @@ class ZIPTrainer:
                        "c_k": info["c_k"], "grad_norm": float(info["grad_norm"]), "clipped": bool(info["clipped"]),
                        "time_s": round(self.elapsed, 4)}
                 self.last_record = rec
+                for hook in self.step_hooks:
+                    hook(self, rec)
                 if log is not None and (k % c.log_every == 0 or self.queries + 2 > c.budget):
                     log.write(json.dumps(rec) + "\n")
                     log.flush()

@@ -116,3 +116,33 @@ class ImageSource:
             labels = torch.tensor([y for _, y in items], device=self.device)
             self._test = (torch.cat(feats), labels)
         return self._test
+
+
+_AUGMENT_TENSOR = 4
+
+
+class DecodedImageSource(ImageSource):
+    """ImageSource whose training views come from `gpu_augment`: images decoded once into uint8
+    memory on the run's device, random-resized-crop + flip as batched tensor ops seeded by
+    (seed, step). Test views and the feature bank are ImageSource's (PIL)."""
+
+    def __init__(self, dataset, model, size, mean, std, interpolation="bicubic", device="cpu",
+                 test_batch_size=128, autocast=None, bank_views=0, seed=0, progress=None, max_side=None,
+                 max_bytes: int = 8 << 30, decode_progress=None):
+        from .gpu_augment import DecodedImages
+
+        super().__init__(dataset, model, size, mean, std, interpolation, device, test_batch_size, autocast,
+                         bank_views, seed, progress)
+        self.images = DecodedImages.decode([p for p, _ in dataset.train], max_side or 2 * size, max_bytes,
+                                           min_side=size, progress=decode_progress).to(self.device)
+
+    def train_batch(self, idx: torch.Tensor, step: int, seed: int):
+        if self.bank is not None:
+            return super().train_batch(idx, step, seed)
+        from .gpu_augment import N_UNIFORMS, crop_resize_flip, sample_boxes
+
+        g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_TENSOR, step))
+        u = torch.rand(len(idx), N_UNIFORMS, generator=g, dtype=torch.float64)
+        boxes = sample_boxes(self.images.heights[idx].cpu(), self.images.widths[idx].cpu(), u)
+        x = crop_resize_flip(self.images, idx, boxes, self.size, self.mean, self.std)
+        return self.encode(x), self.train_y[idx].to(self.device)

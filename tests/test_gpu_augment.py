@@ -1,0 +1,63 @@
+"""The batched crop/resize/flip against its per-image definition; boxes against the documented sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zipfast.data.gpu_augment import (N_UNIFORMS, DecodedImages, crop_resize_flip, crop_resize_flip_reference,
+                                      reference_boxes, sample_boxes)
+from zipfast.data.transforms import CLIP_MEAN, CLIP_STD
+
+SIZES = [(40, 30), (33, 47), (7, 90), (120, 9), (64, 64), (1, 1), (3, 200)]  # (w, h): odd and extreme shapes
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(SIZES):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boxes_are_the_documented_sampling(seed):
+    g = torch.Generator().manual_seed(seed)
+    H = torch.randint(1, 400, (300,), generator=g)
+    W = torch.randint(1, 400, (300,), generator=g)
+    H[:5], W[:5] = torch.tensor([1, 500, 3, 2, 50]), torch.tensor([500, 1, 2, 3, 50])  # fallback cases
+    u = torch.rand(300, N_UNIFORMS, generator=g, dtype=torch.float64)
+    top, left, h, w, flip = sample_boxes(H, W, u)
+    got = list(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist(), flip.tolist()))
+    assert got == reference_boxes(H, W, u)
+    assert bool(((top >= 0) & (left >= 0) & (top + h <= H) & (left + w <= W) & (h > 0) & (w > 0)).all())
+
+
+@pytest.mark.parametrize("size", [8, 13, 32])
+def test_batched_views_match_the_per_image_reference(images, size):
+    store = DecodedImages.decode(images, max_side=1000)
+    for i, p in enumerate(images):  # decoding is lossless below the cap
+        assert torch.equal(store.image(i), torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1))
+    idx = torch.tensor([0, 1, 2, 3, 4, 5, 6, 2, 0])
+    u = torch.rand(len(idx), N_UNIFORMS, generator=torch.Generator().manual_seed(size), dtype=torch.float64)
+    boxes = sample_boxes(store.heights[idx], store.widths[idx], u)
+    out = crop_resize_flip(store, idx, boxes, size, CLIP_MEAN, CLIP_STD, chunk=4)
+    assert out.shape == (len(idx), 3, size, size) and bool(torch.isfinite(out).all())
+    for b, i in enumerate(idx.tolist()):
+        box = tuple(int(t[b]) for t in boxes[:4])
+        ref = crop_resize_flip_reference(store.image(i), box, bool(boxes[4][b]), size, CLIP_MEAN, CLIP_STD)
+        err = ((out[b] - ref).abs().max() / ref.abs().max()).item()
+        assert err <= 1e-5, (b, box, err)
+
+
+def test_decode_caps_the_shorter_side_and_the_bytes(images):
+    store = DecodedImages.decode(images, max_side=20)
+    for i, (w, h) in enumerate(SIZES):
+        assert min(store.heights[i].item(), store.widths[i].item()) == min(20, w, h)
+    small = DecodedImages.decode(images, max_side=1000, max_bytes=4000, min_side=2)
+    assert small.nbytes <= 4000

@@ -1,0 +1,33 @@
+"""Test predictions of a learned prompt or of zero-shot CLIP, on cached test image features."""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine import autocast_for
+
+_CHUNK = 4096
+
+
+def predict_with_text(trainer, text_features: torch.Tensor):
+    """(predictions [M], labels [M]) for class text features [C, E] on the trainer's test split."""
+    feats, labels = trainer.source.test_set()
+    preds = []
+    for i in range(0, len(labels), _CHUNK):
+        preds.append(trainer.engine.logits_from_text(feats[i:i + _CHUNK], text_features).argmax(-1).cpu())
+    return torch.cat(preds), labels.cpu()
+
+
+def predict_prompt(trainer, w: torch.Tensor | None = None):
+    """Predictions of the prompt of w (default: the trainer's current point): one text pass."""
+    w = trainer.w if w is None else w.to(trainer.device)
+    txt = trainer.engine.text_features(trainer.space.contexts(w.unsqueeze(0)))[0]
+    return predict_with_text(trainer, txt)
+
+
+def zero_shot_text_features(model, tokenizer, classnames, template: str, device, precision: str = "fp32"):
+    """Zero-shot CLIP's class features [C, E]: the hand-written template filled with each class name
+    ("_" → " "), encoded by the model's own text tower (the official ZeroshotCLIP trainer)."""
+    prompts = [template.format(c.replace("_", " ")) for c in classnames]
+    with torch.no_grad(), autocast_for(torch.device(device), precision):
+        return model.encode_text(tokenizer(prompts).to(device)).float()

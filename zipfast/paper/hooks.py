@@ -1,0 +1,55 @@
+"""Periodic test evaluation during training (`--eval-every N` queries).
+
+Test image features are encoded once and cached by the data source, so one evaluation is one
+text-tower pass for the current prompt plus a matmul. Points go to `<output dir>/curve.jsonl`
+as {"queries", "step", "test_acc"}; evaluations cost no queries (they are not training signal).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .evaluation import predict_prompt
+
+CURVE_FILE = "curve.jsonl"
+
+
+class EvalEvery:
+    """A trainer step hook: evaluate when the query count crosses a multiple of `every`."""
+
+    def __init__(self, every: int, output_dir=None):
+        if every < 1:
+            raise ValueError(f"--eval-every must be a positive number of queries, got {every}")
+        self.every = every
+        self.path = Path(output_dir) / CURVE_FILE if output_dir else None
+        self.points: list[dict] = []
+        self._bucket = 0
+
+    def _record(self, trainer) -> None:
+        pred, true = predict_prompt(trainer)
+        point = {"queries": trainer.queries, "step": trainer.step,
+                 "test_acc": round(100.0 * float((pred == true).float().mean()), 4)}
+        self.points.append(point)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(point) + "\n")
+
+    def start(self, trainer) -> None:
+        """The point before training (0 queries, or the resumed count)."""
+        self._bucket = trainer.queries // self.every
+        self._record(trainer)
+
+    def __call__(self, trainer, record: dict) -> None:
+        bucket = trainer.queries // self.every
+        if bucket > self._bucket or trainer.queries + 2 > trainer.config.budget:
+            self._bucket = bucket
+            self._record(trainer)
+
+
+def read_curve(output_dir) -> list[dict]:
+    path = Path(output_dir) / CURVE_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,242 @@
+"""The official `train.py` command line, on zipfast's engine.
+
+`zipfast train` accepts train.py's flags with their official meaning, so a line of the official
+scripts runs with `python train.py` replaced by `zipfast train`:
+
+    zipfast train --root $DATA --seed 1 --trainer ZIP \
+        --dataset-config-file configs/datasets/eurosat.yaml \
+        --config-file configs/trainers/ZIP/vit_b16.yaml --output-dir output/…/seed1 \
+        DATASET.NUM_SHOTS 16 TRAINER.BASIC.MAX_API_CALLS 5000 …
+
+Settings merge in the official order: dataset config file, trainer config file, the flags
+(--root, --output-dir, --seed, --transforms, --trainer, --backbone), then the KEY VALUE list. The
+run writes Dassl's `log.txt` (see dassl_log). Trainers: ZIP trains; ZeroshotCLIP (alias ZSCLIP)
+evaluates the dataset's hand-written template; any other official trainer is refused by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError, cfg_to_train_config, load_official
+from ..io import save_json
+
+log = logging.getLogger("zipfast.paper")
+
+TRAINERS = {"ZIP": "zip", "ZeroshotCLIP": "zsclip", "ZSCLIP": "zsclip"}
+# Official trainers zipfast does not run (yet): refused by name rather than misread.
+NOT_IMPLEMENTED = ("BPTVLM", "BAR", "BlackVIP", "ZeroshotCLIP2", "CoOp", "CoCoOp")
+CHECKPOINT_NAME = "checkpoint.pt"
+RESULT_FILE = "result.json"
+PAPER_PREFIX = "paper:"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """train.py's flags (those zipfast's `train` did not already have)."""
+    g = p.add_argument_group("official train.py flags")
+    g.add_argument("--root", default="", help="DATASET.ROOT: the folder holding the datasets ($DATA)")
+    g.add_argument("--trainer", default="", help="TRAINER.NAME: ZIP or ZeroshotCLIP (ZSCLIP)")
+    g.add_argument("--dataset-config-file", default="", help="configs/datasets/<name>.yaml (sets DATASET.NAME)")
+    g.add_argument("--model-dir", default="", help="run folder whose checkpoint --eval-only evaluates")
+    g.add_argument("--load-epoch", type=int, default=None, help="accepted; a zipfast checkpoint holds the final prompt")
+    g.add_argument("--eval-only", action="store_true", help="evaluate (--model-dir's prompt, or zero-shot) and stop")
+    g.add_argument("--no-train", action="store_true", help="build everything, do not train")
+    g.add_argument("--backbone", default="", help="MODEL.BACKBONE.NAME, e.g. ViT-B/16")
+    g.add_argument("--transforms", nargs="+", default=None, help="INPUT.TRANSFORMS")
+    g.add_argument("--head", default="", help=argparse.SUPPRESS)
+    g.add_argument("--source-domains", nargs="+", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--target-domains", nargs="+", default=None, help=argparse.SUPPRESS)
+    g.add_argument("--visual-backbone", default="", help=argparse.SUPPRESS)
+    g.add_argument("--best_or_last", default="last", help=argparse.SUPPRESS)
+    g.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="evaluate on the test split every N queries (curve.jsonl; plots in bench-paper)")
+
+
+def wanted(args) -> bool:
+    """True when the command line uses the official surface (a dataset by name, a trainer, eval-only…)."""
+    return bool(args.root or args.dataset_config_file or args.trainer or args.eval_only or args.no_train
+                or args.model_dir)
+
+
+def paper_dataset_id(key: str, subsample: str, root: str) -> str:
+    return f"{PAPER_PREFIX}{key}:{subsample}:{Path(root).expanduser().absolute()}"
+
+
+def parse_dataset_id(value: str) -> tuple[str, str, str]:
+    key, subsample, root = value[len(PAPER_PREFIX):].split(":", 2)
+    return key, subsample, root
+
+
+def build_paper_data(cfg):
+    """The PaperDataset of a TrainConfig whose dataset is a paper id, as the trainer's image folder."""
+    from ..datasets import build_dataset
+
+    key, subsample, root = parse_dataset_id(cfg.dataset)
+    ds = build_dataset(key, root, shots=cfg.shots, seed=cfg.seed, subsample=subsample)
+    return ds, ds.to_image_folder(cfg.test_per_class)
+
+
+def _resets(args) -> list:
+    """reset_cfg of train.py: the flags as KEY VALUE pairs, merged after the files and before opts."""
+    pairs = []
+    for flag, key in (("root", "DATASET.ROOT"), ("output_dir", "OUTPUT_DIR"), ("trainer", "TRAINER.NAME"),
+                      ("backbone", "MODEL.BACKBONE.NAME")):
+        if getattr(args, flag):
+            pairs += [key, getattr(args, flag)]
+    if args.seed is not None and args.seed >= 0:
+        pairs += ["SEED", str(args.seed)]
+    if args.transforms:
+        pairs += ["INPUT.TRANSFORMS", list(args.transforms)]
+    return pairs
+
+
+def _trainer_kind(name: str) -> str:
+    if name in TRAINERS:
+        return TRAINERS[name]
+    if name in NOT_IMPLEMENTED:
+        raise ConfigError(f"--trainer {name} (TRAINER.NAME) is an official trainer zipfast does not implement yet; "
+                          f"implemented: {', '.join(TRAINERS)}")
+    raise ConfigError(f"unknown --trainer {name!r} (TRAINER.NAME); implemented: {', '.join(TRAINERS)}")
+
+
+def official_config(args):
+    """(TrainConfig, trainer kind, DATASET.NAME, subsample) of an official command line."""
+    from ..datasets import get_spec
+
+    cfg = load_official(args.config_file or None, _resets(args) + list(args.opts or ()),
+                        args.dataset_config_file or None)
+    kind = _trainer_kind(cfg.TRAINER.NAME)
+    name, root, subsample = cfg.DATASET.NAME, cfg.DATASET.ROOT, cfg.DATASET.SUBSAMPLE_CLASSES
+    if not name:
+        raise ConfigError("DATASET.NAME is empty: pass --dataset-config-file configs/datasets/<dataset>.yaml")
+    if not root:
+        raise ConfigError("DATASET.ROOT is empty: pass --root $DATA (the folder holding the datasets)")
+    if subsample not in ("all", "base", "new"):
+        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new; got {subsample!r}")
+    spec = get_spec(name)
+    # Keys the flat TrainConfig does not model: read above, reset so the ZIP mapping accepts the rest.
+    plain = cfg.clone()
+    plain.defrost()
+    plain.TRAINER.NAME, plain.DATASET.SUBSAMPLE_CLASSES, plain.RESUME = "ZIP", "all", ""
+    plain.freeze()
+    flags = {"dataset": paper_dataset_id(spec.key, subsample, root), "model": args.model,
+             "pretrained": args.pretrained, "budget": args.budget, "shots": args.shots,
+             "batch_size": args.batch_size, "backend": args.backend, "precision": args.precision,
+             "device": args.device, "test_per_class": args.test_per_class,
+             "checkpoint_every": args.checkpoint_every, "feature_bank": args.feature_bank,
+             "opt_type": args.opt_type, "augment": args.augment}
+    return cfg_to_train_config(plain, **flags), kind, spec, subsample
+
+
+def find_checkpoint(model_dir) -> Path:
+    d = Path(model_dir)
+    path = d if d.is_file() else d / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no zipfast checkpoint for --model-dir {str(model_dir)!r}: looked for "
+                                f"'{d / CHECKPOINT_NAME}'; train into that folder with --output-dir first")
+    return path
+
+
+def _prompt_settings(sd_config: dict) -> dict:
+    """The checkpoint's settings that shape the prompt and the model (they must win on evaluation)."""
+    keys = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank")
+    return {k: sd_config[k] for k in keys if k in sd_config}
+
+
+def run(args, build_run, match_image_size) -> int:
+    """Run an official command line. build_run(cfg) → (model, tokenizer, classnames, data) and
+    match_image_size(cfg, model) → cfg are the CLI's (passed in: this module sits below the CLI)."""
+    from .. import ZIPTrainer
+    from ..trainer import read_checkpoint
+    from .dassl_log import DasslLog, result_block
+    from .evaluation import predict_prompt, predict_with_text, zero_shot_text_features
+    from .hooks import EvalEvery
+
+    cfg, kind, spec, subsample = official_config(args)
+    sd = None
+    if args.eval_only and kind == "zip":
+        if not args.model_dir:
+            raise ConfigError("--eval-only with --trainer ZIP needs --model-dir (the run folder of a trained prompt)")
+        ckpt = find_checkpoint(args.model_dir)
+        sd = read_checkpoint(ckpt)
+        cfg = dataclasses.replace(cfg, **_prompt_settings(sd["config"])).validate()
+    if args.eval_only or kind == "zsclip":  # nothing trains: skip decoding the (possibly huge) train split
+        cfg = dataclasses.replace(cfg, augment="pil").validate()
+    out = cfg.output_dir or None
+    dlog = DasslLog(out)
+    try:
+        dlog(f"Setting fixed seed: {cfg.seed}")
+        dlog("** Arguments **")
+        for key in sorted(vars(args)):
+            if key != "fn":
+                dlog(f"{key}: {getattr(args, key)}")
+        dlog("** Config (zipfast) **")
+        dlog(json.dumps(cfg.to_dict(), sort_keys=True))
+        model, tokenizer, classnames, data = build_run(cfg)
+        cfg = match_image_size(cfg, model)
+        dlog(f"Dataset: {spec.name} ({subsample} classes: {len(classnames)}; train {len(data.train)}, "
+             f"test {len(data.test)})")
+        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer,
+                             output_dir=out if kind == "zip" and not args.eval_only else None,
+                             progress=not args.no_progress)
+        if args.no_train and not args.eval_only:
+            dlog("--no-train: nothing trained")
+            return 0
+        queries = 0
+        if kind == "zsclip":
+            dlog(f"Zero-shot CLIP, template {spec.template!r}")
+            txt = zero_shot_text_features(model, tokenizer, classnames, spec.template, trainer.device,
+                                          trainer.engine.precision)
+            pred, true = predict_with_text(trainer, txt)
+        elif args.eval_only:
+            from ..space import ZIPSpace
+
+            if args.load_epoch is not None:
+                log.info("--load-epoch %s ignored: a zipfast checkpoint holds the final prompt", args.load_epoch)
+            trainer.space = ZIPSpace.from_state_dict(sd["space"], trainer.device)
+            trainer.w = sd["w"].to(trainer.device)
+            queries = int(sd.get("queries", 0))
+            dlog(f"Loading prompt from {ckpt} ({queries} queries, step {sd.get('step')})")
+            pred, true = predict_prompt(trainer)
+        else:
+            _resume(trainer, args, out, dlog)
+            if args.eval_every:
+                hook = EvalEvery(args.eval_every, out)
+                hook.start(trainer)
+                trainer.step_hooks.append(hook)
+            report = trainer.fit()
+            queries = report["queries"]
+            dlog(f"Reach the maximum number of API calls: {queries} queries in {report['steps']} steps "
+                 f"({report['queries_per_s']} queries/s)")
+            dlog("Finish training")
+            dlog("Deploy the last-epoch model")
+            pred, true = predict_prompt(trainer)
+        dlog("Evaluate on the *test* set")
+        text, acc = result_block(pred, true)
+        dlog(text)
+        if args.eval_only:
+            dlog(f"Test acc: {acc:.2f}")
+        else:
+            dlog.elapsed()
+        if out:
+            save_json({"trainer": kind, "dataset": spec.name, "subsample": subsample, "seed": cfg.seed,
+                       "shots": cfg.shots, "accuracy": acc, "queries": queries, "n_classes": len(classnames),
+                       "fewshot_source": getattr(data, "fewshot_source", None)}, Path(out) / RESULT_FILE)
+        return 0
+    finally:
+        dlog.close()
+
+
+def _resume(trainer, args, out, dlog) -> None:
+    """--resume DIR|FILE, or (as Dassl) a checkpoint already in the output folder."""
+    src = args.resume or (str(Path(out) / CHECKPOINT_NAME) if out and (Path(out) / CHECKPOINT_NAME).is_file() else "")
+    if src:
+        path = find_checkpoint(src)
+        trainer.load_checkpoint(path)
+        dlog(f"Resumed from {path} at step {trainer.step} ({trainer.queries} queries)")

@@ -1,0 +1,186 @@
+"""The paper's four protocols as one command each (`zipfast bench-paper PROTOCOL`).
+
+    few-shot       every method × dataset × seed, trained and tested on all classes
+    base2new       train on the base half of the classes, test on base and on new
+    cross-dataset  train on ImageNet, evaluate that prompt on the other datasets
+    ood            train on ImageNet, evaluate on ImageNet-V2/-Sketch/-A/-R
+
+Run folders follow the official scripts' layout under --output, so finished runs are skipped
+exactly as the scripts skip them and CoOp's parse_test_res.py reads them too. Tables (markdown +
+CSV, mean ± std over seeds) go to <output>/tables/, accuracy-vs-queries plots to <output>/plots/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..datasets import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, get_spec
+from .sweep import Job, LocalRunner, RayRunner, run_stages
+from .tables import Table, average_row, curve_points, fmt, fmt_avg, harmonic, mean_std, plot_curves, read_accuracy
+
+PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "ood")
+METHODS = {"zip": "ZIP", "zsclip": "ZeroshotCLIP"}  # method → official TRAINER.NAME
+NCTX = 8
+
+
+class Plan:
+    """The settings of one protocol run: what to run and where its folders are."""
+
+    def __init__(self, protocol: str, root, output, datasets=None, seeds=(1, 2, 3), methods=("zip",),
+                 shots: int = 16, config_file: str = "", eval_every: int | None = None, opts=(), flags=()):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        for m in methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        default = {"few-shot": FEWSHOT_DATASETS, "base2new": FEWSHOT_DATASETS,
+                   "cross-dataset": CROSS_DATASET_TARGETS, "ood": OOD_DATASETS}[protocol]
+        self.protocol, self.methods, self.seeds, self.shots = protocol, list(methods), list(seeds), shots
+        self.datasets = [get_spec(d).key for d in (datasets or default)]
+        self.root, self.output = str(Path(root).absolute()), Path(output).absolute()
+        self.config_file = str(Path(config_file).absolute()) if config_file else ""
+        self.eval_every, self.opts, self.flags = eval_every, list(opts), list(flags)
+
+    # ------------------------------------------------------------------ folders (the scripts' layout)
+
+    def train_dir(self, dataset, seed, role="basic", method="zip") -> Path:
+        if method == "zsclip":
+            return self.output / role / "zsclip" / "ZeroshotCLIP" / dataset
+        sub = "base2new/base" if role == "base" else "basic"
+        return self.output / sub / METHODS[method] / dataset / f"nctx{NCTX}" / f"seed{seed}"
+
+    def eval_dir(self, dataset, seed, method="zip", role="xd") -> Path:
+        if role == "new":
+            return self.output / "base2new" / "new" / METHODS[method] / dataset / f"nctx{NCTX}" / f"seed{seed}"
+        return self.output / "xd" / "evaluation" / METHODS[method] / dataset / f"seed{seed}"
+
+    # ------------------------------------------------------------------ jobs
+
+    def _argv(self, method, dataset, seed, out, subsample="all", eval_only=False, model_dir=None, train=True):
+        argv = ["--root", self.root, "--seed", str(seed), "--trainer", METHODS[method], "--output-dir", str(out)]
+        if self.config_file:
+            argv += ["--config-file", self.config_file]
+        if model_dir is not None:
+            argv += ["--model-dir", str(model_dir), "--load-epoch", "1000"]
+        if eval_only:
+            argv += ["--eval-only"]
+        if train and self.eval_every and method == "zip":
+            argv += ["--eval-every", str(self.eval_every)]
+        argv += ["--no-progress", *self.flags]
+        return argv + ["DATASET.NAME", get_spec(dataset).name, "DATASET.SUBSAMPLE_CLASSES", subsample,
+                       "DATASET.NUM_SHOTS", str(self.shots), *self.opts]
+
+    def _job(self, method, dataset, seed, out, role, **kw) -> Job:
+        return Job(self._argv(method, dataset, seed, out, **kw), str(out),
+                   {"method": method, "dataset": dataset, "seed": seed, "role": role})
+
+    def stages(self) -> list[list[Job]]:
+        p, jobs1, jobs2 = self.protocol, [], []
+        zs_seed = self.seeds[0]
+        for method in self.methods:
+            seeds = [zs_seed] if method == "zsclip" else self.seeds
+            if p == "few-shot":
+                for d in self.datasets:
+                    for s in seeds:
+                        jobs1.append(self._job(method, d, s, self.train_dir(d, s, method=method), "train",
+                                               eval_only=method == "zsclip"))
+            elif p == "base2new":
+                for d in self.datasets:
+                    for s in seeds:
+                        if method == "zsclip":
+                            for part in ("base", "new"):
+                                out = self.output / "base2new" / part / "zsclip" / d
+                                jobs1.append(self._job(method, d, s, out, part, subsample=part, eval_only=True))
+                            continue
+                        base = self.train_dir(d, s, role="base")
+                        jobs1.append(self._job(method, d, s, base, "base", subsample="base"))
+                        jobs2.append(self._job(method, d, s, self.eval_dir(d, s, role="new"), "new", subsample="new",
+                                               eval_only=True, model_dir=base, train=False))
+            else:  # cross-dataset / ood: an ImageNet prompt evaluated elsewhere
+                for s in seeds:
+                    if method == "zsclip":
+                        for d in ["imagenet", *self.datasets]:
+                            out = self.output / "xd" / "zsclip" / d
+                            jobs1.append(self._job(method, d, s, out, "eval", eval_only=True))
+                        continue
+                    src = self.train_dir("imagenet", s)
+                    jobs1.append(self._job(method, "imagenet", s, src, "train"))
+                    for d in self.datasets:
+                        jobs2.append(self._job(method, d, s, self.eval_dir(d, s), "eval", eval_only=True,
+                                               model_dir=src, train=False))
+        return [j for j in (jobs1, jobs2) if j]
+
+    # ------------------------------------------------------------------ tables and plots
+
+    def _acc(self, method, dataset, seed, role):
+        if method == "zsclip":
+            folder = {"train": self.train_dir(dataset, seed, method="zsclip"),
+                      "base": self.output / "base2new" / "base" / "zsclip" / dataset,
+                      "new": self.output / "base2new" / "new" / "zsclip" / dataset,
+                      "eval": self.output / "xd" / "zsclip" / dataset}[role]
+            return [read_accuracy(folder)]
+        folder = {"train": lambda s: self.train_dir(dataset, s), "base": lambda s: self.train_dir(dataset, s, "base"),
+                  "new": lambda s: self.eval_dir(dataset, s, role="new"),
+                  "eval": lambda s: self.eval_dir(dataset, s)}[role]
+        return [read_accuracy(folder(s)) for s in self.seeds]
+
+    def tables(self) -> list[Table]:
+        p = self.protocol
+        if p == "base2new":
+            t = Table("Base-to-new generalisation (accuracy %, mean ± std over seeds; H = harmonic mean)",
+                      ["Dataset"] + [f"{METHODS[m]} {c}" for m in self.methods for c in ("Base", "New", "H")])
+            avg = {m: [] for m in self.methods}
+            for d in self.datasets:
+                row = [get_spec(d).name]
+                for m in self.methods:
+                    b, n = mean_std(self._acc(m, d, 1, "base")), mean_std(self._acc(m, d, 1, "new"))
+                    h = None if b is None or n is None else harmonic(b[0], n[0])
+                    avg[m].append((b, n))
+                    row += [fmt(b), fmt(n), "–" if h is None else f"{h:.1f}"]
+                t.add(row)
+            row = ["Average"]
+            for m in self.methods:
+                bs, ns = average_row([x[0] for x in avg[m]]), average_row([x[1] for x in avg[m]])
+                row += [fmt_avg(bs), fmt_avg(ns), "–" if bs is None or ns is None else f"{harmonic(bs[0], ns[0]):.1f}"]
+            t.add(row)
+            return [t]
+        if p == "few-shot":
+            title, cols, role = f"Few-shot accuracy ({self.shots} shots; %, mean ± std over seeds)", self.datasets, "train"
+        else:
+            title = ("Cross-dataset transfer from ImageNet" if p == "cross-dataset" else
+                     "Out-of-distribution generalisation from ImageNet") + " (accuracy %, mean ± std over seeds)"
+            cols, role = self.datasets, "eval"
+        header = ["Method"] + (["ImageNet"] if p != "few-shot" else []) + [get_spec(d).name for d in cols] + ["Average"]
+        t = Table(title, header)
+        for m in self.methods:
+            row = [METHODS[m]]
+            if p != "few-shot":
+                row.append(fmt(mean_std(self._acc(m, "imagenet", 1, "train" if m == "zip" else "eval"))))
+            cells = [mean_std(self._acc(m, d, 1, role)) for d in cols]
+            t.add(row + [fmt(c) for c in cells] + [fmt_avg(average_row(cells))])
+        return [t]
+
+    def curves(self) -> dict:
+        out = {}
+        datasets = self.datasets if self.protocol in ("few-shot", "base2new") else ["imagenet"]
+        role = "base" if self.protocol == "base2new" else "basic"
+        for d in datasets:
+            if "zip" in self.methods:
+                out[d] = {"ZIP": [curve_points(self.train_dir(d, s, role)) for s in self.seeds]}
+        return out
+
+    def report(self) -> dict:
+        tables = [t.write(self.output / "tables", self.protocol) for t in self.tables()]
+        plot = plot_curves(self.curves(), self.output / "plots" / f"{self.protocol}.png",
+                           f"{self.protocol}: test accuracy vs queries")
+        return {"tables": [str(p) for pair in tables for p in pair], "plot": str(plot) if plot else None}
+
+
+def run_protocol(plan: Plan, entry, ray: str | None = None, cpus_per_job: float = 1, gpus_per_job: float = 0,
+                 progress: bool = True) -> dict:
+    """Run (or skip) every job of the plan through entry (the CLI's main), then write its tables and plot."""
+    runner = (RayRunner(entry, None if ray == "local" else ray, cpus_per_job, gpus_per_job) if ray
+              else LocalRunner(entry))
+    summary = run_stages(plan.stages(), runner, progress)
+    summary.update(plan.report(), runner=runner.name)
+    return summary
