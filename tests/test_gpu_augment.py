@@ -61,3 +61,25 @@ def test_decode_caps_the_shorter_side_and_the_bytes(images):
         assert min(store.heights[i].item(), store.widths[i].item()) == min(20, w, h)
     small = DecodedImages.decode(images, max_side=1000, max_bytes=4000, min_side=2)
     assert small.nbytes <= 4000
+
+
+class _MeanModel:
+    """Stands in for CLIP's image tower: the per-channel means of a view as its feature."""
+
+    def encode_image(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def test_decoded_source_is_seeded_by_seed_and_step(images):
+    from zipfast.data.imagefolder import FewShotImageFolder
+    from zipfast.data.sources import DecodedImageSource
+
+    ds = FewShotImageFolder(root=images[0].parent, folders=["a"], classnames=["a"],
+                            train=[(str(p), 0) for p in images], test=[(str(images[0]), 0)], shots=0, seed=0)
+    src = DecodedImageSource(ds, _MeanModel(), 16, CLIP_MEAN, CLIP_STD)
+    idx = torch.tensor([6, 3, 0, 0])
+    a, _ = src.train_batch(idx, step=5, seed=1)
+    b, _ = src.train_batch(idx, step=5, seed=1)
+    c, _ = src.train_batch(idx, step=6, seed=1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[2], a[3])  # the same image gets its own box each time it appears

@@ -132,3 +132,14 @@ def test_macro_f1_against_a_hand_count():
     pred, true = torch.tensor([0, 0, 1, 2, 2, 1]), torch.tensor([0, 1, 1, 2, 0, 1])
     # class 0: tp1 fp1 fn1 → 0.5; class 1: tp2 fp0 fn1 → 0.8; class 2: tp1 fp1 fn0 → 2/3
     assert macro_f1(pred, true) == pytest.approx(100 * (0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_pil_reference_augmentation_runs_through_the_official_line(workdir):
+    out = "output/pil/seed1"
+    argv = few_shot_line("eurosat", 1, out)
+    argv[argv.index("--output-dir")] = "--augment"
+    argv[argv.index(out)] = "pil"
+    argv[1:1] = ["--output-dir", out]
+    assert main(argv + TINY) == 0
+    cfg = json.loads((workdir / out / "report.json").read_text())["config"]
+    assert cfg["augment"] == "pil"

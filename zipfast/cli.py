@@ -90,6 +90,12 @@ def cmd_train(args) -> int:
     if args.resume:
         trainer.load_checkpoint(args.resume)
         print(f"resumed from {args.resume} at step {trainer.step} ({trainer.queries} queries)")
+    if args.eval_every:
+        from .paper.hooks import EvalEvery
+
+        hook = EvalEvery(args.eval_every, out)
+        hook.start(trainer)
+        trainer.step_hooks.append(hook)
     report = trainer.fit()
     _print_report(report)
     return 0

@@ -116,6 +116,7 @@ class ZIPTrainer:
             else:
                 data = ImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update)
             bar.close()
+            data.show_progress = self.progress
         if not isinstance(data, (FeatureSource, ImageSource)):
             raise TypeError(f"data must be a PlantedTask, FewShotImageFolder or FeatureSource, got {type(data).__name__}")
         if data.n_train == 0:

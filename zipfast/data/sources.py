@@ -69,6 +69,7 @@ class ImageSource:
         self.autocast = autocast or contextlib.nullcontext
         self.train_y = torch.tensor([y for _, y in dataset.train])
         self._test = None
+        self.show_progress = False  # a tqdm bar while the test split is encoded (set by the trainer)
         self.bank = self._build_bank(bank_views, seed, progress) if bank_views > 0 else None
 
     @property
@@ -105,6 +106,12 @@ class ImageSource:
         """Test features [M, E] and labels [M], encoded once and cached."""
         if self._test is None:
             items = self.dataset.test
+            bar = None
+            if progress is None and self.show_progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(items), desc="test features", unit="image")
+                progress = bar.update
             feats = []
             for i in range(0, len(items), self.test_batch_size):
                 chunk = items[i:i + self.test_batch_size]
@@ -113,6 +120,8 @@ class ImageSource:
                 feats.append(self.encode(x))
                 if progress is not None:
                     progress(len(chunk))
+            if bar is not None:
+                bar.close()
             labels = torch.tensor([y for _, y in items], device=self.device)
             self._test = (torch.cat(feats), labels)
         return self._test

@@ -62,7 +62,13 @@ class RayRunner:
             raise ImportError("--ray needs Ray: pip install 'zipfast[ray]'") from e
         self.ray, self.entry = ray, entry
         if not ray.is_initialized():
-            ray.init(address=address, ignore_reinit_error=True)
+            try:
+                ray.init(address=address, ignore_reinit_error=True)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                from ..config import ConfigError
+
+                raise ConfigError(f"cannot join the Ray cluster at --ray {address!r}: {e}; start one with "
+                                  f"`ray start --head` or pass its address (ray://host:10001)") from e
         self.task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(run_job)
 
     def run(self, jobs: list[Job], progress: bool = True) -> list[int]:
