@@ -61,7 +61,8 @@ setup(
         "pyyaml",
         "yacs",
         "tqdm",
-        "matplotlib",
+        "cma",  # pycma: SharpZO's CMA-ES stage
+        "matplotlib",  # zipfast compare's accuracy-vs-queries plot
     ],
     extras_require={
         # pybind11/cmake/ninja: the tests (re)build csrc/ (cached) to check the kernels' math and the nvcc compile.

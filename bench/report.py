@@ -130,7 +130,44 @@ def render(data: dict) -> str:
                 f"| {ei['K'] / c['med']:.2f} | {ei['flops_per_step'] / c['med'] / 1e9:.0f} "
                 f"| {_x(c['med'] / c['floor'] if c['floor'] else None)} | {c['rounds']} |")
         lines += ["", "n_cls = 1000 uses synthetic names (10 adjectives × CIFAR-100, e.g. \"small apple\").", ""]
+
+    # ---------------------------------------------------------------- prefix attention A/B
+    ab = [c for c in by_case.values() if c["b"].get("group") == "prefix_attention"]
+    if ab:
+        ab.sort(key=lambda c: (c["ei"]["n_cls"], c["ei"]["K"], c["ei"]["config"].get("prefix_attention") != "reference"))
+        base = {(c["ei"]["n_cls"], c["ei"]["K"]): c["med"] for c in ab
+                if c["ei"]["config"].get("prefix_attention") == "reference"}
+        lines += [
+            "## Shared-prefix attention: per-class copies (reference) vs batched matmuls + LSE merge (torch)",
+            "",
+            "| n_cls | K | prefix_attention | median ms/step | queries/s | speed-up vs reference | measured/floor | rounds |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for c in ab:
+            ei = c["ei"]
+            ref_med = base.get((ei["n_cls"], ei["K"]))
+            lines.append(
+                f"| {ei['n_cls']} | {ei['K']} | {ei['config'].get('prefix_attention')} | {c['med'] * 1e3:,.1f} "
+                f"| {ei['K'] / c['med']:.2f} | {_x(ref_med / c['med'] if ref_med else None)} "
+                f"| {_x(c['med'] / c['floor'] if c['floor'] else None)} | {c['rounds']} |")
+        lines.append("")
+    lines += _data_step([c for c in by_case.values() if c["b"].get("group") == "data_step"])
     return "\n".join(lines)
+
+
+def _data_step(cases) -> list:
+    """The real-data step (bench/test_data_step.py): each data path's share of data + image tower."""
+    tower = next((c for c in cases if c["ei"].get("kind") == "tower"), None)
+    if not cases or tower is None:
+        return []
+    ei = tower["ei"]
+    out = [f"## Real-data step: data vs image tower ({ei['model']}, {ei['batch']} images of {ei['size']} px)", "",
+           "| part | median s | share of data + tower | rounds |", "|---|---:|---:|---:|"]
+    for c in sorted(cases, key=lambda c: c["med"]):
+        share = "–" if c is tower else f"{100 * c['med'] / (c['med'] + tower['med']):.1f} %"
+        label = "image tower" if c is tower else f"data, --augment {c['ei']['path']}"
+        out.append(f"| {label} | {c['med']:.3f} | {share} | {c['rounds']} |")
+    return out + [""]
 
 
 def _x(v):

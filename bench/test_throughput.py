@@ -4,6 +4,7 @@ Groups (pytest-benchmark `group`):
   floor    sustained matmul rate of this machine on the text tower's shapes (start and end of the run)
   W        the official structure (reference) and the cumulative optimisations on W
   scaling  the default fast engine over n_cls ∈ {10, 100, 1000} × K ∈ {2, 10, 40}
+  prefix_attention  the engine with the old (per-class copies) vs the new shared-prefix attention
 
 Run with `make bench` (then `python bench/report.py` writes bench/results/latest.md).
 Rounds are few on purpose (the whole suite should take minutes on a 2-core CPU); the slow
@@ -160,6 +161,29 @@ def test_scaling(benchmark, tower, class_prompts, n_cls, K, precision):
     feats, labels = image_features(n_cls)
     info = workload_info(tower, prompts, K, engine, case=f"n_cls={n_cls} K={K} {precision}", names=source,
                          n_images=feats.shape[0], image_side="cached features")
+    rounds, warmup = plan(tower, info["tokens_computed"])
+    run_case(benchmark, lambda: engine.losses(ctx, feats, labels), info, rounds=rounds, warmup_rounds=warmup)
+
+
+# --------------------------------------------------------------------------- prefix attention: before / after
+
+# The shared-prefix attention op (zipfast/ops/prefix_attention), A/B in one run on the default
+# engine: "reference" = the per-class copies of the prefix keys/values concatenated with each
+# suffix (the engine before the op), "torch" = batched matmuls + log-sum-exp merge (no copies).
+PREFIX_AB = [(n, 10, backend) for n in (10, 100, 1000) for backend in ("reference", "torch")]
+
+
+@pytest.mark.benchmark(group="prefix_attention")
+@pytest.mark.parametrize("n_cls,K,backend", PREFIX_AB, ids=[f"n{n}-K{K}-{b}" for n, K, b in PREFIX_AB])
+def test_prefix_attention_ab(benchmark, tower, class_prompts, monkeypatch, n_cls, K, backend):
+    monkeypatch.setenv("ZIPFAST_BACKEND_PREFIX_ATTENTION", backend)
+    prompts, source = class_prompts(n_cls)
+    engine = BatchedEngine(tower, prompts)
+    assert engine.prefix_attention_backend == backend
+    ctx = make_ctx(K)
+    feats, labels = image_features(n_cls)
+    info = workload_info(tower, prompts, K, engine, case=f"n_cls={n_cls} K={K} prefix_attention={backend}",
+                         names=source, n_images=feats.shape[0], image_side="cached features")
     rounds, warmup = plan(tower, info["tokens_computed"])
     run_case(benchmark, lambda: engine.losses(ctx, feats, labels), info, rounds=rounds, warmup_rounds=warmup)
 

@@ -321,3 +321,34 @@ def test_restricted_unpickler_never_raises_anything_but_dataset_error(tmp_path_f
         load_datum_pickle(path, ("train",))
     except DatasetError:
         pass
+
+
+_word = st.text(st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_/'"), min_size=1, max_size=6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(names=st.lists(st.lists(_word, min_size=1, max_size=3).map(" ".join), min_size=1, max_size=6, unique=True),
+       picks=st.lists(st.integers(0, 5), max_size=12))
+def test_fgvc_reader_labels_follow_variants_txt(tmp_path_factory, names, picks):
+    from zipfast.datasets.splits import read_fgvc
+
+    d = tmp_path_factory.mktemp("fgvc")
+    (d / "variants.txt").write_text("\n".join(names) + "\n")
+    chosen = [names[p % len(names)] for p in picks]
+    for key in ("train", "val", "test"):
+        (d / f"images_variant_{key}.txt").write_text("".join(f"{i:07d} {n}\n" for i, n in enumerate(chosen)))
+    files = ("variants.txt", "images_variant_train.txt", "images_variant_val.txt", "images_variant_test.txt")
+    out = read_fgvc(d, d / "images", files, "dataset FGVCAircraft")
+    assert [(d_.label, d_.classname) for d_ in out["test"]] == [(names.index(n), n) for n in chosen]
+    assert [Path(d_.impath).name for d_ in out["train"]] == [f"{i:07d}.jpg" for i in range(len(chosen))]
+
+
+@settings(max_examples=50, deadline=None)
+@given(pairs=st.dictionaries(_word.filter(lambda w: "/" not in w), st.lists(_word, min_size=1, max_size=3).map(" ".join),
+                             min_size=1, max_size=6))
+def test_classnames_reader_round_trips(tmp_path_factory, pairs):
+    from zipfast.datasets.splits import read_classnames
+
+    path = tmp_path_factory.mktemp("cn") / "classnames.txt"
+    path.write_text("".join(f"{k} {v}\n" for k, v in pairs.items()))
+    assert list(read_classnames(path, "dataset ImageNet").items()) == list(pairs.items())

@@ -27,6 +27,7 @@ from torch import nn
 
 from .engine import PRECISIONS, Engine, ReferenceEngine, autocast_for
 from .env import log_once
+from . import ops
 from .text import ClassPrompts, TextTower
 
 
@@ -118,19 +119,41 @@ def _attn_out(o, b: _Block):
     return _scaled(F.linear(o, b.wo, b.bo), b.ls1)
 
 
+def _qkv_heads(y, b: _Block, dtype):
+    """Class suffixes y [K, n, S, D] → q, k, v [K, H, n, S, hd] (head-major, contiguous)."""
+    qkv = F.linear(_ln(y, b.ln1, dtype), b.wqkv, b.bqkv)
+    K, n, S, _ = qkv.shape
+    qkv = qkv.view(K, n, S, 3, b.heads, -1).permute(3, 0, 4, 1, 2, 5).contiguous()  # one copy: batched matmuls
+    return qkv[0], qkv[1], qkv[2]
+
+
+def _attn_out_heads(o, b: _Block):
+    """o [K, H, n, T, hd] → [K, n, T, D] after the output projection and layer scale."""
+    K, H, n, T, hd = o.shape
+    return _scaled(F.linear(o.permute(0, 2, 3, 1, 4).reshape(K, n, T, H * hd), b.wo, b.bo), b.ls1)
+
+
+# Token rows per chunk. The matmuls reach the machine's sustained rate from ~1k rows, while
+# the elementwise work (GELU, LayerNorm, residual adds, attention) slows down once a chunk's
+# activations (≈ 28 KiB per row at D = 512, fp32) leave the cache: measured/floor on the
+# scaling grid grew with the rows per chunk (README, "Performance").
+CHUNK_TOKENS = 2048
+
+
 class BatchedEngine(Engine):
     """K candidates × C classes in one pass; see the module docstring for what is skipped."""
 
     name = "torch-batched"
 
     def __init__(self, tower: TextTower, prompts: ClassPrompts, precision: str = "fp32", truncate: bool = True,
-                 shared_prefix: bool = True, memory_limit_mb: float = 1024.0):
+                 shared_prefix: bool = True, memory_limit_mb: float = 1024.0, chunk_tokens: int = CHUNK_TOKENS):
         super().__init__(tower, prompts, precision)
         self.dtype = PRECISIONS[self.precision] or torch.float32  # fp16 on CPU already resolved to bf16
         self.T = int(prompts.eot.max()) + 1 if truncate else tower.context_length
         self.P = 1 + prompts.n_ctx
         self.S = self.T - self.P
         self.memory_limit = memory_limit_mb * 2 ** 20
+        self.chunk_tokens = chunk_tokens
         self.blocks, why = _blocks(tower, self.dtype) if shared_prefix else (None, None)
         self.shared_prefix = self.blocks is not None
         if why:
@@ -143,19 +166,22 @@ class BatchedEngine(Engine):
             self.ctx_pos = pos[1:self.P]
             self.suffix_in = prompts.suffix.to(self.device)[:, : self.S] + pos[self.P:]  # [C, S, D]
         self.eot_s = (prompts.eot.to(self.device) - self.P)  # EOT index inside the suffix
-        # mask of the final block's EOT queries: class c sees the prefix and suffix rows ≤ its EOT
-        keys = torch.arange(self.P + self.S, device=self.device)
-        self.eot_mask = (keys.view(1, -1) <= (self.eot_s + self.P).view(-1, 1)).view(-1, 1, 1, self.P + self.S)
-        causal = torch.ones(self.S, self.S, dtype=torch.bool, device=self.device).tril()
-        self.suffix_mask = torch.cat([torch.ones(self.S, self.P, dtype=torch.bool, device=self.device), causal], 1)
+        self.prefix_attention = None
+        if self.shared_prefix:  # the registry picks the implementation (cuda > triton > torch)
+            self.prefix_attention_backend, self.prefix_attention = ops.resolve("prefix_attention", self.device)
+            fb = ops.registry.fallback("prefix_attention", self.device)
+            if fb:
+                self.fallbacks.append({"what": "op prefix_attention", "requested": "auto", "used": fb["backend"],
+                                       "why": "; ".join(f"{b}: {w}" for b, w in fb["skipped"].items())})
 
     # ------------------------------------------------------------------ chunking
 
     def _chunks(self, K: int, C: int):
-        """(candidate chunk, class chunk) sizes so one chunk's activations fit the memory limit."""
+        """(candidate chunk, class chunk) sizes: about `chunk_tokens` token rows per chunk (so its
+        activations stay in cache), fewer if one chunk's activations would exceed the memory limit."""
         D = self.tower.width
-        per_row = 4 * D * 16  # fp32 bytes of residual, qkv, prefix-extended k/v and MLP hidden per token row
-        rows = max(1, int(self.memory_limit // per_row))
+        per_row = 4 * D * 16  # fp32 bytes of residual, qkv, attention output and MLP hidden per token row
+        rows = max(1, min(int(self.memory_limit // per_row), self.chunk_tokens))
         seq = self.S if self.shared_prefix else self.T
         c_chunk = max(1, min(C, rows // max(1, K * seq)))
         k_chunk = K if c_chunk > 1 or K * seq <= rows else max(1, rows // seq)
@@ -203,23 +229,23 @@ class BatchedEngine(Engine):
         return kv
 
     def _suffix(self, kv, c0, c1):
-        """Class suffixes [K, n, S, D] attending to the shared prefix; → features at EOT [K, n, E]."""
+        """Class suffixes [K, n, S, D] attending to the shared prefix through the op
+        prefix_attention (the prefix is never copied per class); → features at EOT [K, n, E]."""
         K = kv[0][0].shape[0]
         y = self.suffix_in[c0:c1].unsqueeze(0).expand(K, -1, -1, -1)
-        n = y.shape[1]
+        n, D = y.shape[1], y.shape[-1]
+        eot = self.eot_s[c0:c1]
         for i, b in enumerate(self.blocks):
-            kp, vp = (t.unsqueeze(1).expand(-1, n, -1, -1, -1) for t in kv[i])  # [K, n, H, P, hd]
-            q, k, v = _qkv(y, b, self.dtype)  # [K, n, H, S, hd]
-            k, v = torch.cat([kp, k], dim=-2), torch.cat([vp, v], dim=-2)
+            kp, vp = kv[i]  # [K, H, P, hd]
+            q, k, v = _qkv_heads(y, b, self.dtype)  # [K, H, n, S, hd]
             if i < len(self.blocks) - 1:
-                y = y + _attn_out(F.scaled_dot_product_attention(q, k, v, attn_mask=self.suffix_mask), b)
+                y = y + _attn_out_heads(self.prefix_attention(q, kp, vp, k, v), b)
                 y = y + _mlp(y, b, self.dtype)
             else:  # final block: only the EOT row of each class
-                e = self.eot_s[c0:c1].view(1, n, 1, 1, 1).expand(K, n, q.shape[2], 1, q.shape[-1])
-                qe = torch.gather(q, 3, e)
-                ye = torch.gather(y, 2, self.eot_s[c0:c1].view(1, n, 1, 1).expand(K, n, 1, y.shape[-1]))
-                o = F.scaled_dot_product_attention(qe, k, v, attn_mask=self.eot_mask[c0:c1])
-                ye = ye + _attn_out(o, b)
+                H, hd = q.shape[1], q.shape[-1]
+                qe = torch.gather(q, 3, eot.view(1, 1, n, 1, 1).expand(K, H, n, 1, hd))
+                ye = torch.gather(y, 2, eot.view(1, n, 1, 1).expand(K, n, 1, D))
+                ye = ye + _attn_out_heads(self.prefix_attention(qe, kp, vp, k, v, eot.view(n, 1)), b)
                 y = (ye + _mlp(ye, b, self.dtype)).squeeze(2)
         pooled = self.tower.ln_final(y)
         return self.tower.project(pooled).float()

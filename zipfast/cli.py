@@ -1,4 +1,4 @@
-"""The `zipfast` command: train, eval, demo, info (and bench)."""
+"""The `zipfast` command: train, eval, demo, compare, info."""
 
 from __future__ import annotations
 
@@ -68,11 +68,27 @@ def _config_from_args(args):
              "backend": args.backend, "precision": args.precision, "device": args.device,
              "opt_type": args.opt_type, "test_per_class": args.test_per_class,
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
-             "feature_bank": args.feature_bank, "augment": args.augment}
+             "feature_bank": args.feature_bank, "augment": args.augment, "method": args.method,
+             "method_options": parse_method_opts(args.method_opt)}
     if args.data in PLANTED and args.model is None:
         flags.update(model="zipfast-planted", pretrained="none")
     cfg = load_official(args.config_file, args.opts or ())
     return cfg_to_train_config(cfg, **flags)
+
+
+def parse_method_opts(items) -> dict | None:
+    """["KEY=VALUE", ...] → {KEY: VALUE} (values parsed per option type by zipfast.methods); None if none."""
+    from .config import ConfigError
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--method-opt takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def cmd_train(args) -> int:
@@ -205,7 +221,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--shots", type=int, default=None, help="images per class (DATASET.NUM_SHOTS)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--opt-type", default=None, help="spsa-clip (ZIP), spsa or spsa-gc")
+    t.add_argument("--method", default=None, help="zip (default), sharpzo, zo-sgd or zsclip")
+    t.add_argument("--method-opt", action="append", default=None, metavar="KEY=VALUE",
+                   help="an option of the method's section, e.g. change_point=30 (repeatable; README lists them)")
+    t.add_argument("--opt-type", default=None, help="ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc")
     t.add_argument("--precision", default=None, help="auto (per device; default), fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
     t.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")

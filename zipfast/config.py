@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import yaml
@@ -105,6 +105,8 @@ class TrainConfig:
     test_per_class: int | None = None
     augment: str = "tensor"  # training views: "tensor" (batched, data.gpu_augment) or "pil" (the reference)
     feature_bank: int = 0  # V > 0: encode V augmented views per training image once, sample per step
+    method: str = "zip"  # zip, sharpzo, zo-sgd or zsclip (zipfast.methods)
+    method_options: dict = field(default_factory=dict)  # the method's own section (zipfast.methods)
 
     def __post_init__(self) -> None:
         # JSON and CLI parsers hand over lists; keep the tuple fields hashable and comparable.
@@ -125,13 +127,15 @@ class TrainConfig:
         _validate_floats(self)
         _validate_choices(self)
         _validate_strings(self)
+        _validate_method(self)
         _validate_relations(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable copy (tuples become lists)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+        return {name: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v
+                for name, v in values.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
@@ -247,6 +251,19 @@ def _validate_strings(cfg: TrainConfig) -> None:
             raise ConfigError(f"{_label(field)} must be a string, got {value!r}")
 
 
+def _validate_method(cfg: TrainConfig) -> None:
+    from .methods import METHODS, MethodOptionError, resolve_options
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    if not isinstance(cfg.method_options, dict):
+        raise ConfigError(f"method_options must be a mapping of option names to values, got {cfg.method_options!r}")
+    try:
+        resolve_options(cfg.method, cfg.method_options)
+    except MethodOptionError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _validate_relations(cfg: TrainConfig) -> None:
     m = cfg.context_tokens
     tokens = f"{m} context tokens" + (" (the words of ctx_init)" if m != cfg.n_ctx else "")
@@ -257,7 +274,7 @@ def _validate_relations(cfg: TrainConfig) -> None:
     if cfg.rank > d_t:
         raise ConfigError(f"{_label('rank')} {cfg.rank} exceeds intrinsic_dim // n_ctx = "
                           f"{cfg.intrinsic_dim} // {m} = {d_t} (the per-token intrinsic size, {tokens})")
-    if cfg.budget < 2 * cfg.sp_avg:
+    if cfg.method == "zip" and cfg.budget < 2 * cfg.sp_avg:
         raise ConfigError(f"{OFFICIAL_KEYS['budget']}: budget {cfg.budget} is smaller than one step "
                           f"(2*sp_avg = {2 * cfg.sp_avg} queries)")
 

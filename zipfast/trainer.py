@@ -1,8 +1,11 @@
-"""`ZIPTrainer`: the drop-in replacement for the official ZIP trainer.
+"""`ZIPTrainer`: the drop-in replacement for the official ZIP trainer, and the one training
+loop of every method in `zipfast.methods` (ZIP, SharpZO, ZO-SGD, zero-shot CLIP).
 
-Data flow of one step k: minibatch (seeded by (seed, k)) → image features → optimiser asks
-K candidates w_j → parameter space gives contexts → engine gives K losses → optimiser is
-told them and updates w. Every loss evaluation is one query; the budget is never exceeded.
+Data flow of one round k: the optimiser asks K candidates w_j (told how many queries
+remain) → minibatch (seeded by (seed, optimiser.batch_index)) → image features →
+parameter space gives contexts → engine gives K losses in one pass → optimiser is told
+them and returns its statistics, logged as is. Every loss evaluation is one query; the
+trainer owns the budget, which is never exceeded, identically for every method.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from .engine import autocast_for
 from .env import resolve_device, versions
 from .io import save_json, save_text, save_torch
 from .config import TrainConfig, official_model_name
-from .optim import SPSA
-from .space import ZIPSpace, random_ctx0
+from . import zeroshot
+from .methods import build as build_method
+from .methods import resolve_options, space_from_state_dict
+from .space import random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
 
 CHECKPOINT_FORMAT = "zipfast-checkpoint-v1"
@@ -32,7 +37,9 @@ CHECKPOINT_FORMAT = "zipfast-checkpoint-v1"
 TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
                    "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class",
-                   "feature_bank", "augment")
+                   "feature_bank", "augment", "method", "method_options")
+# Trajectory keys added after the first checkpoint format, with the value older checkpoints imply.
+_IMPLIED = {"method": "zip", "method_options": {}}
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
@@ -45,7 +52,7 @@ class CheckpointMismatchError(ValueError):
 
 
 class ZIPTrainer:
-    """ZIP black-box prompt tuning of a frozen open_clip CLIP model.
+    """Black-box prompt tuning of a frozen open_clip CLIP model with config.method (ZIP by default).
 
     model: an open_clip CLIP model; classnames: list of str; config: TrainConfig;
     data: a PlantedTask, a FewShotImageFolder (encoded by the model's image tower),
@@ -82,12 +89,15 @@ class ZIPTrainer:
             raise ValueError(f"ctx0 has width {ctx0.shape[-1]}, the text tower {self.tower.width}")
         self.n_ctx = ctx0.shape[0]
         self.prompts = ClassPrompts.build(self.tower, tokenizer, self.classnames, self.n_ctx, prefix)
-        self.space = ZIPSpace.create(ctx0.float().to(self.device), config.intrinsic_dim, config.rank,
-                                     torch.Generator().manual_seed(derive_seed(seed, _SEED_SPACE)))
-        self.w = self.space.init_params(torch.Generator().manual_seed(derive_seed(seed, _SEED_PARAMS)))
-        self.optimizer = SPSA(self.space.dim, config.opt_type, config.sp_avg, config.spsa_params, config.moms,
-                              seed=derive_seed(seed, _SEED_OPTIM))
+        self.space, self.optimizer = build_method(config, ctx0.float().to(self.device),
+                                                  lambda tag: derive_seed(seed, tag),
+                                                  (_SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM))
         self.engine = make_engine(config.backend, self.tower, self.prompts, config.precision)
+        self.template, self.zeroshot_text = None, None
+        if config.method == "zsclip":
+            self.template = resolve_options("zsclip", config.method_options).template or \
+                zeroshot.template_for(config.dataset)
+            self.zeroshot_text = zeroshot.text_features(self.tower, tokenizer, self.classnames, self.template)
         self.queries = 0
         self.elapsed = 0.0
         self.last_record: dict | None = None
@@ -127,28 +137,49 @@ class ZIPTrainer:
 
     @property
     def step(self) -> int:
-        return self.optimizer.step
+        return self.optimizer.step if self.optimizer is not None else 0
+
+    @property
+    def w(self) -> torch.Tensor | None:
+        """The optimiser's current point (None for zero-shot CLIP)."""
+        return self.optimizer.point if self.optimizer is not None else None
+
+    @w.setter
+    def w(self, value: torch.Tensor) -> None:
+        """Replace the current point (e.g. a prompt read back for evaluation); optimisers whose point is a
+        plain vector (ZIP, ZO-SGD) only."""
+        if not isinstance(getattr(self.optimizer, "w", None), torch.Tensor):
+            raise AttributeError(f"the point of method {self.config.method!r} cannot be set directly; "
+                                 "use load_checkpoint()")
+        self.optimizer.w = value
 
     def _paths(self):
         d = self.output_dir
         return (d / "checkpoint.pt", d / "log.jsonl", d / "report.json") if d else (None, None, None)
 
     def fit(self) -> dict:
-        """Run ZIP steps until the query budget is spent; returns the final report."""
+        """Run rounds until the query budget is spent (or no round fits); returns the final report."""
         c = self.config
         ckpt, log_path, report_path = self._paths()
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "a") if log_path is not None else None
         bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
-                   dynamic_ncols=True, desc="ZIP")
+                   dynamic_ncols=True, desc=c.method)
         start = time.perf_counter() - self.elapsed
+        unlogged = None
         try:
-            while (pairs := min(c.sp_avg, (c.budget - self.queries) // 2)) >= 1:
-                k = self.step + 1
-                idx = batch_indices(self.source.n_train, c.batch_size, k, c.seed)
-                feats, labels = self.source.train_batch(idx, k, c.seed)
-                cand = self.optimizer.ask(self.w, pairs)
+            while self.optimizer is not None and (remaining := c.budget - self.queries) > 0:
+                cand = self.optimizer.ask(remaining)
+                if len(cand) == 0:
+                    break
+                if len(cand) > remaining:
+                    self.optimizer.discard()
+                    raise RuntimeError(f"{self.optimizer.name} asked for {len(cand)} candidates with only "
+                                       f"{remaining} queries left in the budget")
+                k, b = self.step + 1, self.optimizer.batch_index
+                idx = batch_indices(self.source.n_train, c.batch_size, b, c.seed)
+                feats, labels = self.source.train_batch(idx, b, c.seed)
                 losses, accs = self.engine.losses(self.space.contexts(cand), feats, labels.to(self.device))
                 if not bool(torch.isfinite(losses).all()):
                     self.optimizer.discard()
@@ -157,27 +188,28 @@ class ZIPTrainer:
                     if ckpt is not None:
                         self.save_checkpoint(ckpt)
                         where = f"; the last good state (step {self.step}, {self.queries} queries) is in {ckpt}"
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {k} (losses {losses.tolist()}){where}. Lower the step size "
-                        f"a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use precision fp32.")
-                self.w, info = self.optimizer.tell(self.w, losses)
+                    hint = ("Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use "
+                            "precision fp32." if c.method == "zip" else
+                            "Lower the method's step sizes (--method-opt) or use precision fp32.")
+                    raise NonFiniteLossError(f"non-finite loss at step {k} (losses {losses.tolist()}){where}. {hint}")
+                stats = self.optimizer.tell(losses, accs)
                 self.queries += len(cand)
                 self.elapsed = time.perf_counter() - start
-                q = len(cand) // 2
-                rec = {"step": k, "queries": self.queries, "loss": float(info["loss"]),
-                       "train_acc": float((accs[q - 1] + accs[2 * q - 1]) / 2), "a_k": info["a_k"],
-                       "c_k": info["c_k"], "grad_norm": float(info["grad_norm"]), "clipped": bool(info["clipped"]),
-                       "time_s": round(self.elapsed, 4)}
+                rec = {"step": k, "queries": self.queries, **stats, "time_s": round(self.elapsed, 4)}
                 self.last_record = rec
+                unlogged = rec
                 for hook in self.step_hooks:
                     hook(self, rec)
-                if log is not None and (k % c.log_every == 0 or self.queries + 2 > c.budget):
+                if log is not None and k % c.log_every == 0:
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
+                    unlogged = None
                 bar.update(len(cand))
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['train_acc']:.1f}", refresh=False)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
                 if ckpt is not None and c.checkpoint_every and k % c.checkpoint_every == 0:
                     self.save_checkpoint(ckpt)
+            if log is not None and unlogged is not None:  # the last round is always logged
+                log.write(json.dumps(unlogged) + "\n")
         finally:
             bar.close()
             if log is not None:
@@ -191,10 +223,12 @@ class ZIPTrainer:
 
     def evaluate(self, w: torch.Tensor | None = None) -> float:
         """Test accuracy (%) of the prompt of w (default: the current one)."""
-        w = self.w if w is None else w.to(self.device)
         feats, labels = self.source.test_set()
-        ctx = self.space.contexts(w.unsqueeze(0))
-        txt = self.engine.text_features(ctx)[0]
+        if self.zeroshot_text is not None:
+            txt = self.zeroshot_text
+        else:
+            w = self.w if w is None else w.to(self.device)
+            txt = self.engine.text_features(self.space.contexts(w.unsqueeze(0)))[0]
         correct = 0
         for i in range(0, len(labels), 4096):
             logits = self.engine.logits_from_text(feats[i:i + 4096], txt)
@@ -205,11 +239,12 @@ class ZIPTrainer:
         c = self.config
         rec = self.last_record or {}
         return {
-            "config": c.to_dict(), "seed": c.seed, "queries": self.queries, "steps": self.step,
+            "config": c.to_dict(), "method": c.method, "seed": c.seed, "queries": self.queries, "steps": self.step,
             "budget": c.budget, "wall_time_s": round(self.elapsed, 3),
             "queries_per_s": round(self.queries / self.elapsed, 2) if self.elapsed > 0 else None,
             "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
-            "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
+            "n_classes": len(self.classnames), "param_dim": self.space.dim if self.space else 0,
+            "template": self.template, "backend": self.engine.name,
             "precision": self.engine.precision,
             "fallbacks": list(getattr(self.engine, "fallbacks", [])),  # every substitution, also logged
             "device": str(self.device), "versions": versions(),
@@ -225,7 +260,9 @@ class ZIPTrainer:
 
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "fingerprint": self.fingerprint(),
-                "w": self.w.cpu(), "space": self.space.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "w": None if self.w is None else self.w.cpu(),
+                "space": self.space.state_dict() if self.space else None,
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "step": self.step, "queries": self.queries, "elapsed": self.elapsed,
                 "last_record": self.last_record, "zipfast": __version__}
 
@@ -239,12 +276,16 @@ class ZIPTrainer:
         """
         sd = read_checkpoint(path) if state is None else state
         mine, theirs = self.fingerprint(), sd["fingerprint"]
+        theirs = {**_IMPLIED, **theirs}
         diff = [f"{k}={theirs.get(k)!r} (checkpoint) vs {mine[k]!r} (this run)" for k in mine if theirs.get(k) != mine[k]]
         if diff:
             raise CheckpointMismatchError(f"checkpoint {path} is from another configuration: " + "; ".join(diff))
-        self.space = ZIPSpace.from_state_dict(sd["space"], self.device)
-        self.w = sd["w"].to(self.device)
-        self.optimizer.load_state_dict(sd["optimizer"], self.device)
+        if self.optimizer is not None:
+            self.space = space_from_state_dict(sd["space"], self.device)
+            opt_state = sd["optimizer"]
+            if "w" not in opt_state:  # checkpoints from before the optimiser owned its point
+                opt_state = {**opt_state, "w": sd["w"]}
+            self.optimizer.load_state_dict(opt_state, self.device)
         self.queries, self.elapsed = int(sd["queries"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
         _, log_path, _ = self._paths()

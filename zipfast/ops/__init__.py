@@ -10,3 +10,6 @@ from .registry import BackendUnavailableError, fallbacks, format_table, register
 from . import perturb, candidates, clip_loss, spsa_update  # noqa: E402,F401  (after registry)
 
 __all__ = ["registry", "register", "resolve", "table", "format_table", "fallbacks", "BackendUnavailableError"]
+
+# one line per op: importing it registers its implementations
+from . import prefix_attention  # noqa: E402,F401

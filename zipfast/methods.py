@@ -1,0 +1,194 @@
+"""The method registry: `--method zip|sharpzo|zo-sgd|zsclip` → parameter space + optimiser.
+
+Each method has one options section with documented defaults (ZIP's are the flat
+`TrainConfig` fields of the official TRAINER.ZIP / TRAINER.BASIC keys; the others are
+dataclasses here, set through `TrainConfig.method_options` / `--method-opt KEY=VALUE`).
+Every method's query cost per round is stated in `Method.cost`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .optim import SPSA
+from .optim.protocol import Optimizer
+from .optim.sharpzo import GRAD_ESTIMATORS, MASK_ENDS, SharpZO
+from .optim.zo_sgd import ZOSGD
+from .space import ProjectionSpace, ZIPSpace
+
+
+class MethodOptionError(ValueError):
+    """A method option is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class ZIPOptions:
+    """ZIP has no options here: it reads the flat TrainConfig fields (opt_type, sp_avg, spsa_params, moms,
+    n_ctx, intrinsic_dim, rank)."""
+
+
+@dataclass(frozen=True)
+class ZOSGDOptions:
+    """MeZO-style ZO-SGD on ZIP's space: `pairs` Gaussian antithetic pairs per step (2·pairs queries),
+    perturbation scale `mu`, constant step size `lr`."""
+
+    pairs: int = 5
+    mu: float = 0.01
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class SharpZOOptions:
+    """SharpZO (paper version by default). `dim`: intrinsic dimension d of w; `std`: entry std of the
+    projection A [m·D, d]; the rest as `zipfast.optim.sharpzo.SharpZO`. `preset="released"` starts
+    from the released code's settings instead (explicit options still win)."""
+
+    preset: str = "paper"
+    dim: int = 512
+    std: float = 1.0
+    popsize: int = 40
+    sigma0: float = 0.4
+    rho: float = 0.1
+    change_point: int = 50
+    grad_estimator: str = "rge"
+    grad_dirs: int = 5
+    grad_mu: float = 1e-3
+    mu: float = 1e-3
+    lr: float = 1e-3
+    pairs: int = 1
+    prune: bool = True
+    prune_interval: int = 200
+    keep_fraction: float = 0.1
+    mask_end: str = "top"
+    accumulate: bool = False
+    bound: float = 0.0
+
+
+# The released code's run script (EuroSAT): coordinate-wise ĝ (2d queries, ε = 1e-3), no pruning
+# (--prompt_trainer zo), accumulated stage-2 direction, bounds ±5, change point 100 generations.
+# Its ε* has norm ρ/√40 (ĝ is normalised over a [40, d] copy); rho below reproduces that.
+SHARPZO_RELEASED = {"grad_estimator": "cge", "grad_mu": 1e-3, "prune": False, "mask_end": "bottom",
+                    "accumulate": True, "bound": 5.0, "change_point": 100, "rho": 0.1 / 40 ** 0.5}
+
+
+@dataclass(frozen=True)
+class ZeroShotOptions:
+    """Zero-shot CLIP: `template` with "{}" for the class name; empty = the dataset's official template
+    when its name is known (zipfast.datasets.specs), else "a photo of a {}."."""
+
+    template: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    options: type
+    cost: str  # queries per round, for the docs and `zipfast compare`
+
+
+METHODS: dict[str, Method] = {
+    "zip": Method("zip", "ZIP: low-rank Fastfood space, clipped SPSA (the official defaults)", ZIPOptions,
+                  "2·sp_avg = 10 per step"),
+    "zo-sgd": Method("zo-sgd", "ZO-SGD: Gaussian two-point estimator on ZIP's space, no clipping", ZOSGDOptions,
+                     "2·pairs = 10 per step"),
+    "sharpzo": Method("sharpzo", "SharpZO: sharpness-aware CMA-ES, then sparse ZO-SGD with Z-pruning",
+                      SharpZOOptions, "stage 1: 2·grad_dirs + popsize = 50 per generation (cge: 2·d + popsize); "
+                                      "stage 2: 2·pairs = 2 per step, + 2·grad_dirs every P steps"),
+    "zsclip": Method("zsclip", "zero-shot CLIP: a hand-written template prompt", ZeroShotOptions, "0"),
+}
+
+
+def _coerce(name: str, field: dataclasses.Field, value: Any) -> Any:
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    if isinstance(value, str) and kind != "str":
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+        if kind == "bool" and isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+    if not ok:
+        raise MethodOptionError(f"method option {name}.{field.name} must be a {kind}, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def resolve_options(method: str, overrides: Mapping[str, Any] | None = None):
+    """The validated options dataclass of `method` with `overrides` applied."""
+    if method not in METHODS:
+        raise MethodOptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    cls = METHODS[method].options
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        known = ", ".join(fields) or "none"
+        raise MethodOptionError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r} "
+                                f"(its options: {known})")
+    values = {k: _coerce(method, fields[k], v) for k, v in overrides.items()}
+    if method == "sharpzo" and values.get("preset", "paper") == "released":
+        values = {**SHARPZO_RELEASED, **values}
+    opts = cls(**values)
+    _check_ranges(method, opts)
+    return opts
+
+
+def _check_ranges(method: str, o) -> None:
+    def need(cond, field, what):
+        if not cond:
+            raise MethodOptionError(f"method option {method}.{field} must be {what}, got {getattr(o, field)!r}")
+
+    if isinstance(o, ZOSGDOptions):
+        need(o.pairs >= 1, "pairs", ">= 1")
+        need(o.mu > 0, "mu", "> 0")
+        need(o.lr > 0, "lr", "> 0")
+    if isinstance(o, SharpZOOptions):
+        need(o.preset in ("paper", "released"), "preset", "paper or released")
+        for f in ("dim", "popsize", "grad_dirs", "pairs", "prune_interval"):
+            need(getattr(o, f) >= 1, f, ">= 1")
+        need(o.popsize >= 2, "popsize", ">= 2")
+        for f in ("std", "sigma0", "grad_mu", "mu", "lr"):
+            need(getattr(o, f) > 0, f, "> 0")
+        need(o.rho >= 0, "rho", ">= 0")
+        need(o.change_point >= 0, "change_point", ">= 0")
+        need(o.bound >= 0, "bound", ">= 0 (0 = unbounded)")
+        need(0 < o.keep_fraction <= 1, "keep_fraction", "in (0, 1]")
+        need(o.grad_estimator in GRAD_ESTIMATORS, "grad_estimator", " or ".join(GRAD_ESTIMATORS))
+        need(o.mask_end in MASK_ENDS, "mask_end", " or ".join(MASK_ENDS))
+    if isinstance(o, ZeroShotOptions):
+        need(o.template == "" or "{}" in o.template, "template", 'a text containing "{}"')
+
+
+def build(config, ctx0: torch.Tensor, seed_for: Callable[[int], int], tags) -> tuple[Any, Optimizer | None]:
+    """(parameter space, optimiser) of config.method starting from ctx0 [m, D]; zsclip → (None, None).
+
+    seed_for(tag) derives a seed; tags = (space, params, optimiser) tags.
+    """
+    space_tag, params_tag, optim_tag = tags
+    opts = resolve_options(config.method, config.method_options)
+    gen = lambda tag: torch.Generator().manual_seed(seed_for(tag))  # noqa: E731
+    if config.method == "zsclip":
+        return None, None
+    if config.method == "sharpzo":
+        space = ProjectionSpace.create(ctx0, opts.dim, opts.std, gen(space_tag))
+        kw = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in ("preset", "dim", "std")}
+        return space, SharpZO(space.init_params(), seed=seed_for(optim_tag), **kw)
+    space = ZIPSpace.create(ctx0, config.intrinsic_dim, config.rank, gen(space_tag))
+    w0 = space.init_params(gen(params_tag))
+    if config.method == "zo-sgd":
+        return space, ZOSGD(w0, opts.pairs, opts.mu, opts.lr, seed=seed_for(optim_tag))
+    return space, SPSA(w0, config.opt_type, config.sp_avg, config.spsa_params, config.moms, seed=seed_for(optim_tag))
+
+
+def space_from_state_dict(sd: dict, device):
+    """Rebuild a checkpointed parameter space (its kind follows from its keys)."""
+    cls = ProjectionSpace if "proj" in sd else ZIPSpace
+    return cls.from_state_dict(sd, device)
