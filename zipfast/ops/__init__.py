@@ -6,10 +6,7 @@ implementation runs; importing this package registers every op.
 from . import registry
 from .registry import BackendUnavailableError, fallbacks, format_table, register, resolve, table
 
-# The ops (each registers its implementations on import).
-from . import perturb, candidates, clip_loss, spsa_update  # noqa: E402,F401  (after registry)
-
 __all__ = ["registry", "register", "resolve", "table", "format_table", "fallbacks", "BackendUnavailableError"]
 
 # one line per op: importing it registers its implementations
-from . import prefix_attention  # noqa: E402,F401
+from . import candidates, clip_loss, perturb, prefix_attention, spsa_update  # noqa: E402,F401
