@@ -63,6 +63,7 @@ setup(
         "tqdm",
         "cma",  # pycma: SharpZO's CMA-ES stage
         "matplotlib",  # zipfast compare's accuracy-vs-queries plot
+        "safetensors",  # checkpoints (zipfast.checkpoint)
     ],
     extras_require={
         # pybind11/cmake/ninja: the tests (re)build csrc/ (cached) to check the kernels' math and the nvcc compile.

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from zipfast import ZIPTrainer
+from zipfast.checkpoint import CheckpointError
 from zipfast.cli import main
 from zipfast.config import ConfigError, TrainConfig
 from zipfast.data.imagefolder import DatasetError, FewShotImageFolder
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.models import ModelLoadError, load_clip
 from zipfast.text import TextTower
-from zipfast.trainer import CheckpointMismatchError, NonFiniteLossError
+from zipfast.trainer import CheckpointMismatchError, NonFiniteLossError, read_checkpoint
 
 TINY = ["--model", "zipfast-tiny", "--pretrained", "none", "--shots", "2", "--batch-size", "4",
         "--budget", "20", "--device", "cpu", "--no-progress"]
@@ -169,7 +170,7 @@ def test_checkpoint_from_another_configuration(planted, tmp_path):
     out = tmp_path / "run"
     trainer = _planted_trainer(planted, _planted_cfg(budget=20), out)
     trainer.fit()
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / "checkpoint.safetensors"
     assert ckpt.is_file()
 
     other = _planted_trainer(planted, _planted_cfg(budget=20, rank=4))
@@ -186,9 +187,9 @@ def test_not_a_checkpoint(planted, tmp_path):
     trainer = _planted_trainer(planted, _planted_cfg())
     path = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(3)}, path)
-    with pytest.raises(CheckpointMismatchError, match="not a zipfast checkpoint"):
+    with pytest.raises(CheckpointError, match="not a zipfast checkpoint"):
         trainer.load_checkpoint(path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         trainer.load_checkpoint(tmp_path / "missing.pt")
 
 
@@ -216,9 +217,9 @@ def test_non_finite_loss(planted, tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3") as exc:
         trainer.fit()
     assert len(calls) == 3
-    assert str(out / "checkpoint.pt") in str(exc.value)
+    assert str(out / "checkpoint.safetensors") in str(exc.value)
 
-    sd = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    sd = read_checkpoint(out / "checkpoint.safetensors")
     assert sd["step"] == 2 and sd["queries"] == 20
     assert torch.isfinite(sd["w"]).all()
     assert not (out / "report.json").exists()
@@ -227,6 +228,6 @@ def test_non_finite_loss(planted, tmp_path, monkeypatch):
 
     # The checkpoint resumes cleanly: the log keeps steps 1 and 2 only.
     resumed = _planted_trainer(planted, _planted_cfg(checkpoint_every=1), out)
-    resumed.load_checkpoint(out / "checkpoint.pt")
+    resumed.load_checkpoint(out / "checkpoint.safetensors")
     assert (resumed.step, resumed.queries) == (2, 20)
     assert torch.equal(resumed.w.cpu(), sd["w"])

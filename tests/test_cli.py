@@ -30,7 +30,7 @@ def test_train_then_eval(tiny_image_folder, tmp_path, capsys):
     rc = main(["train", "--data", str(tiny_image_folder), "--budget", "20", "--output-dir", str(out), *TINY])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    for name in ("report.json", "log.jsonl", "checkpoint.pt"):
+    for name in ("report.json", "log.jsonl", "checkpoint.safetensors"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
@@ -46,7 +46,7 @@ def test_train_then_eval(tiny_image_folder, tmp_path, capsys):
     assert [r["queries"] for r in log] == [10, 20]
     assert all(math.isfinite(r["loss"]) for r in log)
 
-    rc = main(["eval", str(out / "checkpoint.pt"), "--device", "cpu"])
+    rc = main(["eval", str(out / "checkpoint.safetensors"), "--device", "cpu"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     ev = _last_json(captured.out)
@@ -99,7 +99,7 @@ def test_demo_small_budget(tmp_path, capsys):
     assert "test accuracy before" in captured.out
     assert "after" in captured.out
     assert "queries: 40" in captured.out
-    assert (out / "report.json").is_file() and (out / "checkpoint.pt").is_file()
+    assert (out / "report.json").is_file() and (out / "checkpoint.safetensors").is_file()
 
 
 def test_feature_bank_trains_and_is_deterministic(tiny_image_folder, tmp_path):

@@ -123,7 +123,7 @@ def test_missing_dataset_and_model_dir_errors(workdir, capsys):
     argv = ["train", "--root", "DATA", "--trainer", "ZIP", "--dataset-config-file", "configs/datasets/eurosat.yaml",
             "--model-dir", "output/nothing-here", "--eval-only"]
     assert main(argv) == 2
-    assert "output/nothing-here/checkpoint.pt" in capsys.readouterr().err
+    assert "output/nothing-here/checkpoint.safetensors" in capsys.readouterr().err
 
 
 def test_macro_f1_against_a_hand_count():

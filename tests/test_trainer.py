@@ -84,7 +84,7 @@ def test_resume_is_bit_for_bit(planted, tmp_path, opt_type):
     half = small_trainer(planted, tmp_path / "half", budget=30, opt_type=opt_type)
     half.fit()
     resumed = small_trainer(planted, tmp_path / "half", budget=60, opt_type=opt_type)
-    resumed.load_checkpoint(tmp_path / "half" / "checkpoint.pt")
+    resumed.load_checkpoint(tmp_path / "half" / "checkpoint.safetensors")
     assert resumed.step == 3 and resumed.queries == 30
     resumed.fit()
     assert torch.equal(resumed.w, full.w)

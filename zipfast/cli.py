@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
+import traceback
+from pathlib import Path
 
 import torch
 
+from .errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USER, UserError, is_user_os_error
+
 PLANTED = {"planted": "eurosat", "planted-cifar100": "cifar100"}
+DEMO_DIR = "runs/demo"
 
 
 def build_run(cfg, task_seed: int = 0):
@@ -37,7 +43,7 @@ def build_run(cfg, task_seed: int = 0):
             model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
         return model, tokenizer, data.classnames, data
     if not cfg.dataset:
-        raise SystemExit("error: no dataset: pass --data ROOT (an image folder) or --data planted")
+        raise UserError("no dataset: pass --data ROOT (an image folder) or --data planted")
     data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
     # A checkpoint holds no model weights: seed a random init (pretrained none) so that `eval`
     # rebuilds the very model `train` used.
@@ -48,16 +54,11 @@ def build_run(cfg, task_seed: int = 0):
 
 
 def _match_image_size(cfg, model):
-    """cfg with image_size set to the model's fixed input size (a ViT's positional embedding
-    admits no other); the official yaml's INPUT.SIZE (224, 224) would break smaller towers."""
-    import dataclasses
+    """cfg adapted to the model as the trainer adapts it (image size; see trainer.adapt_config),
+    for callers that log the config before building the trainer (paper.official)."""
+    from .trainer import adapt_config
 
-    size = getattr(getattr(model, "visual", None), "image_size", None)
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    if cfg.dataset in PLANTED or not isinstance(size, int) or size == cfg.image_size:
-        return cfg
-    print(f"zipfast: image size {cfg.image_size} -> {size}, the input size of {cfg.model}", file=sys.stderr)
-    return dataclasses.replace(cfg, image_size=size).validate()
+    return adapt_config(cfg, model, encodes_images=cfg.dataset not in PLANTED)[0]
 
 
 def _config_from_args(args):
@@ -92,27 +93,44 @@ def parse_method_opts(items) -> dict | None:
 
 
 def cmd_train(args) -> int:
+    """Checks in the order that fails fastest: config, device, checkpoint, output directory
+    (locked for the run), then the model and data load, image check and training."""
     from . import ZIPTrainer
     from .paper import official
+    from .env import resolve_device
+    from .rundir import RunDir
+    from .trainer import read_checkpoint
 
     if official.wanted(args):
         return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)
-    model, tokenizer, classnames, data = build_run(cfg)
-    cfg = _match_image_size(cfg, model)
-    out = cfg.output_dir or None
-    trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=out,
-                         progress=not args.no_progress)
-    if args.resume:
-        trainer.load_checkpoint(args.resume)
-        print(f"resumed from {args.resume} at step {trainer.step} ({trainer.queries} queries)")
-    if args.eval_every:
-        from .paper.hooks import EvalEvery
+    resolve_device(cfg.device)
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: --resume continues the run in the "
+                        "output directory, --overwrite deletes it; pass one of them")
+    state = read_checkpoint(args.resume) if args.resume else None
+    out = cfg.output_dir or (str(Path(state["path"]).parent) if state is not None else "")
+    run = None
+    if out:
+        mode = "resume" if args.resume else "overwrite" if args.overwrite else "fresh"
+        run = args.run_dir = RunDir(out, mode, resume_from=state["path"] if state else None).acquire()
+    try:
+        model, tokenizer, classnames, data = build_run(cfg)
+        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=run,
+                             progress=not args.no_progress)
+        if state is not None:
+            trainer.load_checkpoint(state["path"], state)
+            print(f"resumed from {state['path']} at step {trainer.step} ({trainer.queries} queries)")
+        if args.eval_every:
+            from .paper.hooks import EvalEvery
 
-        hook = EvalEvery(args.eval_every, out)
-        hook.start(trainer)
-        trainer.step_hooks.append(hook)
-    report = trainer.fit()
+            hook = EvalEvery(args.eval_every, out or None)
+            hook.start(trainer)
+            trainer.step_hooks.append(hook)
+        report = trainer.fit()
+    finally:
+        if run is not None:
+            run.release()
     _print_report(report)
     return 0
 
@@ -120,15 +138,16 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from . import ZIPTrainer
     from .config import TrainConfig, merge_flags
+    from .env import resolve_device
     from .trainer import read_checkpoint
 
     sd = read_checkpoint(args.checkpoint)
     cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
                       device=args.device, backend=args.backend, test_per_class=args.test_per_class)
+    resolve_device(cfg.device)
     model, tokenizer, classnames, data = build_run(cfg)
-    cfg = _match_image_size(cfg, model)
     trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
-    trainer.load_checkpoint(args.checkpoint, sd)
+    trainer.load_checkpoint(sd["path"], sd)
     acc = trainer.evaluate()
     print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": trainer.step,
                       "queries": trainer.queries, "test_acc": round(acc, 4)}))
@@ -143,10 +162,15 @@ def cmd_demo(args) -> int:
     cfg = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", budget=args.budget,
                       seed=args.seed, output_dir=args.output_dir, device=args.device, backend=args.backend,
                       precision=args.precision).validate()
+    from .env import resolve_device
+
+    resolve_device(cfg.device)
     t0 = time.perf_counter()
     model, tokenizer, classnames, task = build_run(cfg)
+    # The demo replaces its own default folder; any other folder follows the fresh-run rule.
+    overwrite = args.overwrite or args.output_dir == DEMO_DIR
     trainer = ZIPTrainer(model, classnames, cfg, task, tokenizer=tokenizer, output_dir=cfg.output_dir,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, overwrite=overwrite)
     before = trainer.evaluate()
     print(f"planted task: {len(classnames)} EuroSAT classes, {len(task.train_labels)} train / "
           f"{len(task.test_labels)} test features, text tower {trainer.tower.width} wide; "
@@ -203,10 +227,16 @@ def _add_common(p):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, hpu or auto (default)")
     p.add_argument("--backend", default=None, help="query engine: auto (default) or torch-reference")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="print the traceback of every error, not only of internal ones")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="zipfast", description="Fast ZIP black-box prompt tuning of CLIP.")
+    ap = argparse.ArgumentParser(prog="zipfast", description="Fast ZIP black-box prompt tuning of CLIP.",
+                                 epilog="Exit codes: 0 done, 1 internal error (a bug; traceback printed), 2 bad "
+                                        "input (message names it), 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM "
+                                        "after saving a checkpoint.")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of every error")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a prompt with ZIP", description=(
@@ -232,8 +262,12 @@ def parser() -> argparse.ArgumentParser:
                    help="encode V augmented views per training image once and sample them per step (off)")
     t.add_argument("--augment", default=None, choices=("tensor", "pil"),
                    help="training views: tensor (decode once, batched crop/flip on the device; default) or pil (reference)")
-    t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.pt, report.json go")
-    t.add_argument("--resume", default=None, help="checkpoint.pt (or its run folder) to continue from")
+    t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.safetensors, report.json go "
+                   "(default with --resume: the checkpoint's folder)")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="checkpoint.safetensors (or its run folder) to continue from")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run files already in --output-dir (refused without it)")
     from .paper.official import add_arguments as add_official_arguments
 
     add_official_arguments(t)
@@ -253,7 +287,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=int, default=5000, help="query budget (default 5000, the paper's)")
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--precision", default="auto", help="auto (per device), fp32, bf16, fp16")
-    d.add_argument("--output-dir", default="runs/demo")
+    d.add_argument("--output-dir", default=DEMO_DIR, help=f"(default {DEMO_DIR}, replaced on every demo)")
+    d.add_argument("--overwrite", action="store_true", help="replace the run files in another --output-dir")
     _add_common(d)
     d.set_defaults(fn=cmd_demo, device="auto", backend="auto")
 
@@ -281,22 +316,82 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+
+
+def resume_command(argv: list[str], checkpoint) -> str:
+    """The command line that continues an interrupted `zipfast train` run from `checkpoint`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not (a.startswith("--resume=") or a == "--overwrite"):
+            out.append(a)
+    i = out.index("train") + 1 if "train" in out else 0
+    return shlex.join(["zipfast", *out[:i], "--resume", str(checkpoint), *out[i:]])
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """UserError; a ValueError subclass of zipfast's own (the helpers' contract); or an OSError
+    the user's file system caused (missing file, disk full, read-only, permissions)."""
+    if isinstance(e, UserError) or is_user_os_error(e) or isinstance(e, FileNotFoundError):
+        return True
+    return isinstance(e, ValueError) and type(e) is not ValueError and type(e).__module__.startswith("zipfast")
+
+
+def _last_checkpoint_note(e: BaseException, args, argv) -> str:
+    """For a write that failed mid-run (disk full…): where the intact last checkpoint is."""
+    from .checkpoint import read_checkpoint
+    from .errors import OutputDirError
+
+    run = getattr(args, "run_dir", None)
+    if not isinstance(e, OutputDirError) or run is None or not run.checkpoint.exists():
+        return ""
+    try:
+        step = read_checkpoint(run.checkpoint).state["step"]
+    except Exception:  # the note is a courtesy; the error itself is what matters
+        return ""
+    return (f". The last checkpoint, {run.checkpoint} (step {step}), is intact; once the problem is fixed, "
+            f"resume with: {resume_command(argv, run.checkpoint)}")
+
+
 def main(argv=None) -> int:
+    """Run one command; returns the exit code (see the parser's epilog)."""
+    from .signals import RunInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    from .config import ConfigError
+    debug = getattr(args, "debug", False)
     from .env import log_to_stderr
 
-    log_to_stderr()  # fallbacks and substitutions: one "zipfast: ..." line each on stderr
-    from .data.imagefolder import DatasetError
-    from .models import ModelLoadError
-    from .trainer import CheckpointMismatchError, NonFiniteLossError
-
+    log_to_stderr()  # fallbacks, substitutions, cleanups: one "zipfast: ..." line each on stderr
     try:
         return args.fn(args)
-    except (ConfigError, DatasetError, ModelLoadError, CheckpointMismatchError, NonFiniteLossError,
-            FileNotFoundError, ValueError) as e:
-        print(f"zipfast {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    except RunInterrupted as e:
+        line = f"zipfast {args.cmd}: {e}"
+        if e.checkpoint is not None and args.cmd == "train":
+            line += f"; resume with: {resume_command(argv, e.checkpoint)}"
+        print(line, file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        run = getattr(args, "run_dir", None)
+        saved = f"; the last checkpoint is {run.checkpoint}" if run is not None and run.checkpoint.exists() else ""
+        print(f"zipfast {args.cmd}: aborted by SIGINT{saved}", file=sys.stderr, flush=True)
+        return EXIT_SIGINT
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        if _is_user_error(e):
+            print(f"zipfast {args.cmd}: error: {e}{_last_checkpoint_note(e, args, argv)}", file=sys.stderr, flush=True)
+            return EXIT_USER
+        if not debug:
+            traceback.print_exc()
+        print(f"zipfast {args.cmd}: internal error ({type(e).__name__}); this is a bug in zipfast or a library it "
+              "uses: please report it with the traceback above", file=sys.stderr, flush=True)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import yaml
 
+from .errors import UserError
+
 if TYPE_CHECKING:
     from yacs.config import CfgNode
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting is unknown, of the wrong type, out of range, or unsupported by zipfast."""
 
 
@@ -175,11 +177,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Integers must fit a signed 64-bit tensor / RNG seed; larger ones fail deep inside torch.
+INT_MAX = 2**63 - 1
+
+
 def _require_int(cfg: TrainConfig, field: str, allow_zero: bool = False) -> None:
     value = getattr(cfg, field)
     if not _is_int(value) or value < (0 if allow_zero else 1):
         what = "a non-negative integer" if allow_zero else "a positive integer"
         raise ConfigError(f"{_label(field)} must be {what}, got {value!r}")
+    if value > INT_MAX:
+        raise ConfigError(f"{_label(field)} {value} is too large: it must be at most 2^63 - 1 = {INT_MAX}")
 
 
 def _require_number(label: str, value: Any, ok=lambda v: True, what: str = "") -> None:

@@ -1,7 +1,8 @@
 """The environment, at the bottom of the package: the `zipfast` logger, the device and
 precision rules, and what the machine has (CPU features, accelerators, versions).
 
-Imports nothing from zipfast at module level, so every other module may import it.
+Imports nothing from zipfast at module level (only zipfast.errors, itself import-free, inside
+`resolve_device`), so every other module may import it.
 """
 
 from __future__ import annotations
@@ -125,14 +126,49 @@ def versions() -> dict:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch, "hpu", None) is not None and torch.hpu.is_available():
-        return torch.device("hpu")
-    return torch.device("cpu")
+    """'auto' → cuda if available, else hpu (Intel Gaudi) if loaded, else cpu.
+
+    An explicit device must exist on this machine: DeviceError (exit 2) names it otherwise.
+    """
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _hpu_available():
+            return torch.device("hpu")
+        return torch.device("cpu")
+    return _check_device(device)
+
+
+def _hpu_available() -> bool:
+    return getattr(torch, "hpu", None) is not None and torch.hpu.is_available()
+
+
+def _check_device(device) -> torch.device:
+    from .errors import DeviceError  # errors.py is bottom-level too; imported here to keep env import-free
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"--device {str(device)!r} is not a device torch knows; use auto, cpu, cuda, cuda:N "
+                          "or hpu") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {str(device)!r}: no CUDA GPU is available here (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu "
+                              "or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "hpu" and not _hpu_available():
+        raise DeviceError(f"--device {str(device)!r}: no Intel Gaudi (HPU) is available; use --device cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "hpu"):
+        try:  # other torch device types (mps, xpu…): usable only if a tensor can live there
+            torch.empty(1, device=dev)
+        except Exception as e:
+            reason = str(e).splitlines()[0][:120] if str(e) else ""
+            raise DeviceError(f"--device {str(device)!r} is not available here ({type(e).__name__}: {reason}); "
+                              "use --device cpu or auto") from None
+    return dev
 
 
 def precision_substitution(precision: str, device: torch.device) -> str | None:

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from .config import official_model_name
 from .env import resolve_device  # noqa: F401  (re-exported: old import path)
+from .errors import UserError
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 
 
-class ModelLoadError(RuntimeError):
-    pass
+class ModelLoadError(UserError):
+    """A model name, tag or weights file that cannot be loaded."""
 
 
 def _register_configs():
@@ -68,3 +69,11 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer, preprocess_val
+
+
+def model_image_size(model) -> int | None:
+    """The fixed square input size of an open_clip model's image tower, or None if it has none."""
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0] if len(size) == 2 and size[0] == size[1] else None
+    return size if isinstance(size, int) else None

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import UserError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(UserError):
     pass
 
 
@@ -91,6 +93,10 @@ class ClassPrompts:
         if not classnames:
             raise ValueError("no class names given")
         names = [c.replace("_", " ") for c in classnames]
+        limit = tower.positional_embedding.shape[0] - 3  # SOS, at least one class token, EOT
+        if n_ctx > limit:  # checked before building a prompt of n_ctx words
+            raise UserError(f"{n_ctx} context tokens (TRAINER.ZIP.N_CTX / ctx_init) do not fit the text tower's "
+                            f"{limit + 3}-token context with a class name; use at most {limit}")
         prefix = prefix if prefix else " ".join(["X"] * n_ctx)
         tokens = tokenizer([f"{prefix} {n}." for n in names])
         if tower.pool_type == "argmax":
@@ -99,7 +105,9 @@ class ClassPrompts:
             eot = (tokens == tower.eos_id).int().argmax(dim=-1)
         if int(eot.min()) <= n_ctx or int(tokens[:, -1].ne(0).any()):
             bad = [n for n, e, t in zip(names, eot.tolist(), tokens[:, -1].tolist()) if e <= n_ctx or t != 0]
-            raise ValueError(f"class prompt does not fit the {tokens.shape[1]}-token context: {bad[:3]}")
+            raise UserError(f"the prompt of {n_ctx} context tokens (TRAINER.ZIP.N_CTX / ctx_init) and class name "
+                            f"does not fit the {tokens.shape[1]}-token context for {bad[:3]}: lower "
+                            "TRAINER.ZIP.N_CTX or shorten those class names")
         with torch.no_grad():
             emb = tower.token_embedding(tokens.to(tower.positional_embedding.device)).float()
         return cls(list(classnames), tokens, eot, emb[0, 0].clone(), emb[:, 1 + n_ctx:].clone(), n_ctx)
@@ -125,7 +133,8 @@ def init_context_from_text(tower: TextTower, tokenizer, text: str) -> torch.Tens
     text = text.replace("_", " ").strip()
     m = len(text.split())
     if m == 0:
-        raise ValueError("init text is empty")
+        raise UserError("TRAINER.ZIP.CTX_INIT (ctx_init) is blank; give words such as 'a photo of a' or leave it "
+                        "empty to learn TRAINER.ZIP.N_CTX random context tokens")
     tokens = tokenizer([text])
     with torch.no_grad():
         emb = tower.token_embedding(tokens.to(tower.positional_embedding.device)).float()

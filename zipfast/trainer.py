@@ -10,29 +10,36 @@ trainer owns the budget, which is never exceeded, identically for every method.
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
+import math
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from .checkpoint import CheckpointMismatchError, read_checkpoint as _read, write_checkpoint
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
 from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_indices, derive_seed
+from .data.transforms import DEFAULT_CHOICES
+from .data.verify import verify_images
 from .batched import make_engine
 from .engine import autocast_for
 from .env import resolve_device, versions
-from .io import save_json, save_text, save_torch
-from .config import TrainConfig, official_model_name
+from .errors import UserError
+from .io import save_json
+from .config import ConfigError, OFFICIAL_KEYS, TrainConfig, official_model_name
 from . import zeroshot
 from .methods import build as build_method
 from .methods import resolve_options, space_from_state_dict
+from .models import model_image_size
+from .rundir import RunDir
+from .signals import RunInterrupted, StopSignals
 from .space import random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
 
-CHECKPOINT_FORMAT = "zipfast-checkpoint-v1"
+log = logging.getLogger("zipfast.trainer")
 # Settings that determine the trajectory: a checkpoint only resumes a run that agrees on all.
 TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
@@ -43,12 +50,11 @@ _IMPLIED = {"method": "zip", "method_options": {}}
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError):
+    """A loss became NaN/inf; the message says where the last good state is and what to change."""
 
 
-class CheckpointMismatchError(ValueError):
-    pass
+__all__ = ["ZIPTrainer", "CheckpointMismatchError", "NonFiniteLossError", "read_checkpoint", "adapt_config"]
 
 
 class ZIPTrainer:
@@ -57,14 +63,19 @@ class ZIPTrainer:
     model: an open_clip CLIP model; classnames: list of str; config: TrainConfig;
     data: a PlantedTask, a FewShotImageFolder (encoded by the model's image tower),
     or a FeatureSource of precomputed image features. ctx0 [m, D] overrides the initial
-    context (the planted task passes its own). output_dir receives log.jsonl,
-    checkpoint.pt and report.json.
+    context (the planted task passes its own). output_dir (a path or a `RunDir`) receives
+    log.jsonl, checkpoint.safetensors and report.json; `fit()` locks it for the run and
+    refuses one that holds another run's files unless the run was resumed
+    (`load_checkpoint`) or overwrite=True. The image size is the model's own input size.
     """
 
     def __init__(self, model, classnames, config: TrainConfig, data, tokenizer=None, ctx0=None,
-                 output_dir=None, progress: bool = True):
+                 output_dir=None, progress: bool = True, overwrite: bool = False):
         config.validate()
-        self.config, self.progress = config, progress
+        self.progress = progress
+        # Settings changed to what the model and data path admit: each logged, and listed in the report.
+        self.config, self.adjustments = adapt_config(config, model, isinstance(data, FewShotImageFolder))
+        config = self.config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         if tokenizer is None:
@@ -77,7 +88,7 @@ class ZIPTrainer:
         seed = config.seed
         if ctx0 is None and isinstance(data, PlantedTask):
             ctx0 = data.ctx0
-        if ctx0 is None and config.ctx_init:
+        if ctx0 is None and config.ctx_init.replace("_", " ").strip():  # blank: no init text (context_tokens)
             ctx0 = init_context_from_text(self.tower, tokenizer, config.ctx_init)
             prefix = config.ctx_init.replace("_", " ")
         else:
@@ -88,6 +99,8 @@ class ZIPTrainer:
         if ctx0.shape[-1] != self.tower.width:
             raise ValueError(f"ctx0 has width {ctx0.shape[-1]}, the text tower {self.tower.width}")
         self.n_ctx = ctx0.shape[0]
+        if config.method not in ("sharpzo", "zsclip"):  # the methods on ZIP's Fastfood space
+            _check_intrinsic_dim(config.intrinsic_dim, self.n_ctx, self.tower.width)
         self.prompts = ClassPrompts.build(self.tower, tokenizer, self.classnames, self.n_ctx, prefix)
         self.space, self.optimizer = build_method(config, ctx0.float().to(self.device),
                                                   lambda tag: derive_seed(seed, tag),
@@ -103,7 +116,9 @@ class ZIPTrainer:
         self.last_record: dict | None = None
         # callables hook(trainer, record) run after every step (periodic evaluation: paper.hooks)
         self.step_hooks: list = []
-        self.output_dir = Path(output_dir) if output_dir else None
+        self.run_dir = output_dir if isinstance(output_dir, RunDir) else (
+            RunDir(output_dir, "overwrite" if overwrite else "fresh") if output_dir else None)
+        self.output_dir = self.run_dir.path if self.run_dir is not None else None
 
     # ------------------------------------------------------------------ data
 
@@ -114,6 +129,9 @@ class ZIPTrainer:
         elif isinstance(data, FewShotImageFolder):
             if len(data.classnames) != len(self.classnames):
                 raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
+            # Fail before training, not after: a corrupt test image would otherwise surface at the end.
+            verify_images([p for p, _ in data.train + data.test], workers=c.num_workers or None,
+                          progress=self.progress)
             bar = tqdm(total=len(data.train), desc="feature bank", unit="image",
                        disable=not (self.progress and c.feature_bank))
             args = (data, self.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation, self.device,
@@ -121,10 +139,12 @@ class ZIPTrainer:
             if c.augment == "tensor":  # decode once, batched crop/flip on the device (data.gpu_augment)
                 dbar = tqdm(total=len(data.train), desc="decode", unit="image", disable=not self.progress)
                 data = DecodedImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update,
-                                          decode_progress=dbar.update)
+                                          decode_progress=dbar.update, transforms=c.transforms,
+                                          workers=c.num_workers)
                 dbar.close()
             else:
-                data = ImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update)
+                data = ImageSource(*args, bank_views=c.feature_bank, seed=c.seed, progress=bar.update,
+                                   transforms=c.transforms, workers=c.num_workers)
             bar.close()
             data.show_progress = self.progress
         if not isinstance(data, (FeatureSource, ImageSource)):
@@ -154,20 +174,42 @@ class ZIPTrainer:
         self.optimizer.w = value
 
     def _paths(self):
-        d = self.output_dir
-        return (d / "checkpoint.pt", d / "log.jsonl", d / "report.json") if d else (None, None, None)
+        d = self.run_dir
+        return (d.checkpoint, d.log_path, d.report) if d else (None, None, None)
 
     def fit(self) -> dict:
-        """Run rounds until the query budget is spent (or no round fits); returns the final report."""
+        """Run rounds until the query budget is spent (or no round fits); returns the final report.
+
+        Holds the output directory's lock throughout. SIGINT/SIGTERM/SIGHUP end the current
+        round, save a checkpoint and raise `RunInterrupted` (see zipfast.signals).
+        """
+        if self.queries > self.config.budget:
+            raise ConfigError(
+                f"{OFFICIAL_KEYS['budget']} (budget) {self.config.budget} is below the {self.queries} queries this "
+                f"run has already spent (step {self.step}); pass a budget of at least {self.queries} to continue it, "
+                "or evaluate its checkpoint with `zipfast eval`")
+        run = self.run_dir
+        owned = run is not None and not run.held
+        if owned:
+            run.acquire()
+        try:
+            if run is not None:
+                run.mode = "resume"  # the directory now holds this run: a later fit() continues it
+                run.truncate_log(self.step)
+            return self._fit()
+        finally:
+            if owned:
+                run.release()
+
+    def _fit(self) -> dict:
         c = self.config
-        ckpt, log_path, report_path = self._paths()
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "a") if log_path is not None else None
+        ckpt, _, report_path = self._paths()
+        log = self.run_dir.open_log() if self.run_dir is not None else None
         bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
                    dynamic_ncols=True, desc=c.method)
         start = time.perf_counter() - self.elapsed
         unlogged = None
+        stop = StopSignals("the current step").install()
         try:
             while self.optimizer is not None and (remaining := c.budget - self.queries) > 0:
                 cand = self.optimizer.ask(remaining)
@@ -201,21 +243,25 @@ class ZIPTrainer:
                 for hook in self.step_hooks:
                     hook(self, rec)
                 if log is not None and k % c.log_every == 0:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+                    log.write(rec)
                     unlogged = None
                 bar.update(len(cand))
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+                if stop.requested is not None:
+                    break
                 if ckpt is not None and c.checkpoint_every and k % c.checkpoint_every == 0:
                     self.save_checkpoint(ckpt)
             if log is not None and unlogged is not None:  # the last round is always logged
-                log.write(json.dumps(unlogged) + "\n")
+                log.write(unlogged)
         finally:
+            stop.restore()
             bar.close()
             if log is not None:
                 log.close()
         if ckpt is not None:
             self.save_checkpoint(ckpt)
+        if stop.requested is not None:
+            raise RunInterrupted(stop.requested, self.step, self.queries, ckpt)
         report = self.report(test_acc=self.evaluate())
         if report_path is not None:
             save_json(report, report_path)
@@ -247,7 +293,7 @@ class ZIPTrainer:
             "template": self.template, "backend": self.engine.name,
             "precision": self.engine.precision,
             "fallbacks": list(getattr(self.engine, "fallbacks", [])),  # every substitution, also logged
-            "device": str(self.device), "versions": versions(),
+            "device": str(self.device), "versions": versions(), "adjustments": list(self.adjustments),
         }
 
     # ------------------------------------------------------------------ checkpoints
@@ -259,20 +305,23 @@ class ZIPTrainer:
         return fp
 
     def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "fingerprint": self.fingerprint(),
-                "w": None if self.w is None else self.w.cpu(),
+        """Tensors and JSON values only (the checkpoint contract, zipfast.checkpoint)."""
+        return {"config": self.config.to_dict(), "w": None if self.w is None else self.w.cpu(),
                 "space": self.space.state_dict() if self.space else None,
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "step": self.step, "queries": self.queries, "elapsed": self.elapsed,
-                "last_record": self.last_record, "zipfast": __version__}
+                "last_record": self.last_record}
 
     def save_checkpoint(self, path) -> None:
-        save_torch(self.state_dict(), path)
+        """Write checkpoint.safetensors atomically (see zipfast.checkpoint for the format)."""
+        write_checkpoint(path, self.state_dict(), self.fingerprint())
 
     def load_checkpoint(self, path, state: dict | None = None) -> None:
         """Restore a run; the configuration must agree on every trajectory setting.
 
         state: the checkpoint already read by `read_checkpoint(path)` (avoids a second load).
+        The next `fit()` continues the run in its output directory (its log is cut back to
+        the checkpoint's step).
         """
         sd = read_checkpoint(path) if state is None else state
         mine, theirs = self.fingerprint(), sd["fingerprint"]
@@ -288,23 +337,47 @@ class ZIPTrainer:
             self.optimizer.load_state_dict(opt_state, self.device)
         self.queries, self.elapsed = int(sd["queries"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
-        _, log_path, _ = self._paths()
-        if log_path is not None and log_path.exists():
-            _truncate_log(log_path, self.step)
+        if self.run_dir is not None and not self.run_dir.held:
+            self.run_dir.mode, self.run_dir.resume_from = "resume", sd.get("path", path)
 
 
 def read_checkpoint(path) -> dict:
-    """The state dict of a zipfast checkpoint file (errors name the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    sd = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(sd, dict) or sd.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatchError(f"{path} is not a zipfast checkpoint ({CHECKPOINT_FORMAT})")
-    return sd
+    """The state dict of a zipfast checkpoint file or run directory, with its "fingerprint"
+    and "path"; CheckpointError (exit 2) names the file and what is wrong with it."""
+    ck = _read(path)
+    try:
+        return {**ck.state, "fingerprint": dict(ck.fingerprint), "path": ck.path,
+                "config": dict(ck.state["config"])}
+    except (KeyError, TypeError) as e:
+        raise CheckpointMismatchError(f"checkpoint {str(ck.path)!r} lacks the trainer's state ({e}); "
+                                      "it was not written by ZIPTrainer") from None
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records past the checkpoint's step (a crash may have left some)."""
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    save_text("".join(ln + "\n" for ln in keep), path)
+def adapt_config(config: TrainConfig, model, encodes_images: bool) -> tuple[TrainConfig, list[str]]:
+    """(config, adjustments) for a run that encodes images: image_size becomes the model's fixed
+    input size (a ViT's positional embedding admits no other), and INPUT.TRANSFORMS other than
+    the official list run on the PIL augmentation path (the tensor path implements only that
+    list). Each change is one log line and one entry of the report's "adjustments"."""
+    if not encodes_images:
+        return config, []
+    changes, notes = {}, []
+    size = model_image_size(model)
+    if size is not None and size != config.image_size:
+        changes["image_size"] = size
+        notes.append(f"image_size {config.image_size} -> {size} (the model's input size)")
+    if config.augment == "tensor" and set(config.transforms) != set(DEFAULT_CHOICES):
+        changes["augment"] = "pil"
+        notes.append(f"augment tensor -> pil (INPUT.TRANSFORMS {list(config.transforms)} runs on the PIL path only)")
+    for note in notes:
+        log.info("%s", note)
+    return (dataclasses.replace(config, **changes).validate() if changes else config), notes
+
+
+def _check_intrinsic_dim(intrinsic_dim: int, n_ctx: int, width: int) -> None:
+    """Each token's d // m intrinsic coordinates must fit its Fastfood length L = 2^⌈log2 D⌉."""
+    L = 1 << max(0, math.ceil(math.log2(width)))
+    if intrinsic_dim // n_ctx > L:
+        raise ConfigError(
+            f"{OFFICIAL_KEYS['intrinsic_dim']} (intrinsic_dim) {intrinsic_dim} is too large for {n_ctx} context tokens "
+            f"of width {width}: each token gets {intrinsic_dim} // {n_ctx} = {intrinsic_dim // n_ctx} coordinates, "
+            f"its Fastfood projection takes at most {L}; use at most {L * n_ctx}")

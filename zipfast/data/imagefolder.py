@@ -20,13 +20,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from zipfast.errors import UserError
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 Sample = tuple[str, int]  # (image path, label)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset folder or image that cannot be used; the message says what and how to fix it."""
 
 

@@ -12,14 +12,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .transforms import views
+from .transforms import DEFAULT_CHOICES, views
 
 _EPOCH, _AUGMENT, _BANK = 1, 2, 3
 
 
 def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed for the stream named by keys (independent streams per key tuple)."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(2, dtype=np.uint32)
+    """A 63-bit seed for the stream named by keys (independent streams per key tuple).
+
+    seed: any integer in [0, 2^63); keys: at most 3 integers in [0, 2^32). Every bit of the
+    seed counts: a seed ≥ 2^32 passes its high word as the SeedSequence spawn key, which makes
+    the assembled entropy longer than any (seed < 2^32, keys) list, so no two inputs share a
+    stream, while every seed < 2^32 keeps the stream it always had.
+    """
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2^63), got {seed}")
+    if len(keys) > 3 or not all(0 <= k < 2**32 for k in keys):
+        raise ValueError(f"derive_seed takes at most 3 keys in [0, 2^32), got {keys}")
+    hi = seed >> 32
+    seq = np.random.SeedSequence([seed & 0xFFFFFFFF, *keys], spawn_key=(hi,) if hi else ())
+    state = seq.generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 ^ int(state[1])
 
 
@@ -62,8 +74,9 @@ class ImageSource:
 
     def __init__(self, dataset, model, size: int, mean, std, interpolation: str = "bicubic",
                  device="cpu", test_batch_size: int = 128, autocast=None, bank_views: int = 0, seed: int = 0,
-                 progress=None):
+                 progress=None, transforms=DEFAULT_CHOICES, workers: int = 0):
         self.dataset, self.model = dataset, model
+        self.choices, self.workers = tuple(transforms), workers
         self.size, self.mean, self.std, self.interpolation = size, mean, std, interpolation
         self.device, self.test_batch_size = torch.device(device), test_batch_size
         self.autocast = autocast or contextlib.nullcontext
@@ -87,7 +100,7 @@ class ImageSource:
         for i, (path, _) in enumerate(self.dataset.train):
             g = torch.Generator().manual_seed(derive_seed(seed, _BANK, i))
             x = views([path] * views_per_image, True, self.size, self.mean, self.std, generator=g,
-                      interpolation=self.interpolation)
+                      interpolation=self.interpolation, choices=self.choices)
             bank.append(self.encode(x))
             if progress is not None:
                 progress(1)
@@ -99,7 +112,8 @@ class ImageSource:
             v = torch.randint(self.bank.shape[1], (len(idx),), generator=g)
             return self.bank[idx, v], self.train_y[idx].to(self.device)
         paths = [self.dataset.train[i][0] for i in idx.tolist()]
-        x = views(paths, True, self.size, self.mean, self.std, generator=g, interpolation=self.interpolation)
+        x = views(paths, True, self.size, self.mean, self.std, generator=g, interpolation=self.interpolation,
+                  choices=self.choices, workers=self.workers)
         return self.encode(x), self.train_y[idx].to(self.device)
 
     def test_set(self, progress=None):
@@ -116,7 +130,7 @@ class ImageSource:
             for i in range(0, len(items), self.test_batch_size):
                 chunk = items[i:i + self.test_batch_size]
                 x = views([p for p, _ in chunk], False, self.size, self.mean, self.std,
-                          interpolation=self.interpolation)
+                          interpolation=self.interpolation, choices=self.choices, workers=self.workers)
                 feats.append(self.encode(x))
                 if progress is not None:
                     progress(len(chunk))
@@ -137,11 +151,14 @@ class DecodedImageSource(ImageSource):
 
     def __init__(self, dataset, model, size, mean, std, interpolation="bicubic", device="cpu",
                  test_batch_size=128, autocast=None, bank_views=0, seed=0, progress=None, max_side=None,
-                 max_bytes: int = 8 << 30, decode_progress=None):
+                 max_bytes: int = 8 << 30, decode_progress=None, transforms=DEFAULT_CHOICES, workers: int = 0):
         from .gpu_augment import DecodedImages
 
+        if set(transforms) != set(DEFAULT_CHOICES):
+            raise ValueError(f"the tensor augmentation path implements INPUT.TRANSFORMS {list(DEFAULT_CHOICES)}, "
+                             f"not {list(transforms)}; use ImageSource (augment pil)")
         super().__init__(dataset, model, size, mean, std, interpolation, device, test_batch_size, autocast,
-                         bank_views, seed, progress)
+                         bank_views, seed, progress, transforms, workers)
         self.images = DecodedImages.decode([p for p, _ in dataset.train], max_side or 2 * size, max_bytes,
                                            min_side=size, progress=decode_progress).to(self.device)
 

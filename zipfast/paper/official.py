@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME
 from ..config import ConfigError, cfg_to_train_config, load_official
 from ..io import save_json
 
@@ -32,7 +33,6 @@ log = logging.getLogger("zipfast.paper")
 TRAINERS = {"ZIP": "zip", "ZeroshotCLIP": "zsclip", "ZSCLIP": "zsclip"}
 # Official trainers zipfast does not run (yet): refused by name rather than misread.
 NOT_IMPLEMENTED = ("BPTVLM", "BAR", "BlackVIP", "ZeroshotCLIP2", "CoOp", "CoCoOp")
-CHECKPOINT_NAME = "checkpoint.pt"
 RESULT_FILE = "result.json"
 PAPER_PREFIX = "paper:"
 
@@ -136,7 +136,8 @@ def official_config(args):
 
 def find_checkpoint(model_dir) -> Path:
     d = Path(model_dir)
-    path = d if d.is_file() else d / CHECKPOINT_NAME
+    path = d if d.is_file() else next((d / n for n in (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME) if (d / n).is_file()),
+                                      d / CHECKPOINT_NAME)
     if not path.is_file():
         raise FileNotFoundError(f"no zipfast checkpoint for --model-dir {str(model_dir)!r}: looked for "
                                 f"'{d / CHECKPOINT_NAME}'; train into that folder with --output-dir first")
@@ -182,9 +183,11 @@ def run(args, build_run, match_image_size) -> int:
         cfg = match_image_size(cfg, model)
         dlog(f"Dataset: {spec.name} ({subsample} classes: {len(classnames)}; train {len(data.train)}, "
              f"test {len(data.test)})")
+        # As Dassl: a folder with a checkpoint resumes (_resume); one without starts over, replacing
+        # what a run killed before its first checkpoint left there (overwrite).
         trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer,
                              output_dir=out if kind == "zip" and not args.eval_only else None,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, overwrite=True)
         if args.no_train and not args.eval_only:
             dlog("--no-train: nothing trained")
             return 0
@@ -235,7 +238,8 @@ def run(args, build_run, match_image_size) -> int:
 
 def _resume(trainer, args, out, dlog) -> None:
     """--resume DIR|FILE, or (as Dassl) a checkpoint already in the output folder."""
-    src = args.resume or (str(Path(out) / CHECKPOINT_NAME) if out and (Path(out) / CHECKPOINT_NAME).is_file() else "")
+    src = args.resume or (out if out and any((Path(out) / n).is_file() for n in (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME))
+                          else "")
     if src:
         path = find_checkpoint(src)
         trainer.load_checkpoint(path)
