@@ -41,12 +41,12 @@ from .text import ClassPrompts, TextTower, init_context_from_text
 
 log = logging.getLogger("zipfast.trainer")
 # Settings that determine the trajectory: a checkpoint only resumes a run that agrees on all.
-TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
+TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "perturbation", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
                    "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class",
                    "feature_bank", "augment", "method", "method_options")
 # Trajectory keys added after the first checkpoint format, with the value older checkpoints imply.
-_IMPLIED = {"method": "zip", "method_options": {}}
+_IMPLIED = {"method": "zip", "method_options": {}, "perturbation": "official"}
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
