@@ -38,7 +38,7 @@ test-gpu: $(STAMP)
 
 bench-gpu: $(STAMP)
 	ZIPFAST_BUILD_CUDA=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	TRITON_INTERPRET=0 $(PY) -m pytest bench/test_gpu_kernels.py -q --benchmark-json=bench/results/gpu.json
+	TRITON_INTERPRET=0 $(PY) -m pytest bench/test_gpu_*.py -q --benchmark-json=bench/results/gpu.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
