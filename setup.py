@@ -34,9 +34,12 @@ class CMakeBuild(build_ext):
             src = result.modules.get(ext.name.rsplit(".", 1)[-1])
             if src is None:  # e.g. the CUDA module when nvcc is absent
                 continue
-            dst = Path(self.get_ext_fullpath(ext.name))
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            dsts = {Path(self.get_ext_fullpath(ext.name))}
+            if self.inplace or getattr(self, "editable_mode", False):  # editable: the package is the source tree
+                dsts.add(here / "zipfast" / Path(self.get_ext_filename(ext.name)).name)
+            for dst in dsts:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
 
 version = next(line.split('"')[1] for line in (here / "zipfast" / "__init__.py").read_text().splitlines()
                if line.startswith("__version__"))
