@@ -65,6 +65,7 @@ setup(
         "yacs",
         "tqdm",
         "cma",  # pycma: SharpZO's CMA-ES stage
+        "threadpoolctl",  # one BLAS thread around pycma's small matrix algebra
         "matplotlib",  # zipfast compare's accuracy-vs-queries plot
         "safetensors",  # checkpoints (zipfast.checkpoint)
     ],
