@@ -67,7 +67,7 @@ def _config_from_args(args):
     flags = {"budget": args.budget, "shots": args.shots, "seed": args.seed, "model": args.model,
              "pretrained": args.pretrained, "dataset": args.data, "output_dir": args.output_dir,
              "backend": args.backend, "precision": args.precision, "device": args.device,
-             "opt_type": args.opt_type, "test_per_class": args.test_per_class,
+             "opt_type": args.opt_type, "perturbation": args.perturbation, "test_per_class": args.test_per_class,
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
              "feature_bank": args.feature_bank, "augment": args.augment, "method": args.method,
              "method_options": parse_method_opts(args.method_opt)}
@@ -295,6 +295,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--method-opt", action="append", default=None, metavar="KEY=VALUE",
                    help="an option of the method's section, e.g. change_point=30 (repeatable; README lists them)")
     t.add_argument("--opt-type", default=None, help="ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc")
+    t.add_argument("--perturbation", default=None, choices=("philox", "official"),
+                   help="ZIP's perturbation stream: philox (default; counter-based, regenerated on any device) "
+                        "or official (the official code's torch.Generator draw order)")
     t.add_argument("--precision", default=None, help="auto (per device; default), fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
     t.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
