@@ -73,12 +73,12 @@ def test_trainer_state_round_trips_exactly(run_ckpt):
 ])
 def test_every_method_state_fits_the_format_and_resumes_exactly(planted, tmp_path, method, options):
     """The optimisers' states (SharpZO's CMA-ES stage included) go through checkpoint.safetensors
-    and a 20 + 20-query run equals a 40-query run."""
+    and a 12 + 12-query run equals a 24-query run (for SharpZO: across its stage switch)."""
     kw = dict(method=method, method_options=options)
-    full = _trainer(planted, tmp_path / "full", budget=40, **kw)
+    full = _trainer(planted, tmp_path / "full", budget=24, **kw)
     full.fit()
-    _trainer(planted, tmp_path / "half", budget=20, **kw).fit()
-    resumed = _trainer(planted, tmp_path / "half", budget=40, **kw)
+    _trainer(planted, tmp_path / "half", budget=12, **kw).fit()
+    resumed = _trainer(planted, tmp_path / "half", budget=24, **kw)
     resumed.load_checkpoint(tmp_path / "half" / CHECKPOINT_NAME)
     resumed.fit()
     assert resumed.queries == full.queries
@@ -256,7 +256,7 @@ def test_a_directory_resolves_to_its_checkpoint(run_ckpt):
 # ------------------------------------------------------------------------------ file modes
 
 
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+@pytest.mark.parametrize("umask, mode", [(0o027, 0o640)])  # neither mkstemp's 0600 nor a fixed 0644
 def test_files_follow_the_umask_also_after_resume(planted, tmp_path, umask, mode):
     old = os.umask(umask)
     try:

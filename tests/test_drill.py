@@ -14,7 +14,7 @@ from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-BUDGET = 60  # 30 steps of 2 queries
+BUDGET = 80  # 40 steps of 2 queries: 19 steps of slack after the last signal
 ARGS = ["--data", "planted", "--device", "cpu", "--no-progress", "--batch-size", "16", "--budget", str(BUDGET),
         "--checkpoint-every", "4"]
 OPTS = ["TRAINER.ZIP.N_CTX", "4", "TRAINER.ZIP.INTRINSIC_DIM", "40", "TRAINER.ZIP.RANK", "2", "TRAINER.BASIC.SP_AVG", "1"]

@@ -143,3 +143,15 @@ def test_pil_reference_augmentation_runs_through_the_official_line(workdir):
     assert main(argv + TINY) == 0
     cfg = json.loads((workdir / out / "report.json").read_text())["config"]
     assert cfg["augment"] == "pil"
+
+
+def test_another_method_through_the_official_surface_and_its_eval_only(workdir):
+    out = "output/zosgd/seed1"
+    argv = few_shot_line("eurosat", 1, out)
+    argv[1:1] = ["--method", "zo-sgd"]
+    assert main(argv + TINY) == 0
+    assert json.loads((workdir / out / "report.json").read_text())["method"] == "zo-sgd"
+    assert main(["train", "--root", "DATA", "--seed", "1", "--trainer", "ZIP", "--dataset-config-file",
+                 "configs/datasets/imagenet_a.yaml", "--config-file", "configs/trainers/ZIP/vit_b16.yaml",
+                 "--output-dir", "output/zosgd-xd", "--model-dir", out, "--eval-only", *TINY]) == 0
+    assert parse_test_res(workdir / "output/zosgd-xd/log.txt", end_signal="=> result") is not None

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+import zipfast.cli
 import zipfast.trainer
 from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main, resume_command
@@ -67,6 +68,31 @@ def test_stop_signal_saves_prints_resume_and_continues_exactly(reference, tmp_pa
     log, w = reference
     assert _strip(out) == log
     assert read_checkpoint(ckpt).state["w"].equal(w)
+
+
+def test_sigterm_outside_the_step_loop_still_says_where_the_checkpoint_is(reference, tmp_path, capsys,
+                                                                          monkeypatch):
+    """No step in flight (model load, final evaluation): SIGHUP/SIGTERM stop at once with one line."""
+    out = tmp_path / "run"
+    argv = ["train", *ARGS, "--output-dir", str(out), *OPTS]
+    real_build = zipfast.cli.build_run
+    monkeypatch.setattr(zipfast.cli, "build_run", lambda *a: os.kill(os.getpid(), signal.SIGHUP) or real_build(*a))
+    assert main(argv) == 129
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "zipfast train: stopped by SIGHUP"
+    monkeypatch.undo()
+
+    real_eval = zipfast.trainer.ZIPTrainer.evaluate
+    monkeypatch.setattr(zipfast.trainer.ZIPTrainer, "evaluate",
+                        lambda self, *a: os.kill(os.getpid(), signal.SIGTERM) or real_eval(self, *a))
+    assert main(argv) == 143  # the SIGHUP run left no run files: a fresh start is allowed
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    ckpt = out / CHECKPOINT_NAME
+    assert last.startswith(f"zipfast train: stopped by SIGTERM; the last checkpoint is {ckpt}; resume with: ")
+    assert read_checkpoint(ckpt).state["step"] == 8 and not (out / "report.json").exists()
+    monkeypatch.undo()
+    assert main(shlex.split(last.split("resume with: ", 1)[1])[1:]) == 0  # evaluates, no step more
+    log, w = reference
+    assert _strip(out) == log and (out / "report.json").exists()
 
 
 def test_second_sigint_aborts_at_once():

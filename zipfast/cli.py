@@ -67,7 +67,7 @@ def _config_from_args(args):
     flags = {"budget": args.budget, "shots": args.shots, "seed": args.seed, "model": args.model,
              "pretrained": args.pretrained, "dataset": args.data, "output_dir": args.output_dir,
              "backend": args.backend, "precision": args.precision, "device": args.device,
-             "opt_type": args.opt_type, "test_per_class": args.test_per_class,
+             "opt_type": args.opt_type, "perturbation": args.perturbation, "test_per_class": args.test_per_class,
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
              "feature_bank": args.feature_bank, "augment": args.augment, "method": args.method,
              "method_options": parse_method_opts(args.method_opt)}
@@ -219,6 +219,46 @@ def cmd_bench_paper(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_compare(args) -> int:
+    """Methods × seeds on one task with one budget: table, CSV and accuracy-vs-queries plot."""
+    from .compare import compare, markdown_table, summarise
+    from .config import ConfigError, TrainConfig
+    from .methods import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: unknown method(s) {bad or args.methods!r}; choose from {', '.join(METHODS)}")
+    seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
+    options: dict = {}
+    for key, value in (parse_method_opts(args.method_opt) or {}).items():
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise ConfigError(f"--method-opt for compare takes METHOD.KEY=VALUE with METHOD one of "
+                              f"{', '.join(methods)}; got {key!r}")
+        options.setdefault(method, {})[name] = value
+    planted = args.data in PLANTED
+    base = TrainConfig(model=args.model or ("zipfast-planted" if planted else "ViT-B-16"),
+                       pretrained=args.pretrained or ("none" if planted else "openai"), dataset=args.data,
+                       budget=args.budget, shots=args.shots, device=args.device or "auto",
+                       backend=args.backend or "auto", checkpoint_every=0).validate()
+    runs = compare(base, build_run, methods, seeds, args.eval_every, targets, options, args.output_dir,
+                   progress=not args.no_progress)
+    rows = summarise(runs, methods, targets)
+    print(markdown_table(rows, targets), end="")
+    print(f"outputs: {args.output_dir}/compare.png, compare.md, compare.csv, runs.jsonl")
+    return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    from .config import ConfigError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
 def cmd_info(args) -> int:
     from .backends import info
 
@@ -264,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--method-opt", action="append", default=None, metavar="KEY=VALUE",
                    help="an option of the method's section, e.g. change_point=30 (repeatable; README lists them)")
     t.add_argument("--opt-type", default=None, help="ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc")
+    t.add_argument("--perturbation", default=None, choices=("philox", "official"),
+                   help="ZIP's perturbation stream: philox (default; counter-based, regenerated on any device) "
+                        "or official (the official code's torch.Generator draw order)")
     t.add_argument("--precision", default=None, help="auto (per device; default), fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
     t.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
@@ -320,6 +363,22 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     b.set_defaults(fn=cmd_bench_paper)
 
+    c = sub.add_parser("compare", help="several methods x seeds on one task, same budget: table and plot")
+    c.add_argument("--data", default="planted", help="planted (default), planted-cifar100 or an image-folder root")
+    c.add_argument("--methods", default="zip,sharpzo,zo-sgd,zsclip", help="comma-separated (default: all)")
+    c.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    c.add_argument("--budget", type=int, default=5000, help="query budget of every run (default 5000)")
+    c.add_argument("--eval-every", type=int, default=250, help="queries between test evaluations (default 250)")
+    c.add_argument("--targets", default="50,60,70", help="accuracies (%%) for the queries-to-reach columns")
+    c.add_argument("--shots", type=int, default=16)
+    c.add_argument("--model", default=None, help="open_clip model (default: zipfast-planted on planted data)")
+    c.add_argument("--pretrained", default=None)
+    c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
+                   help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")
+    c.add_argument("--output-dir", default="runs/compare")
+    _add_common(c)
+    c.set_defaults(fn=cmd_compare)
+
     i = sub.add_parser("info", help="versions, device, backends, precision")
     i.set_defaults(fn=cmd_info)
     return ap
@@ -367,7 +426,7 @@ def _last_checkpoint_note(e: BaseException, args, argv) -> str:
 
 def main(argv=None) -> int:
     """Run one command; returns the exit code (see the parser's epilog)."""
-    from .signals import RunInterrupted
+    from .signals import TerminateOnSignals
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
@@ -375,6 +434,13 @@ def main(argv=None) -> int:
     from .env import log_to_stderr
 
     log_to_stderr()  # fallbacks, substitutions, cleanups: one "zipfast: ..." line each on stderr
+    with TerminateOnSignals():  # SIGTERM/SIGHUP outside the step loop: a message, not a silent death
+        return _run(args, argv, debug)
+
+
+def _run(args, argv, debug) -> int:
+    from .signals import RunInterrupted
+
     try:
         return args.fn(args)
     except RunInterrupted as e:
@@ -383,13 +449,18 @@ def main(argv=None) -> int:
             line += f"; resume with: {resume_command(argv, e.checkpoint)}"
         print(line, file=sys.stderr, flush=True)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # a second SIGINT, or a signal outside the step loop (signals.Terminated)
         if debug:
             traceback.print_exc()
+        how = f"stopped by {e.signal_name}" if hasattr(e, "signal_name") else "aborted by SIGINT"
         run = getattr(args, "run_dir", None)
-        saved = f"; the last checkpoint is {run.checkpoint}" if run is not None and run.checkpoint.exists() else ""
-        print(f"zipfast {args.cmd}: aborted by SIGINT{saved}", file=sys.stderr, flush=True)
-        return EXIT_SIGINT
+        saved = ""
+        if run is not None and run.checkpoint.exists():
+            saved = f"; the last checkpoint is {run.checkpoint}"
+            if args.cmd == "train":
+                saved += f"; resume with: {resume_command(argv, run.checkpoint)}"
+        print(f"zipfast {args.cmd}: {how}{saved}", file=sys.stderr, flush=True)
+        return getattr(e, "exit_code", EXIT_SIGINT)
     except Exception as e:
         if debug:
             traceback.print_exc()

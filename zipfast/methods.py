@@ -200,7 +200,8 @@ def build(config, ctx0: torch.Tensor, seed_for: Callable[[int], int], tags) -> t
     w0 = space.init_params(gen(params_tag))
     if config.method == "zo-sgd":
         return space, ZOSGD(w0, opts.pairs, opts.mu, opts.lr, seed=seed_for(optim_tag))
-    return space, SPSA(w0, config.opt_type, config.sp_avg, config.spsa_params, config.moms, seed=seed_for(optim_tag))
+    return space, SPSA(w0, config.opt_type, config.sp_avg, config.spsa_params, config.moms, seed=seed_for(optim_tag),
+                       perturbation=config.perturbation)
 
 
 def space_from_state_dict(sd: dict, device):

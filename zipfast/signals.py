@@ -6,6 +6,11 @@ turns into one line (where the checkpoint is, the exact resume command) and the
 conventional exit code 128 + signal number (130 / 143 / 129). A second SIGINT aborts at
 once with KeyboardInterrupt (the last checkpoint on disk stays valid: writes are atomic).
 Handlers are only installed from the main thread; elsewhere the guard does nothing.
+
+Outside the step loop (loading the model, checking images, the final evaluation) there is no
+step to finish: under `TerminateOnSignals` (the CLI) SIGTERM and SIGHUP raise `Terminated`
+at once, as SIGINT raises KeyboardInterrupt, so the CLI can still say where the last
+checkpoint is instead of dying silently.
 """
 
 from __future__ import annotations
@@ -40,6 +45,43 @@ class RunInterrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return exit_code(self.signum)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside the step loop (nothing in flight to finish)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = STOP_SIGNALS.get(signum, f"signal {signum}")
+        super().__init__(f"stopped by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.signum)
+
+
+class TerminateOnSignals:
+    """Context manager: SIGTERM and SIGHUP raise `Terminated` (SIGINT keeps KeyboardInterrupt)."""
+
+    SIGNALS = tuple(s for s in STOP_SIGNALS if s != signal.SIGINT)
+
+    def __init__(self):
+        self._previous: dict[int, object] = {}
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Terminated(signum)
+
+    def __enter__(self) -> "TerminateOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
 
 
 class StopSignals:

@@ -32,12 +32,19 @@ import logging
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .protocol import Optimizer, empty
 from .zo_sgd import gaussian_two_point
 
 log = logging.getLogger("zipfast.optim")
 GRAD_ESTIMATORS = ("rge", "cge")
+
+
+def _one_blas_thread():
+    """pycma's d×d linear algebra is small: one BLAS thread is 5–50× faster than OpenBLAS's thread pool on a
+    shared machine, and a fixed thread count keeps its floating-point reductions (hence resume) reproducible."""
+    return threadpool_limits(1, "blas")
 MASK_ENDS = ("top", "bottom")
 
 
@@ -170,7 +177,8 @@ class SharpZO(Optimizer):
         return torch.cat([at + self.grad_mu * u, at - self.grad_mu * u])
 
     def _ask_population(self) -> torch.Tensor:
-        xs = self.es.ask()
+        with _one_blas_thread():
+            xs = self.es.ask()
         x = torch.as_tensor(np.asarray(xs), dtype=torch.float32).to(self.device)
         self._pending = ("population", xs)
         return x + self.eps
@@ -215,7 +223,8 @@ class SharpZO(Optimizer):
                 stats["mask_kept"] = int(self.mask.sum())
         elif phase == "population":
             fit = [float(v) for v in losses.double().cpu()]
-            self.es.tell(data, fit)
+            with _one_blas_thread():
+                self.es.tell(data, fit)
             self.fitness.append(fit)
             self.gen += 1
             self.logical += 1
@@ -272,9 +281,10 @@ class SharpZO(Optimizer):
         self.w0 = sd["w0"].to(self.device)
         self.es = self._new_es()
         self.fitness = []
-        for row in sd["fitness"].tolist():  # replay: the private RNG redraws the same populations
-            self.es.tell(self.es.ask(), row)
-            self.fitness.append(row)
+        with _one_blas_thread():
+            for row in sd["fitness"].tolist():  # replay: the private RNG redraws the same populations
+                self.es.tell(self.es.ask(), row)
+                self.fitness.append(row)
         if not np.array_equal(np.array(self.es.mean), sd["cma_mean"].numpy()):
             raise ValueError("replaying the CMA-ES fitness history did not reproduce the saved mean "
                              "(another pycma version?); this checkpoint cannot be resumed bit-exactly")

@@ -1,10 +1,8 @@
-"""Test predictions of a learned prompt or of zero-shot CLIP, on cached test image features."""
+"""Test predictions of a learned prompt or of given class text features, on cached test image features."""
 
 from __future__ import annotations
 
 import torch
-
-from ..engine import autocast_for
 
 _CHUNK = 4096
 
@@ -23,11 +21,3 @@ def predict_prompt(trainer, w: torch.Tensor | None = None):
     w = trainer.w if w is None else w.to(trainer.device)
     txt = trainer.engine.text_features(trainer.space.contexts(w.unsqueeze(0)))[0]
     return predict_with_text(trainer, txt)
-
-
-def zero_shot_text_features(model, tokenizer, classnames, template: str, device, precision: str = "fp32"):
-    """Zero-shot CLIP's class features [C, E]: the hand-written template filled with each class name
-    ("_" → " "), encoded by the model's own text tower (the official ZeroshotCLIP trainer)."""
-    prompts = [template.format(c.replace("_", " ")) for c in classnames]
-    with torch.no_grad(), autocast_for(torch.device(device), precision):
-        return model.encode_text(tokenizer(prompts).to(device)).float()

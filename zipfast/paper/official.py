@@ -11,7 +11,8 @@ scripts runs with `python train.py` replaced by `zipfast train`:
 Settings merge in the official order: dataset config file, trainer config file, the flags
 (--root, --output-dir, --seed, --transforms, --trainer, --backbone), then the KEY VALUE list. The
 run writes Dassl's `log.txt` (see dassl_log). Trainers: ZIP trains; ZeroshotCLIP (alias ZSCLIP)
-evaluates the dataset's hand-written template; any other official trainer is refused by name.
+evaluates the dataset's hand-written template (the `zsclip` method); `--method` picks another
+optimiser for `--trainer ZIP` runs; any other official trainer is refused by name.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def official_config(args):
              "batch_size": args.batch_size, "backend": args.backend, "precision": args.precision,
              "device": args.device, "test_per_class": args.test_per_class,
              "checkpoint_every": args.checkpoint_every, "feature_bank": args.feature_bank,
-             "opt_type": args.opt_type, "augment": args.augment}
+             "opt_type": args.opt_type, "augment": args.augment, "method": getattr(args, "method", None)}
     return cfg_to_train_config(plain, **flags), kind, spec, subsample
 
 
@@ -149,7 +150,7 @@ def find_checkpoint(model_dir) -> Path:
 
 def _prompt_settings(sd_config: dict) -> dict:
     """The checkpoint's settings that shape the prompt and the model (they must win on evaluation)."""
-    keys = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank")
+    keys = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "method", "method_options")
     return {k: sd_config[k] for k in keys if k in sd_config}
 
 
@@ -159,7 +160,7 @@ def run(args, build_run, match_image_size) -> int:
     from .. import ZIPTrainer
     from ..trainer import read_checkpoint
     from .dassl_log import DasslLog, result_block
-    from .evaluation import predict_prompt, predict_with_text, zero_shot_text_features
+    from .evaluation import predict_prompt, predict_with_text
     from .hooks import EvalEvery
 
     cfg, kind, spec, subsample = official_config(args)
@@ -170,6 +171,8 @@ def run(args, build_run, match_image_size) -> int:
         ckpt = find_checkpoint(args.model_dir)
         sd = read_checkpoint(ckpt)
         cfg = dataclasses.replace(cfg, **_prompt_settings(sd["config"])).validate()
+    if kind == "zsclip":  # the zsclip method (zipfast.methods) with the dataset's official template
+        cfg = dataclasses.replace(cfg, method="zsclip", method_options={"template": spec.template}).validate()
     if args.eval_only or kind == "zsclip":  # nothing trains: skip decoding the (possibly huge) train split
         cfg = dataclasses.replace(cfg, augment="pil").validate()
     out = cfg.output_dir or None
@@ -196,17 +199,16 @@ def run(args, build_run, match_image_size) -> int:
             return 0
         queries = 0
         if kind == "zsclip":
-            dlog(f"Zero-shot CLIP, template {spec.template!r}")
-            txt = zero_shot_text_features(model, tokenizer, classnames, spec.template, trainer.device,
-                                          trainer.engine.precision)
-            pred, true = predict_with_text(trainer, txt)
+            dlog(f"Zero-shot CLIP, template {trainer.template!r}")
+            pred, true = predict_with_text(trainer, trainer.zeroshot_text)
         elif args.eval_only:
-            from ..space import ZIPSpace
+            from ..methods import space_from_state_dict
 
             if args.load_epoch is not None:
                 log.info("--load-epoch %s ignored: a zipfast checkpoint holds the final prompt", args.load_epoch)
-            trainer.space = ZIPSpace.from_state_dict(sd["space"], trainer.device)
-            trainer.w = sd["w"].to(trainer.device)
+            trainer.space = space_from_state_dict(sd["space"], trainer.device)
+            w = sd["w"] if sd.get("w") is not None else sd["optimizer"]["w"]
+            trainer.w = w.to(trainer.device)
             queries = int(sd.get("queries", 0))
             dlog(f"Loading prompt from {ckpt} ({queries} queries, step {sd.get('step')})")
             pred, true = predict_prompt(trainer)
