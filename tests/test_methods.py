@@ -60,7 +60,7 @@ def test_options_defaults_presets_and_errors():
         resolve_options("sharpzo", {"popsize": "many"})
     with pytest.raises(MethodOptionError, match="keep_fraction must be in"):
         resolve_options("sharpzo", {"keep_fraction": 0})
-    with pytest.raises(ConfigError, match="method must be one of zip, zo-sgd, sharpzo, zsclip; got 'cma'"):
+    with pytest.raises(ConfigError, match="method must be one of zip, zo-sgd, sharpzo, zsclip, bptvlm, bar, blackvip; got 'cma'"):
         TrainConfig(method="cma").validate()
     with pytest.raises(ConfigError, match="template"):
         TrainConfig(method="zsclip", method_options={"template": "no placeholder"}).validate()

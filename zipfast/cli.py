@@ -223,12 +223,16 @@ def cmd_compare(args) -> int:
     """Methods × seeds on one task with one budget: table, CSV and accuracy-vs-queries plot."""
     from .compare import compare, markdown_table, summarise
     from .config import ConfigError, TrainConfig
-    from .methods import METHODS
+    from .methods import IMAGE_METHODS, METHODS
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: unknown method(s) {bad or args.methods!r}; choose from {', '.join(METHODS)}")
+    image = [m for m in methods if m in IMAGE_METHODS]
+    if image:
+        raise ConfigError(f"--methods {','.join(image)}: the image-side methods are not in `zipfast compare` yet "
+                          f"(they need an image folder); run python -m zipfast.image_compare")
     seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
     options: dict = {}
     for key, value in (parse_method_opts(args.method_opt) or {}).items():
