@@ -7,11 +7,12 @@ STAMP := $(VENV)/.zipfast-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench test-gpu bench-gpu clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml
+# The install also builds csrc/ (CMake; CUDA when nvcc is found), so kernel sources are inputs.
+$(STAMP): setup.py pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test]'
@@ -28,6 +29,16 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest bench -q --benchmark-json=bench/results/latest.json && $(PY) bench/report.py
+
+# On a machine with a CUDA GPU: build the CUDA kernels (required), then run the GPU tests
+# (compiled Triton, CUDA kernels, CUDA-graph step) and the kernel/step benchmarks.
+test-gpu: $(STAMP)
+	ZIPFAST_BUILD_CUDA=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	TRITON_INTERPRET=0 $(PY) -m pytest -q -m gpu tests
+
+bench-gpu: $(STAMP)
+	ZIPFAST_BUILD_CUDA=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	TRITON_INTERPRET=0 $(PY) -m pytest bench/test_gpu_*.py -q --benchmark-json=bench/results/gpu.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

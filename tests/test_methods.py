@@ -60,7 +60,7 @@ def test_options_defaults_presets_and_errors():
         resolve_options("sharpzo", {"popsize": "many"})
     with pytest.raises(MethodOptionError, match="keep_fraction must be in"):
         resolve_options("sharpzo", {"keep_fraction": 0})
-    with pytest.raises(ConfigError, match="method must be one of zip, zo-sgd, sharpzo, zsclip; got 'cma'"):
+    with pytest.raises(ConfigError, match="method must be one of zip, zo-sgd, sharpzo, zsclip, bptvlm, bar, blackvip; got 'cma'"):
         TrainConfig(method="cma").validate()
     with pytest.raises(ConfigError, match="template"):
         TrainConfig(method="zsclip", method_options={"template": "no placeholder"}).validate()
@@ -170,8 +170,8 @@ def test_zero_shot_template_table():
 
 
 @pytest.mark.parametrize("method,opts,budget,floor", [
-    # floors: on this task (seed 1) zo-sgd reached 51.5 % and sharpzo (change_point 10) 47.9 % after 1,500
-    # queries, from 12.2 %; these shorter runs must clear roughly half the gain
+    # measured (seed 1, from 12.2 %): zo-sgd 400 queries → 47.2 % fp32 / 46.7 % bf16; sharpzo 500 queries
+    # (6 generations, then stage 2) → 42.0 % fp32 / 44.7 % bf16. Floors keep > 15 points of margin.
     ("zo-sgd", {}, 400, 30.0),
     ("sharpzo", {"change_point": 6}, 500, 25.0),
 ])

@@ -107,7 +107,7 @@ def test_zero_shot_clip_script_line(workdir):
     assert parse_test_res(workdir / out / "log.txt", end_signal="=> result") is not None
 
 
-@pytest.mark.parametrize("trainer, message", [("BPTVLM", "does not implement yet"), ("Foo", "unknown --trainer 'Foo'")])
+@pytest.mark.parametrize("trainer, message", [("CoOp", "does not implement yet"), ("Foo", "unknown --trainer 'Foo'")])
 def test_other_trainers_are_refused_by_name(workdir, capsys, trainer, message):
     argv = few_shot_line("eurosat", 1, "output/refused")
     argv[argv.index("ZIP")] = trainer

@@ -99,11 +99,14 @@ def quadratic(W, target):
     return ((W - target) ** 2).sum(-1)
 
 
+@pytest.mark.parametrize("perturbation", ["philox", "official"])
 @pytest.mark.parametrize("opt_type", ["spsa-clip", "spsa", "spsa-gc"])
-def test_optimiser_matches_reference_formulas(opt_type):
+def test_optimiser_matches_reference_formulas(opt_type, perturbation):
+    from zipfast.ops.perturb import reference as perturb_ref
+
     dim, q = 7, 3
     params = (1.0, 0.01, 0.05, 0.4, 0.1)
-    opt = SPSA(torch.zeros(dim), opt_type, q, params, moms=0.8, seed=5)
+    opt = SPSA(torch.zeros(dim), opt_type, q, params, moms=0.8, seed=5, perturbation=perturbation)
     gen = torch.Generator().manual_seed(5)
     target = torch.linspace(-3, 3, dim)
     w_ref, m = torch.zeros(dim), None
@@ -112,7 +115,8 @@ def test_optimiser_matches_reference_formulas(opt_type):
         cand = opt.ask(1000)
         info = opt.tell(quadratic(cand, target))
         w = opt.point
-        z = ref.segmented_uniform(q, dim, gen)
+        # philox: the counter stream (seed, stream 0, step k); official: the generator's draw order
+        z = perturb_ref.perturb(5, 0, k, q, dim) if perturbation == "philox" else ref.segmented_uniform(q, dim, gen)
         ck, ak = ref.c_k(k, c, gamma), ref.a_k(k, a, o, alpha)
         lo = quadratic(ref.antithetic_candidates(w_ref, z, ck), target)
         g = ref.spsa_estimate(lo[:q], lo[q:], z, ck)

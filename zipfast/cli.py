@@ -67,7 +67,7 @@ def _config_from_args(args):
     flags = {"budget": args.budget, "shots": args.shots, "seed": args.seed, "model": args.model,
              "pretrained": args.pretrained, "dataset": args.data, "output_dir": args.output_dir,
              "backend": args.backend, "precision": args.precision, "device": args.device,
-             "opt_type": args.opt_type, "test_per_class": args.test_per_class,
+             "opt_type": args.opt_type, "perturbation": args.perturbation, "test_per_class": args.test_per_class,
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
              "feature_bank": args.feature_bank, "augment": args.augment, "method": args.method,
              "method_options": parse_method_opts(args.method_opt)}
@@ -96,14 +96,22 @@ def cmd_train(args) -> int:
     """Checks in the order that fails fastest: config, device, checkpoint, output directory
     (locked for the run), then the model and data load, image check and training."""
     from . import ZIPTrainer
-    from .paper import official
+    from .paper import official, official_image
     from .env import resolve_device
     from .rundir import RunDir
     from .trainer import read_checkpoint
 
+    if official_image.wanted(args):  # --trainer BPTVLM | BAR | BlackVIP
+        return official_image.run(args, build_run, _match_image_size)
     if official.wanted(args):
         return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)
+    from .methods import IMAGE_METHODS
+
+    if cfg.method in IMAGE_METHODS:  # --method bptvlm | bar | blackvip (need images)
+        from .image_trainer import train_image_method
+
+        return train_image_method(cfg, args, build_run, _match_image_size)
     resolve_device(cfg.device)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues the run in the "
@@ -215,12 +223,16 @@ def cmd_compare(args) -> int:
     """Methods × seeds on one task with one budget: table, CSV and accuracy-vs-queries plot."""
     from .compare import compare, markdown_table, summarise
     from .config import ConfigError, TrainConfig
-    from .methods import METHODS
+    from .methods import IMAGE_METHODS, METHODS
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: unknown method(s) {bad or args.methods!r}; choose from {', '.join(METHODS)}")
+    image = [m for m in methods if m in IMAGE_METHODS]
+    if image:
+        raise ConfigError(f"--methods {','.join(image)}: the image-side methods are not in `zipfast compare` yet "
+                          f"(they need an image folder); run python -m zipfast.image_compare")
     seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
     options: dict = {}
     for key, value in (parse_method_opts(args.method_opt) or {}).items():
@@ -291,10 +303,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--shots", type=int, default=None, help="images per class (DATASET.NUM_SHOTS)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--method", default=None, help="zip (default), sharpzo, zo-sgd or zsclip")
+    t.add_argument("--method", default=None, help="zip (default), sharpzo, zo-sgd, zsclip, or the image-side "
+                   "bptvlm, bar, blackvip (these need --data an image folder)")
     t.add_argument("--method-opt", action="append", default=None, metavar="KEY=VALUE",
                    help="an option of the method's section, e.g. change_point=30 (repeatable; README lists them)")
     t.add_argument("--opt-type", default=None, help="ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc")
+    t.add_argument("--perturbation", default=None, choices=("philox", "official"),
+                   help="ZIP's perturbation stream: philox (default; counter-based, regenerated on any device) "
+                        "or official (the official code's torch.Generator draw order)")
     t.add_argument("--precision", default=None, help="auto (per device; default), fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
     t.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")

@@ -34,6 +34,9 @@ class ConfigError(UserError):
 
 
 OPT_TYPES = ("spsa-clip", "spsa", "spsa-gc")
+# ZIP's perturbation stream: counter-based Philox (default, zipfast.ops.perturb) or the official
+# torch.Generator draw order (fidelity checks).
+PERTURBATIONS = ("philox", "official")
 PRECISIONS = ("auto", "fp32", "fp16", "amp", "bf16")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # Dassl's INPUT.INTERPOLATION choices
 TRANSFORMS = ("random_resized_crop", "random_flip", "normalize", "center_crop", "resize")
@@ -83,6 +86,7 @@ class TrainConfig:
     intrinsic_dim: int = 500
     rank: int = 5
     opt_type: str = "spsa-clip"
+    perturbation: str = "philox"  # see PERTURBATIONS
     sp_avg: int = 5
     spsa_params: tuple[float, ...] = (1.0, 0.01, 0.01, 0.4, 0.1)  # (o, c, a, alpha, gamma)
     moms: float = 0.8
@@ -238,7 +242,7 @@ def _validate_floats(cfg: TrainConfig) -> None:
 
 
 def _validate_choices(cfg: TrainConfig) -> None:
-    for field, choices in (("opt_type", OPT_TYPES), ("precision", PRECISIONS),
+    for field, choices in (("opt_type", OPT_TYPES), ("perturbation", PERTURBATIONS), ("precision", PRECISIONS),
                            ("interpolation", INTERPOLATIONS), ("augment", AUGMENTS)):
         value = getattr(cfg, field)
         if value not in choices:

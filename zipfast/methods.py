@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from . import image_options
 from .optim import SPSA
 from .optim.protocol import Optimizer
 from .optim.sharpzo import GRAD_ESTIMATORS, MASK_ENDS, SharpZO
@@ -101,7 +102,15 @@ METHODS: dict[str, Method] = {
                       SharpZOOptions, "stage 1: 2·grad_dirs + popsize = 50 per generation (cge: 2·d + popsize); "
                                       "stage 2: 2·pairs = 2 per step, + 2·grad_dirs every P steps"),
     "zsclip": Method("zsclip", "zero-shot CLIP: a hand-written template prompt", ZeroShotOptions, "0"),
+    # image-side methods: trained by zipfast.image_trainer.ImagePromptTrainer (they need images)
+    "bptvlm": Method("bptvlm", "BPT-VLM: CMA-ES over 5 text + 5 visual prompt tokens (2,000 + 2,000 dims)",
+                     image_options.BPTVLMConfig, "pop_size × minibatches per epoch = 15 per generation"),
+    "bar": Method("bar", "BAR: a reprogramming frame around the image, one-sided random gradient-free",
+                  image_options.BARConfig, "1 + q = 6 per step"),
+    "blackvip": Method("blackvip", "BlackVIP: input-dependent visual prompt (MAE encoder + decoder), SPSA-GC",
+                       image_options.BlackVIPConfig, "2·sp_avg = 10 per step"),
 }
+IMAGE_METHODS = image_options.METHODS
 
 
 def _coerce(name: str, field: dataclasses.Field, value: Any) -> Any:
@@ -115,10 +124,11 @@ def _coerce(name: str, field: dataclasses.Field, value: Any) -> Any:
             value = value.lower() == "true"
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+          "bool": isinstance(value, bool), "str": isinstance(value, str),
+          "tuple": isinstance(value, (tuple, list))}[kind]
     if not ok:
         raise MethodOptionError(f"method option {name}.{field.name} must be a {kind}, got {value!r}")
-    return float(value) if kind == "float" else value
+    return float(value) if kind == "float" else tuple(value) if kind == "tuple" else value
 
 
 def resolve_options(method: str, overrides: Mapping[str, Any] | None = None):
@@ -136,6 +146,11 @@ def resolve_options(method: str, overrides: Mapping[str, Any] | None = None):
     values = {k: _coerce(method, fields[k], v) for k, v in overrides.items()}
     if method == "sharpzo" and values.get("preset", "paper") == "released":
         values = {**SHARPZO_RELEASED, **values}
+    if method in image_options.METHODS:
+        try:
+            return image_options.validate(method, cls(**values))
+        except image_options.ImageOptionError as e:
+            raise MethodOptionError(str(e)) from e
     opts = cls(**values)
     _check_ranges(method, opts)
     return opts
@@ -185,7 +200,8 @@ def build(config, ctx0: torch.Tensor, seed_for: Callable[[int], int], tags) -> t
     w0 = space.init_params(gen(params_tag))
     if config.method == "zo-sgd":
         return space, ZOSGD(w0, opts.pairs, opts.mu, opts.lr, seed=seed_for(optim_tag))
-    return space, SPSA(w0, config.opt_type, config.sp_avg, config.spsa_params, config.moms, seed=seed_for(optim_tag))
+    return space, SPSA(w0, config.opt_type, config.sp_avg, config.spsa_params, config.moms, seed=seed_for(optim_tag),
+                       perturbation=config.perturbation)
 
 
 def space_from_state_dict(sd: dict, device):

@@ -41,12 +41,12 @@ from .text import ClassPrompts, TextTower, init_context_from_text
 
 log = logging.getLogger("zipfast.trainer")
 # Settings that determine the trajectory: a checkpoint only resumes a run that agrees on all.
-TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "sp_avg",
+TRAJECTORY_KEYS = ("model", "pretrained", "n_ctx", "ctx_init", "intrinsic_dim", "rank", "opt_type", "perturbation", "sp_avg",
                    "spsa_params", "moms", "batch_size", "shots", "seed", "image_size", "interpolation",
                    "pixel_mean", "pixel_std", "transforms", "precision", "dataset", "test_per_class",
                    "feature_bank", "augment", "method", "method_options")
 # Trajectory keys added after the first checkpoint format, with the value older checkpoints imply.
-_IMPLIED = {"method": "zip", "method_options": {}}
+_IMPLIED = {"method": "zip", "method_options": {}, "perturbation": "official"}
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
@@ -211,7 +211,14 @@ class ZIPTrainer:
         unlogged = None
         stop = StopSignals("the current step").install()
         try:
+            fused = self._fused_step()
             while self.optimizer is not None and (remaining := c.budget - self.queries) > 0:
+                if fused is not None and remaining >= 2 * c.sp_avg:  # the CUDA-graph step (zipfast.step)
+                    self._fused_round(fused, log, ckpt, start)
+                    bar.update(2 * c.sp_avg)
+                    if stop.requested is not None:
+                        break
+                    continue
                 cand = self.optimizer.ask(remaining)
                 if len(cand) == 0:
                     break
@@ -266,6 +273,52 @@ class ZIPTrainer:
         if report_path is not None:
             save_json(report, report_path)
         return report
+
+    def _fused_step(self):
+        """The fused static-buffer step (zipfast.step.FusedZIPStep) where it applies: ZIP's SPSA on
+        the counter-based stream, the batched engine, no per-step hooks; on CUDA (a captured graph)
+        by default, anywhere with ZIPFAST_FUSED_STEP=1 (eager), never with ZIPFAST_FUSED_STEP=0."""
+        import os
+
+        from .batched import BatchedEngine
+        from .optim import SPSA
+        from .step import FusedZIPStep
+
+        want = os.environ.get("ZIPFAST_FUSED_STEP", "auto")
+        opt, c = self.optimizer, self.config
+        if want == "0" or (want != "1" and self.device.type != "cuda") or self.step_hooks:
+            return None
+        if not (isinstance(opt, SPSA) and opt.perturbation == "philox" and isinstance(self.engine, BatchedEngine)):
+            return None
+        feat_dim = self.source.train_batch(batch_indices(self.source.n_train, c.batch_size, 1, c.seed), 1,
+                                           c.seed)[0].shape[-1]
+        return FusedZIPStep(self.space, self.engine, opt.point, seed=opt.seed, q=c.sp_avg, batch_size=c.batch_size,
+                            feat_dim=feat_dim, spsa_params=c.spsa_params, opt_type=c.opt_type, moms=c.moms,
+                            step=opt.step, momentum=opt.momentum)
+
+    def _fused_round(self, fused, log, ckpt, start) -> None:
+        """One fused step; the host reads its statistics only on log, checkpoint and final steps."""
+        c, k = self.config, self.step + 1
+        feats, labels = self.source.train_batch(batch_indices(self.source.n_train, c.batch_size, k, c.seed), k, c.seed)
+        fused(feats.to(self.device, torch.float32), labels.to(self.device))
+        opt = self.optimizer  # the optimiser stays the owner of the state (checkpoints, evaluate)
+        opt.w, opt.step = fused.w.clone(), k
+        if c.opt_type == "spsa-gc":
+            opt.momentum = fused.momentum.clone()
+        self.queries += 2 * c.sp_avg
+        self.elapsed = time.perf_counter() - start
+        last = self.queries + 2 * c.sp_avg > c.budget
+        save = ckpt is not None and c.checkpoint_every and k % c.checkpoint_every == 0
+        if k % c.log_every == 0 or last or save:
+            rec = {"step": k, "queries": self.queries, **fused.record(), "time_s": round(self.elapsed, 4)}
+            if not all(map(math.isfinite, (rec["loss"], rec["grad_norm"]))):
+                raise NonFiniteLossError(f"non-finite loss or gradient by step {k} of the fused step ({rec}); "
+                                         "rerun with ZIPFAST_FUSED_STEP=0 to stop at the first bad step")
+            self.last_record = rec
+            if log is not None:
+                log.write(rec)
+        if save:
+            self.save_checkpoint(ckpt)
 
     def evaluate(self, w: torch.Tensor | None = None) -> float:
         """Test accuracy (%) of the prompt of w (default: the current one)."""

@@ -9,4 +9,4 @@ from .registry import BackendUnavailableError, fallbacks, format_table, register
 __all__ = ["registry", "register", "resolve", "table", "format_table", "fallbacks", "BackendUnavailableError"]
 
 # one line per op: importing it registers its implementations
-from . import prefix_attention  # noqa: E402,F401
+from . import candidates, clip_loss, perturb, prefix_attention, spsa_update  # noqa: E402,F401

@@ -33,7 +33,7 @@ log = logging.getLogger("zipfast.paper")
 
 TRAINERS = {"ZIP": "zip", "ZeroshotCLIP": "zsclip", "ZSCLIP": "zsclip"}
 # Official trainers zipfast does not run (yet): refused by name rather than misread.
-NOT_IMPLEMENTED = ("BPTVLM", "BAR", "BlackVIP", "ZeroshotCLIP2", "CoOp", "CoCoOp")
+NOT_IMPLEMENTED = ("ZeroshotCLIP2", "CoOp", "CoCoOp")  # BPTVLM, BAR, BlackVIP: official_image
 RESULT_FILE = "result.json"
 PAPER_PREFIX = "paper:"
 
@@ -42,7 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """train.py's flags (those zipfast's `train` did not already have)."""
     g = p.add_argument_group("official train.py flags")
     g.add_argument("--root", default="", help="DATASET.ROOT: the folder holding the datasets ($DATA)")
-    g.add_argument("--trainer", default="", help="TRAINER.NAME: ZIP or ZeroshotCLIP (ZSCLIP)")
+    g.add_argument("--trainer", default="", help="TRAINER.NAME: ZIP, ZeroshotCLIP (ZSCLIP), BPTVLM, BAR or BlackVIP")
+    g.add_argument("--blackvip-encoder", default=None, metavar="DIR|none",
+                   help="BlackVIP's encoder: a local transformers directory (default: the hub name of "
+                        "TRAINER.BLACKVIP.PT_BACKBONE), or none for random weights")
     g.add_argument("--dataset-config-file", default="", help="configs/datasets/<name>.yaml (sets DATASET.NAME)")
     g.add_argument("--model-dir", default="", help="run folder whose checkpoint --eval-only evaluates")
     g.add_argument("--load-epoch", type=int, default=None, help="accepted; a zipfast checkpoint holds the final prompt")

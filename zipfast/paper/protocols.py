@@ -33,6 +33,9 @@ class Plan:
         for m in methods:
             if m not in METHODS:
                 raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+            if m in ("bptvlm", "bar", "blackvip"):
+                raise ValueError(f"method {m!r} runs through --trainer {m.upper() if m != 'blackvip' else 'BlackVIP'} "
+                                 f"(one official script line per run), not bench-paper yet")
         default = {"few-shot": FEWSHOT_DATASETS, "base2new": FEWSHOT_DATASETS,
                    "cross-dataset": CROSS_DATASET_TARGETS, "ood": OOD_DATASETS}[protocol]
         self.protocol, self.methods, self.seeds, self.shots = protocol, list(methods), list(seeds), shots

@@ -1,0 +1,311 @@
+"""The optimisers of the image-side baselines, in ask/tell form.
+
+Each owns its state and its point, asks for at most `allowance` candidates [K, dim], is told
+their K losses and returns a dict of step statistics; the trainer owns the budget and the
+query count. State dicts hold tensors and JSON values only (zipfast's checkpoint contract).
+
+- `BARGradientFree`: BAR's one-sided randomized gradient-free estimate (q = 5 random unit
+  directions, 1 + q queries per step) with BAR's polynomial step-size decay.
+- `SPSAGC`: BlackVIP's SPSA with gradient correction (momentum), through the shared
+  `zipfast.optim.SPSA` (opt_type "spsa-gc"), candidates in the official query order.
+- `PyCMA`: BPT-VLM's CMA-ES, pycma itself (as the official `es_algorithms/CMA_ES.py`), with
+  its numpy RNG isolated and its state stored as seed + fitness history (replayed on load).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .optim import SPSA
+from .optim.protocol import Optimizer
+
+
+def _empty(dim: int) -> torch.Tensor:
+    return torch.empty(0, dim)
+
+
+# ------------------------------------------------------------------------------ BAR
+
+
+class BARGradientFree(Optimizer):
+    """Step k asks [w ; w + β·u_1 ; … ; w + β·u_q], u_j uniform on the unit sphere of R^d, and
+    updates w ← w − a_k · Σ_j (d / q) · u_j · (L(w + β u_j) − L(w)) / β with
+    a_k = (lr0 − lr_min) · (1 − min(k, T) / T)^decay + lr_min, T = total_steps · decay.
+
+    Official values (TRAINER.BAR): q = SP_AVG 5, β = SMOOTH 0.01, σ = SIMGA 1 (the scale of
+    the Gaussian draw before normalisation, so it cancels), LRS (10, 0.1), DECAYING 0.9;
+    total_steps = OPTIM.MAX_EPOCH × minibatches per epoch.
+    """
+
+    name = "bar-rgf"
+
+    def __init__(self, w0: torch.Tensor, q: int = 5, beta: float = 0.01, sigma: float = 1.0,
+                 lrs=(10.0, 0.1), decay: float = 0.9, total_steps: int = 1000, seed: int = 0):
+        if q < 1 or beta <= 0 or sigma <= 0 or decay <= 0 or total_steps < 1:
+            raise ValueError(f"BAR needs q ≥ 1, SMOOTH > 0, SIMGA > 0, DECAYING > 0 and total steps ≥ 1; got "
+                             f"q={q}, SMOOTH={beta}, SIMGA={sigma}, DECAYING={decay}, total steps={total_steps}")
+        self.w = w0.detach().clone().float()
+        self.dim = self.w.numel()
+        self.q, self.beta, self.sigma = int(q), float(beta), float(sigma)
+        self.lr0, self.lr_min = (float(v) for v in lrs)
+        self.decay, self.total_steps = float(decay), int(total_steps)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self._pending = None
+
+    @property
+    def point(self) -> torch.Tensor:
+        return self.w
+
+    def lr(self, k: int) -> float:
+        T = self.total_steps * self.decay
+        return (self.lr0 - self.lr_min) * (1 - min(k, T) / T) ** self.decay + self.lr_min
+
+    def ask(self, allowance: int) -> torch.Tensor:
+        """[1 + q', d] with q' = min(q, allowance − 1); nothing when fewer than 2 queries remain."""
+        q = min(self.q, allowance - 1)
+        if q < 1:
+            return _empty(self.dim)
+        u = torch.randn(q, self.dim, generator=self.generator) * self.sigma
+        u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
+        self._pending = u
+        return torch.cat([self.w.unsqueeze(0), self.w + self.beta * u])
+
+    def discard(self) -> None:
+        self._pending = None
+
+    def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
+        if self._pending is None:
+            raise RuntimeError("tell() called without a preceding ask()")
+        u = self._pending
+        q = u.shape[0]
+        losses = losses.detach().float().cpu()
+        if losses.shape != (1 + q,):
+            raise ValueError(f"expected {1 + q} losses, got shape {tuple(losses.shape)}")
+        k = self.step + 1
+        g = (self.dim / q) * ((losses[1:] - losses[0]) / self.beta) @ u
+        ak = self.lr(k)
+        self.w = self.w - ak * g
+        self.step, self._pending = k, None
+        return {"loss": float(losses[0]), "lr": ak, "grad_norm": float(torch.linalg.vector_norm(g)), "q": q}
+
+    def state_dict(self) -> dict:
+        return {"kind": "bar-rgf", "w": self.w.clone(), "q": self.q, "beta": self.beta, "sigma": self.sigma,
+                "lrs": [self.lr0, self.lr_min], "decay": self.decay, "total_steps": self.total_steps,
+                "step": self.step, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, sd: dict, device="cpu") -> None:
+        _check_same(self.state_dict(), sd, ("kind", "q", "beta", "sigma", "lrs", "decay", "total_steps"))
+        self.w, self.step = sd["w"].clone().float(), int(sd["step"])
+        self.generator.set_state(sd["generator"])
+
+
+# ------------------------------------------------------------------------------ BlackVIP
+
+
+class SPSAGC(Optimizer):
+    """BlackVIP's SPSA-GC on the flat decoder vector w: per step q pairs w ± c_k z_j asked in
+    the official query order [+1, −1, +2, −2, …] (it matters for the decoder's BatchNorm
+    running statistics); the arithmetic is `zipfast.optim.SPSA` with opt_type "spsa-gc"."""
+
+    name = "blackvip-spsa"
+
+    def __init__(self, w0: torch.Tensor, sp_avg: int = 5, spsa_params=(1.0, 0.01, 0.01, 0.4, 0.1),
+                 moms: float = 0.8, seed: int = 0, opt_type: str = "spsa-gc"):
+        if opt_type not in ("spsa-gc", "spsa"):
+            raise ValueError(f"TRAINER.BASIC.OPT_TYPE {opt_type!r}: BlackVIP runs 'spsa-gc' or 'spsa'")
+        self.spsa = SPSA(w0.detach().clone().float(), opt_type, sp_avg, spsa_params, moms, seed=seed)
+        self.dim = self.spsa.dim
+        self._order = None
+
+    @property
+    def point(self) -> torch.Tensor:
+        return self.spsa.point
+
+    @property
+    def step(self) -> int:
+        return self.spsa.step
+
+    def ask(self, allowance: int) -> torch.Tensor:
+        cand = self.spsa.ask(allowance)  # [+1..+q ; −1..−q], q = min(sp_avg, allowance // 2)
+        if cand.shape[0] == 0:
+            return cand
+        pairs = cand.shape[0] // 2
+        self._order = torch.arange(2 * pairs).view(2, pairs).T.flatten()  # → +1, −1, +2, −2, …
+        return cand[self._order]
+
+    def discard(self) -> None:
+        self.spsa.discard()
+        self._order = None
+
+    def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
+        if self._order is None:
+            raise RuntimeError("tell() called without a preceding ask()")
+        back = torch.empty_like(losses.detach().float().cpu())
+        back[self._order] = losses.detach().float().cpu()
+        info = self.spsa.tell(back)
+        self._order = None
+        return info
+
+    def state_dict(self) -> dict:
+        return {"kind": "blackvip-spsa", "spsa": self.spsa.state_dict()}
+
+    def load_state_dict(self, sd: dict, device="cpu") -> None:
+        if sd.get("kind") != "blackvip-spsa":
+            raise ValueError(f"optimiser state is for {sd.get('kind')!r}, this run has 'blackvip-spsa'")
+        self.spsa.load_state_dict(sd["spsa"], device)
+
+
+# ------------------------------------------------------------------------------ BPT-VLM
+
+
+class _NumpyRNG:
+    """pycma draws from numpy's global RNG: run it under a private state, leave the caller's alone."""
+
+    def __init__(self):
+        self.state = None
+
+    def __enter__(self):
+        self._outer = np.random.get_state()
+        if self.state is not None:
+            np.random.set_state(self.state)
+
+    def __exit__(self, *exc):
+        self.state = np.random.get_state()
+        np.random.set_state(self._outer)
+
+
+class PyCMA(Optimizer):
+    """CMA-ES (pycma) from mean 0 with σ0 = SIGMA and population POP_SIZE, options as the
+    official shallow_cma: seed = SEED, maxiter = BUDGET / POP_SIZE, bounds ±BOUND if BOUND > 0.
+
+    A generation's candidates may be asked in several parts (the last one of a budget is
+    evaluated in part and never told, as officially). `point` is the best candidate seen
+    (the official BPT-VLM tests its best prompt), `mean` the distribution mean.
+    """
+
+    name = "pycma"
+
+    def __init__(self, dim: int, popsize: int = 15, sigma: float = 1.0, seed: int = 1, cma_budget: int = 6000,
+                 bound: float = 0.0):
+        if popsize < 2 or sigma <= 0 or cma_budget < popsize:
+            raise ValueError(f"CMA-ES needs POP_SIZE ≥ 2, SIGMA > 0 and BUDGET ≥ POP_SIZE; got POP_SIZE={popsize}, "
+                             f"SIGMA={sigma}, BUDGET={cma_budget}")
+        self.dim, self.popsize, self.sigma, self.seed = int(dim), int(popsize), float(sigma), int(seed)
+        self.cma_budget, self.bound = int(cma_budget), float(bound)
+        self.history: list[list[float]] = []  # fitnesses of every told generation
+        self.best_x = torch.zeros(self.dim, dtype=torch.float64)
+        self.best_f: float | None = None
+        self._start()
+
+    def _options(self) -> dict:
+        opts = {"seed": self.seed, "popsize": self.popsize, "maxiter": self.cma_budget / self.popsize,
+                "verbose": -1}
+        if self.bound > 0:
+            opts["bounds"] = [-self.bound, self.bound]
+        return opts
+
+    def _start(self) -> None:
+        import cma
+
+        self._rng = _NumpyRNG()
+        with self._rng:
+            self.es = cma.CMAEvolutionStrategy(self.dim * [0], self.sigma, inopts=self._options())
+        self._solutions = None  # the current generation (numpy arrays), once asked
+        self._fitness: list[float] = []
+        self._asked = 0
+
+    @property
+    def point(self) -> torch.Tensor:
+        return self.best_x.float()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.es.mean, dtype=np.float64).copy())
+
+    @property
+    def step(self) -> int:
+        return len(self.history)
+
+    def _generation(self):
+        if self._solutions is None:
+            with self._rng:
+                self._solutions = self.es.ask()
+            self._fitness, self._asked = [], 0
+        return self._solutions
+
+    def ask(self, allowance: int) -> torch.Tensor:
+        """The next min(allowance, remaining of this generation) candidates [K, dim] (float32, as the
+        official prompts; pycma is told its own float64 solutions)."""
+        if allowance < 1:
+            return _empty(self.dim)
+        sols = self._generation()
+        if self._asked != len(self._fitness):
+            raise RuntimeError("ask() again before tell() of the previous candidates")
+        part = sols[self._asked:self._asked + allowance]
+        self._asked += len(part)
+        return torch.from_numpy(np.stack(part)).float()
+
+    def discard(self) -> None:
+        self._asked = len(self._fitness)
+
+    def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
+        losses = [float(v) for v in losses.detach().double().cpu()]
+        n = self._asked - len(self._fitness)
+        if len(losses) != n:
+            raise ValueError(f"expected {n} losses, got {len(losses)}")
+        start = len(self._fitness)
+        for i, f in enumerate(losses):
+            if self.best_f is None or f < self.best_f:
+                self.best_f = f
+                self.best_x = torch.from_numpy(self._solutions[start + i].copy())
+        self._fitness += losses
+        info = {"loss": min(losses), "mean_loss": sum(losses) / len(losses), "best_loss": self.best_f,
+                "generation": len(self.history) + 1, "evaluated": len(self._fitness)}
+        if len(self._fitness) == self.popsize:
+            with self._rng:
+                self.es.tell(self._solutions, self._fitness)
+            self.history.append(self._fitness)
+            self._solutions = None
+            info["sigma"] = float(self.es.sigma)
+        return info
+
+    def state_dict(self) -> dict:
+        return {"kind": "pycma", "dim": self.dim, "popsize": self.popsize, "sigma": self.sigma, "seed": self.seed,
+                "cma_budget": self.cma_budget, "bound": self.bound,
+                "history": torch.tensor(self.history, dtype=torch.float64).view(-1, self.popsize),
+                "partial": torch.tensor(self._fitness if self._solutions is not None else [], dtype=torch.float64),
+                "best_x": self.best_x.clone(), "best_f": self.best_f}
+
+    def load_state_dict(self, sd: dict, device="cpu") -> None:
+        """Rebuild pycma by replaying every told generation (pycma is deterministic given its seed
+        and the fitnesses), then re-ask a partly evaluated generation."""
+        _check_same(self.state_dict(), sd, ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound"))
+        self._start()
+        self.history = []
+        for row in sd["history"].tolist():
+            sols = self._generation()
+            with self._rng:
+                self.es.tell(sols, row)
+            self.history.append(row)
+            self._solutions = None
+        partial = sd["partial"].tolist()
+        if partial:
+            self._generation()
+            self._fitness, self._asked = partial, len(partial)
+        self.best_x = sd["best_x"].clone().to(torch.float64)
+        self.best_f = None if sd["best_f"] is None else float(sd["best_f"])
+
+
+def _check_same(mine: dict, theirs: dict, keys) -> None:
+    for key in keys:
+        a, b = mine[key], theirs.get(key)
+        if isinstance(a, float) and isinstance(b, (int, float)):
+            same = math.isclose(a, b, rel_tol=0, abs_tol=0)
+        else:
+            same = (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+        if not same:
+            raise ValueError(f"optimiser state is for {key}={b!r}, this run has {a!r}")

@@ -1,0 +1,345 @@
+"""`ImagePromptTrainer`: BPT-VLM, BAR and BlackVIP on the batched image engine.
+
+Data flow of one step: optimiser.ask(allowance) → K candidates [K, dim] → parameter space /
+prompter (frame, coordinator, visual tokens + text context) → image engine (K × B images in
+one batched pass; for BPT-VLM also one batched text pass) → K losses → optimiser.tell.
+The trainer owns the budget and the query count: one query = one loss evaluation of one
+candidate on one minibatch, and the budget is never exceeded.
+
+Minibatches: BAR and BlackVIP evaluate all candidates of a step on the step's minibatch
+(as officially). BPT-VLM's fitness of a candidate is its mean loss over one epoch of
+minibatches (each one query), every candidate drawing the next epoch of the loader, as the
+official trainer does. Minibatch t (1, 2, …) and its augmentation are derived from
+(seed, t), so resumes are bit-exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import __version__
+from .batched import make_engine
+from .config import TrainConfig
+from .data.pixels import PixelSource
+from .data.sources import batch_indices, derive_seed
+from .image_config import METHODS, config_to_dict, method_config
+from .image_engine import image_logits, losses_and_accuracy, make_image_engine
+from .image_optim import BARGradientFree, PyCMA, SPSAGC
+from .image_tower import ImageTower
+from .checkpoint import CHECKPOINT_NAME, CheckpointMismatchError, read_checkpoint, write_checkpoint
+from .io import save_json
+from .models import resolve_device
+from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
+from .text import ClassPrompts, TextTower
+
+log = logging.getLogger("zipfast.image")
+
+CHECKPOINT_FORMAT = "zipfast-image-checkpoint-v1"
+DEFAULT_TEMPLATE = "a photo of a {}."  # BAR/BlackVIP's fixed text when no dataset template is known
+_SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM = 20, 21, 22
+_TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
+               "pixel_mean", "pixel_std", "precision", "dataset", "test_per_class")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class ImagePromptTrainer:
+    """method: "bptvlm" | "bar" | "blackvip"; model: an open_clip CLIP; classnames; config:
+    TrainConfig (shared settings); method_cfg: the method's config (defaults when None);
+    data: a FewShotImageFolder. encoder: BlackVIP's coordinator encoder, built by
+    `prompters.blackvip.load_coordinator_encoder` from the config when None.
+    """
+
+    def __init__(self, method: str, model, classnames, config: TrainConfig, data, method_cfg=None, tokenizer=None,
+                 encoder=None, template: str = DEFAULT_TEMPLATE, output_dir=None, progress: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
+        config.validate()
+        self.method, self.config, self.progress = method, config, progress
+        self.mcfg = method_cfg if method_cfg is not None else method_config(method)
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device).eval()
+        self.classnames = list(classnames)
+        if tokenizer is None:
+            import open_clip
+
+            tokenizer = open_clip.get_tokenizer(config.model)
+        self.tower = ImageTower(self.model)
+        precision = config.precision
+        if method == "bar" and precision == "auto":
+            # BAR's one-sided differences move W by β = 0.01 along a unit vector of 150,528 dims:
+            # the loss changes by ~1e-5 relative, far below bf16/fp16 rounding. The official BAR runs fp32.
+            precision = "fp32"
+            log.info("BAR: precision auto -> fp32 (its loss differences are below bf16/fp16 resolution)")
+        self.precision_note = "BAR: auto -> fp32" if precision != config.precision else None
+        self.engine = make_image_engine(config.backend, self.tower, precision)
+        self._check_sizes()
+        c, seed = config, config.seed
+        self.source = PixelSource(data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation)
+        if len(data.classnames) != len(self.classnames):
+            raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
+        self.steps_per_epoch = max(1, self.source.n_train // c.batch_size)
+        g_space = torch.Generator().manual_seed(derive_seed(seed, _SEED_SPACE))
+        g_params = torch.Generator().manual_seed(derive_seed(seed, _SEED_PARAMS))
+        seed_opt = derive_seed(seed, _SEED_OPTIM)
+        m = self.mcfg
+        self.text_features = None
+        if method == "bptvlm":
+            self.tower.require_tokens()
+            text = TextTower(self.model)
+            self.prompts = ClassPrompts.build(text, tokenizer, self.classnames, m.tokens_l)
+            self.text_engine = make_engine(c.backend, text, self.prompts, precision)
+            self.space = BPTVLMSpace.create(text.token_embedding.weight, self.model.visual.conv1.weight, m.tokens_l,
+                                            m.tokens_v, m.intrinsic_dim_l, m.intrinsic_dim_v, m.sigma, g_space
+                                            ).to(self.device)
+            # pycma is seeded with SEED itself, as the official shallow_cma
+            self.optimizer = PyCMA(self.space.dim, m.pop_size, m.sigma, seed, m.cma_budget, m.bound)
+            self.cost = self.steps_per_epoch  # queries per candidate
+        else:
+            self.text_features = self._fixed_text(tokenizer, template)
+            if method == "bar":
+                self.space = ReprogrammingFrame(m.frame_size, c.image_size, c.pixel_mean, c.pixel_std)
+                self.optimizer = BARGradientFree(self.space.init_params(g_params), m.q, m.smooth, m.sigma, m.lrs,
+                                                 m.decaying, m.max_epoch * self.steps_per_epoch, seed_opt)
+            else:
+                if encoder is None:
+                    from .prompters.blackvip import load_coordinator_encoder
+
+                    encoder = load_coordinator_encoder(m.backbone, m.encoder or None, seed=seed)
+                encoder = encoder.to(self.device)
+                self.space = CoordinatorPrompter(encoder, encoder.z_dim, m.src_dim, m.p_eps, c.pixel_mean,
+                                                 c.pixel_std, c.image_size)
+                self.optimizer = SPSAGC(self.space.init_params(g_params), m.sp_avg, m.spsa_params, m.moms, seed_opt,
+                                        m.opt_type)
+            self.cost = 1
+        self.queries, self.batches, self.elapsed = 0, 0, 0.0
+        self.last_record: dict | None = None
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.step_hooks: list = []  # called as hook(trainer, record) after every step (e.g. test curves)
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_sizes(self) -> None:
+        size = self.tower.image_size
+        c = self.config
+        want = self.mcfg.frame_size if self.method == "bar" else c.image_size
+        key = "TRAINER.BAR.FRAME_SIZE" if self.method == "bar" else "INPUT.SIZE (image_size)"
+        if size is not None and want != size:
+            raise ValueError(f"{key} is {want} but the model's image tower takes {size} px; set it to {size}")
+
+    def _fixed_text(self, tokenizer, template: str) -> torch.Tensor:
+        """The hand-written prompt's text features [1, C, E] (normalised), computed once."""
+        tokens = tokenizer([template.format(n.replace("_", " ")) for n in self.classnames]).to(self.device)
+        with torch.no_grad():
+            return F.normalize(self.model.encode_text(tokens).float(), dim=-1).unsqueeze(0)
+
+    # ------------------------------------------------------------------ one step
+
+    def _batch(self, t: int):
+        c = self.config
+        idx = batch_indices(self.source.n_train, c.batch_size, t, c.seed)
+        return self.source.train_batch(idx, t, c.seed)
+
+    def evaluate_candidates(self, cand: torch.Tensor):
+        """cand [K, dim] → (losses [K], accuracies [K]) on the next minibatch(es); advances the
+        minibatch counter. Counts K × cost queries."""
+        K = cand.shape[0]
+        if self.method != "bptvlm":
+            x, y = self._batch(self.batches + 1)
+            feats = self.engine.features(self.space, cand, x)
+            logits = image_logits(feats, self.text_features, self.tower.logit_scale.detach())
+            self.batches += 1
+            return losses_and_accuracy(logits, y, self.mcfg.focal_g if self.method == "bar" else None)
+        text = F.normalize(self.text_engine.text_features(self.space.text_ctx(cand)), dim=-1)  # one text pass
+        total_l, total_a = torch.zeros(K), torch.zeros(K)
+        for b in range(self.cost):  # candidate k reads minibatches batches + k·cost + b + 1
+            pairs = [self._batch(self.batches + k * self.cost + b + 1) for k in range(K)]
+            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            feats = self.engine.features(self.space, cand, x)
+            lo, ac = losses_and_accuracy(image_logits(feats, text, self.tower.logit_scale.detach()), y.to(self.device))
+            total_l, total_a = total_l + lo.cpu(), total_a + ac.cpu()
+        self.batches += K * self.cost
+        return total_l / self.cost, total_a / self.cost
+
+    def _paths(self):
+        d = self.output_dir
+        return (d / CHECKPOINT_NAME, d / "log.jsonl", d / "report.json") if d else (None, None, None)
+
+    def fit(self) -> dict:
+        c = self.config
+        ckpt, log_path, report_path = self._paths()
+        logf = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            logf = open(log_path, "a")
+        bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
+                   dynamic_ncols=True, desc=self.method)
+        start = time.perf_counter() - self.elapsed
+        if self.method == "blackvip":
+            self.space.train()
+        try:
+            while True:
+                cand = self.optimizer.ask((c.budget - self.queries) // self.cost)
+                if cand.shape[0] == 0:
+                    break
+                losses, accs = self.evaluate_candidates(cand)
+                if not bool(torch.isfinite(losses).all()):
+                    self.optimizer.discard()
+                    self.elapsed = time.perf_counter() - start
+                    where = ""
+                    if ckpt is not None:
+                        self.save_checkpoint(ckpt)
+                        where = f"; the last good state ({self.queries} queries) is in {ckpt}"
+                    raise NonFiniteLossError(f"non-finite loss after {self.queries} queries "
+                                             f"(losses {losses.tolist()}){where}")
+                info = self.optimizer.tell(losses.cpu())
+                self.queries += cand.shape[0] * self.cost
+                self.elapsed = time.perf_counter() - start
+                rec = {"step": self.optimizer.step, "queries": self.queries, **info,
+                       "train_acc": float(accs.mean()), "time_s": round(self.elapsed, 4)}
+                self.last_record = rec
+                if logf is not None:
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+                for hook in self.step_hooks:
+                    hook(self, rec)
+                bar.update(cand.shape[0] * self.cost)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+                if ckpt is not None and c.checkpoint_every and self.optimizer.step % c.checkpoint_every == 0:
+                    self.save_checkpoint(ckpt)
+        finally:
+            bar.close()
+            if logf is not None:
+                logf.close()
+        if ckpt is not None:
+            self.save_checkpoint(ckpt)
+        report = self.report(test_acc=self.evaluate())
+        if report_path is not None:
+            save_json(report, report_path)
+        return report
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, w: torch.Tensor | None = None) -> float:
+        """Test accuracy (%) of the optimiser's point (BPT-VLM: the best candidate seen), or of w."""
+        return self.test_metrics(w)[0]
+
+    def test_metrics(self, w: torch.Tensor | None = None) -> tuple[float, float]:
+        """(accuracy in %, mean training-objective loss) on the test split, of the point or of w."""
+        pred, true, loss = self.test_predictions(w)
+        return 100.0 * float((pred == true).float().mean()) if len(true) else 0.0, loss
+
+    def test_predictions(self, w: torch.Tensor | None = None):
+        """(predictions [M], labels [M], mean loss) on the test split, of the point or of w."""
+        w = (self.optimizer.point if w is None else w).unsqueeze(0)
+        if self.method == "blackvip":
+            self.space.eval()  # BatchNorm with the running statistics, as the official test
+        text = self.text_features
+        if self.method == "bptvlm":
+            text = F.normalize(self.text_engine.text_features(self.space.text_ctx(w)), dim=-1)
+        preds, trues, loss_sum = [], [], 0.0
+        gamma = self.mcfg.focal_g if self.method == "bar" else None
+        try:
+            for x, y in self.source.test_batches(self.config.test_batch_size):
+                feats = self.engine.features(self.space, w, x)
+                logits = image_logits(feats, text, self.tower.logit_scale.detach())
+                loss, _ = losses_and_accuracy(logits, y, gamma)
+                preds.append(logits[0].argmax(-1).cpu())
+                trues.append(y)
+                loss_sum += float(loss[0]) * len(y)
+        finally:
+            if self.method == "blackvip":
+                self.space.train()
+        pred, true = torch.cat(preds), torch.cat(trues)
+        return pred, true, loss_sum / max(1, len(true))
+
+    def report(self, test_acc: float | None = None) -> dict:
+        rec = self.last_record or {}
+        return {"method": self.method, "config": self.config.to_dict(), "method_config": config_to_dict(self.mcfg),
+                "seed": self.config.seed, "queries": self.queries, "steps": self.optimizer.step,
+                "budget": self.config.budget, "wall_time_s": round(self.elapsed, 3),
+                "queries_per_s": round(self.queries / self.elapsed, 2) if self.elapsed > 0 else None,
+                "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
+                "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
+                "precision": self.engine.precision, "precision_substitution": self.precision_note,
+                "device": str(self.device), "zipfast": __version__}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def fingerprint(self) -> dict:
+        cfg = self.config.to_dict()
+        return {"method": self.method, **{k: cfg[k] for k in _TRAJECTORY}, "method_config": config_to_dict(self.mcfg),
+                "classnames": self.classnames}
+
+    def state_dict(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "optimizer": self.optimizer.state_dict(),
+                "space": self.space.state_dict(), "queries": self.queries, "batches": self.batches,
+                "elapsed": self.elapsed, "last_record": self.last_record, "zipfast": __version__}
+
+    def save_checkpoint(self, path) -> None:
+        """Tensors in safetensors, the rest in JSON (zipfast.checkpoint); never pickle."""
+        write_checkpoint(path, self.state_dict(), self.fingerprint())
+
+    def load_checkpoint(self, path) -> None:
+        ck = read_checkpoint(path)
+        sd = ck.state
+        if sd.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointMismatchError(f"{ck.path} is not a checkpoint of an image-side method "
+                                          f"({CHECKPOINT_FORMAT}); it holds {sd.get('format')!r}")
+        mine, theirs = self.fingerprint(), ck.fingerprint
+        diff = [f"{k}={theirs.get(k)!r} (checkpoint) vs {mine[k]!r} (this run)" for k in mine if theirs.get(k) != mine[k]]
+        if diff:
+            raise CheckpointMismatchError(f"checkpoint {ck.path} is from another configuration: " + "; ".join(diff))
+        self.optimizer.load_state_dict(sd["optimizer"])
+        if self.method == "blackvip":
+            self.space.load_state_dict(sd["space"])
+        elif self.method == "bptvlm":
+            self.space = BPTVLMSpace.from_state_dict(sd["space"], self.device)
+        self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
+        self.last_record = sd.get("last_record")
+
+def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> int:
+    """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]`.
+
+    build_run / match_image_size are the CLI's (passed in: this module sits below the CLI).
+    """
+    import dataclasses
+
+    from .config import ConfigError
+    from .data.imagefolder import FewShotImageFolder
+
+    from .methods import resolve_options
+
+    mcfg = resolve_options(cfg.method, cfg.method_options)  # parses KEY=VALUE strings, validates
+    if getattr(args, "blackvip_encoder", None) and cfg.method == "blackvip":
+        mcfg = dataclasses.replace(mcfg, encoder=args.blackvip_encoder)
+    model, tokenizer, classnames, data = build_run(cfg)
+    if not isinstance(data, FewShotImageFolder):
+        raise ConfigError(f"--method {cfg.method} acts on the image tower and needs images: pass --data an image "
+                          f"folder (got {cfg.dataset!r})")
+    cfg = match_image_size(cfg, model)
+    if cfg.method == "bar":  # the image sits inside the frame: 194 px in 224 (INPUT.SIZE of the official yaml)
+        if "frame_size" not in cfg.method_options and cfg.image_size != mcfg.frame_size:
+            log.info("BAR: frame size %d -> %d, the model's input size", mcfg.frame_size, cfg.image_size)
+            mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
+        inner = mcfg.frame_size * 194 // 224
+        cfg = dataclasses.replace(cfg, image_size=inner - inner % 2).validate()
+    out = cfg.output_dir or None
+    trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
+                                 output_dir=out, progress=not args.no_progress)
+    if args.resume:
+        trainer.load_checkpoint(args.resume)
+        print(f"resumed from {args.resume} at {trainer.queries} queries")
+    report = trainer.fit()
+    print(json.dumps({k: report[k] for k in ("method", "queries", "steps", "test_acc", "train_loss",
+                                             "queries_per_s", "wall_time_s")}))
+    return 0

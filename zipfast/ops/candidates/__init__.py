@@ -1,0 +1,85 @@
+"""candidates: one fused op from (w, seed, step, c_k) to the 2q antithetic prompt contexts.
+
+perturb → [w + c_k z ; w − c_k z] → U·diag(s)·Vᵀ + shared_V → per-token Fastfood → + ctx0
+(+ positional embeddings), written into a given output buffer [2q, m, D] (float32).
+Implementations: reference/torch (`reference.py`, the composition of the reference
+functions), triton (`triton.py`), cuda (`cuda.py` → csrc/kernels/candidates.cu). Custom op
+`torch.ops.zipfast.candidates_` (mutates `out`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ... import reference as ref
+from .. import extension as ext
+from .. import registry
+from ..perturb import DISTRIBUTIONS, as_counter
+from . import reference
+
+OP = "candidates"
+
+
+def _torch(out, w, seed, step, ck, ctx0, B, Pi, G, divisor, pos, stream, q, rank, dist):
+    ff = ref.FastfoodParams(B, Pi, G, divisor, ctx0.shape[1])
+    out.copy_(reference.candidates(w, seed, step, ck, ctx0, ff, rank, q, stream, dist, pos))
+
+
+def _triton(*args):
+    from .triton import candidates as kernel
+
+    kernel(*args)
+
+
+def _cuda(*args):
+    from .cuda import candidates as kernel
+
+    kernel(*args)
+
+
+registry.register(OP, "reference", _torch)
+registry.register(OP, "torch", _torch)  # the reference is already batched over candidates and tokens
+registry.register(OP, "triton", _triton, registry.triton_runtime)
+registry.register(OP, "cuda", _cuda, ext.available)
+
+
+@torch.library.custom_op("zipfast::candidates_", mutates_args=("out",))
+def candidates_op(out: torch.Tensor, w: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, ck: torch.Tensor,
+                  ctx0: torch.Tensor, B: torch.Tensor, Pi: torch.Tensor, G: torch.Tensor, divisor: torch.Tensor,
+                  pos: torch.Tensor | None, stream: int, q: int, rank: int, dist: str) -> None:
+    _, fn = registry.resolve(OP, out.device)
+    fn(out, w, seed, step, ck, ctx0, B, Pi, G, divisor, pos, stream, q, rank, dist)
+
+
+@candidates_op.register_fake
+def _(out, w, seed, step, ck, ctx0, B, Pi, G, divisor, pos, stream, q, rank, dist):
+    return None
+
+
+def candidates(w: torch.Tensor, seed, step, ck, ctx0: torch.Tensor, ff: ref.FastfoodParams, rank: int, q: int, *,
+               stream: int = 0, dist: str = "segmented", pos: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """The 2q contexts [2q, m, D] of step `step` (1-based) written into `out` (allocated if None).
+
+    w [δ] float32; seed, step: ints or int64 tensors; ck: float or float32 tensor []; ctx0 [m, D];
+    ff: the space's Fastfood randomness; pos [m, D] added when given (the engine's positions).
+    """
+    if dist not in DISTRIBUTIONS:
+        raise ValueError(f"unknown perturbation distribution {dist!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+    m, D = ctx0.shape
+    dt = (w.shape[-1] - m * rank - rank) // (rank + 1)
+    if ref.param_dim(m, dt * m, rank) != w.shape[-1] or ff.n_ctx != m or ff.D != D:
+        raise ValueError(f"w has length {w.shape[-1]}, which is not δ for m={m}, rank={rank} "
+                         f"(or the Fastfood randomness is for {ff.n_ctx}×{ff.D}, ctx0 is {m}×{D})")
+    dev = w.device
+    if out is None:
+        out = torch.empty(2 * q, m, D, device=dev, dtype=torch.float32)
+    elif out.shape != (2 * q, m, D) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {(2 * q, m, D)}, got "
+                         f"{tuple(out.shape)} {out.dtype}")
+    ck = torch.as_tensor(ck, dtype=torch.float32, device=dev).reshape(())
+    candidates_op(out, w.float().contiguous(), as_counter(seed, dev), as_counter(step, dev), ck,
+                  ctx0.float().contiguous(), ff.B.float().contiguous(), ff.Pi.to(torch.int64).contiguous(),
+                  ff.G.float().contiguous(), ff.divisor.float().contiguous(),
+                  None if pos is None else pos.float().contiguous(), int(stream) & 0xFFFFFFFF, q, rank, dist)
+    return out

@@ -1,0 +1,52 @@
+"""clip_loss: per-candidate CLIP cross-entropy and accuracy from text and image features.
+
+text [K, C, E] (not normalised), image [B, E] (not normalised), labels [B], logit_scale []
+(log scale) → (loss [K], acc [K] in %). Implementations: reference (`reference.clip_loss`),
+torch (`reference.clip_loss_fast`), triton (`triton.py`). No CUDA C++ kernel: on CUDA the
+Triton kernel serves. Custom op `torch.ops.zipfast.clip_loss`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import registry
+from . import reference
+
+OP = "clip_loss"
+
+
+def _triton(*args):
+    from .triton import clip_loss as kernel
+
+    return kernel(*args)
+
+
+registry.register(OP, "reference", reference.clip_loss)
+registry.register(OP, "torch", reference.clip_loss_fast)
+registry.register(OP, "triton", _triton, registry.triton_runtime)
+
+
+@torch.library.custom_op("zipfast::clip_loss", mutates_args=())
+def clip_loss_op(text_features: torch.Tensor, image_features: torch.Tensor, labels: torch.Tensor,
+                 logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _, fn = registry.resolve(OP, text_features.device)
+    loss, acc = fn(text_features, image_features, labels, logit_scale)
+    return loss.float(), acc.float()
+
+
+@clip_loss_op.register_fake
+def _(text_features, image_features, labels, logit_scale):
+    K = text_features.shape[0]
+    return text_features.new_empty(K, dtype=torch.float32), text_features.new_empty(K, dtype=torch.float32)
+
+
+def clip_loss(text_features: torch.Tensor, image_features: torch.Tensor, labels: torch.Tensor, logit_scale):
+    """(loss [K], acc [K] in %) of K candidates' text features on one minibatch."""
+    if text_features.dim() != 3 or image_features.dim() != 2 or text_features.shape[-1] != image_features.shape[-1]:
+        raise ValueError(f"clip_loss needs text [K, C, E] and image [B, E], got {tuple(text_features.shape)} and "
+                         f"{tuple(image_features.shape)}")
+    dev = text_features.device
+    scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=dev).reshape(())
+    return clip_loss_op(text_features.float(), image_features.to(dev, torch.float32), labels.to(dev, torch.int64),
+                        scale)
