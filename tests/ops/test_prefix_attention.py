@@ -103,6 +103,7 @@ def test_torch_lse_bf16_error_is_like_torch_own():
     assert rel_err(got.float(), want) <= 2 * base
 
 
+@pytest.mark.gpu  # also run by `make test-gpu` (compiled for the GPU there)
 @pytest.mark.skipif(not HAVE_TRITON_TARGET, reason="no CUDA device and TRITON_INTERPRET is not 1")
 @pytest.mark.parametrize("layout", ["contiguous", "token-major"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -129,6 +130,7 @@ def test_registry_choice_and_forcing(monkeypatch):
         registry.resolve("prefix_attention", "cpu")
 
 
+@pytest.mark.gpu  # also run by `make test-gpu` (compiled for the GPU there)
 @pytest.mark.skipif(not HAVE_TRITON_TARGET, reason="no CUDA device and TRITON_INTERPRET is not 1")
 def test_triton_custom_op_registration():
     """zipfast::prefix_attention_triton passes torch.library's checks (schema, fake implementation)."""
