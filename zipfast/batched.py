@@ -151,7 +151,7 @@ def _add_attn_out_heads(y, o, b: _Block):
 # the elementwise work (GELU, LayerNorm, residual adds, attention) slows down once a chunk's
 # activations (≈ 28 KiB per row at D = 512, fp32) leave the cache: measured/floor on the
 # scaling grid grew with the rows per chunk (README, "Performance").
-CHUNK_TOKENS = 4096
+CHUNK_TOKENS = 2048
 
 
 class BatchedEngine(Engine):
