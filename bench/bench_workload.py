@@ -6,7 +6,7 @@ names, ZIP defaults m = 8 context tokens and q = 5 → K = 2q = 10 candidates
 (ctx = 0.02·randn(K, 8, 512), seeded), 128 cached image features (random, normalised) and
 labels. One benchmark round = one ZIP step = `engine.losses(ctx, feats, labels)` for all K.
 
-Every result records in `extra_info`: the engine config, K, n_cls, the SPEC §4 token count
+Every result records in `extra_info`: the engine config, K, n_cls, the cost-model token count
 K·[(1+m) + n_cls·s] (s = T − (1+m), T = max EOT + 1), FLOPs per step
 (tokens · 2 · P_layers, P_layers = 12·layers·D²), and queries/s (= K / median step time).
 At the end of the session the JSON gets the machine's sustained matmul rate (the `floor`
@@ -81,7 +81,7 @@ def engine_config(engine) -> dict:
 
 
 def workload_info(tower: TextTower, prompts: ClassPrompts, K: int, engine=None, **extra) -> dict:
-    """The per-result record: config, K, n_cls, SPEC §4 tokens and FLOPs per step."""
+    """The per-result record: config, K, n_cls, cost-model tokens and FLOPs per step."""
     m = prompts.n_ctx
     T = int(prompts.eot.max()) + 1
     s = T - (1 + m)
@@ -94,7 +94,7 @@ def workload_info(tower: TextTower, prompts: ClassPrompts, K: int, engine=None, 
         cfg = engine_config(engine)
         info["config"] = cfg
         info["precision"] = cfg["precision"]
-        # what the engine actually pushes through the transformer (the SPEC count is the useful work)
+        # what the engine actually pushes through the transformer (the cost-model count is the useful work)
         if cfg["shared_prefix"]:
             info["tokens_computed"] = K * ((1 + m) + C * (engine.T - (1 + m)))
         else:

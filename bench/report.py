@@ -3,7 +3,7 @@
     python bench/report.py [bench/results/latest.json] [bench/results/latest.md]
 
 Per case: median time per step, queries/s (K / median), speed-up vs the text-only and the
-full reference (workload W only), and measured/floor, the floor being the SPEC §4 FLOPs per
+full reference (workload W only), and measured/floor, the floor being the cost-model FLOPs per
 step divided by the best sustained matmul rate of the same precision measured in the same
 run (the `floor` group; fp32 floor for fp32 cases, bf16 floor for bf16 cases).
 """
@@ -81,7 +81,7 @@ def render(data: dict) -> str:
             f"## Workload W: ViT-B/16 text tower (random init), EuroSAT {any_w['n_cls']} classes, m={any_w['m']}, "
             f"K={any_w['K']}, 128 cached image features",
             "",
-            f"One step = `engine.losses(ctx, feats, labels)` for all K candidates. SPEC §4 work per step: "
+            f"One step = `engine.losses(ctx, feats, labels)` for all K candidates. Cost-model work per step: "
             f"{any_w['tokens_per_step']} tokens (T={any_w['T']}, s={any_w['s']}) × 2·P_layers "
             f"(P_layers = 12·{any_w['layers']}·{any_w['width']}² = {any_w['P_layers'] / 1e6:.1f} M) = "
             f"{any_w['flops_per_step'] / 1e9:.1f} GFLOP.",
@@ -118,7 +118,7 @@ def render(data: dict) -> str:
         lines += [
             "## Scaling: default fast engine (truncation + shared prefix), n_cls × K",
             "",
-            "| n_cls | names | K | precision | T | SPEC tokens/step | GFLOP/step | median ms/step | queries/s "
+            "| n_cls | names | K | precision | T | cost-model tokens/step | GFLOP/step | median ms/step | queries/s "
             "| GFLOP/s | measured/floor | rounds |",
             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]

@@ -13,7 +13,7 @@ Groups:
 FLOPs per step count the useful work of the batched engine (what a step must compute):
 image tower 2·T·(12·W²)·layers + attention 4·T²·W·layers + patch embedding per image, K·B
 images; BlackVIP adds one encoder pass per image (the reference repeats it per candidate);
-BPT-VLM adds the SPEC §4 text tokens. Run: pytest bench/test_image_throughput.py
+BPT-VLM adds the cost-model text tokens. Run: pytest bench/test_image_throughput.py
 --benchmark-json=bench/results/image_latest.json (about 15 min on the 2-core CPU).
 """
 

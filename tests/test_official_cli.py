@@ -155,3 +155,15 @@ def test_another_method_through_the_official_surface_and_its_eval_only(workdir):
                  "configs/datasets/imagenet_a.yaml", "--config-file", "configs/trainers/ZIP/vit_b16.yaml",
                  "--output-dir", "output/zosgd-xd", "--model-dir", out, "--eval-only", *TINY]) == 0
     assert parse_test_res(workdir / "output/zosgd-xd/log.txt", end_signal="=> result") is not None
+
+
+@pytest.mark.parametrize("flag,value", [("--head", "linear"), ("--source-domains", "photo"),
+                                        ("--target-domains", "sketch"), ("--visual-backbone", "RN50"),
+                                        ("--best_or_last", "best")])
+def test_unused_official_flags_are_refused_by_name(tmp_path, capsys, flag, value):
+    rc = main(["train", "--data", "planted", "--budget", "20", "--no-progress",
+               "--output-dir", str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert flag in err and value in err and "no effect" in err
+    assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -1,7 +1,7 @@
 """The batched query engine: all K candidates of a step in ONE text-encoder pass.
 
 An implementation of `engine.ReferenceEngine.text_features`, exact under CLIP's causal
-mask and EOT pooling (SPEC.md §4):
+mask and EOT pooling (README, *Performance*):
 
 - batched: the K × C prompts of a step form one batch;
 - truncation: positions after the longest EOT of the class prompts are never computed;

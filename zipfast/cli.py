@@ -101,6 +101,7 @@ def cmd_train(args) -> int:
     from .rundir import RunDir
     from .trainer import read_checkpoint
 
+    official.refuse_unused_flags(args)
     if official_image.wanted(args):  # --trainer BPTVLM | BAR | BlackVIP
         return official_image.run(args, build_run, _match_image_size)
     if official.wanted(args):
@@ -437,9 +438,18 @@ def main(argv=None) -> int:
     debug = getattr(args, "debug", False)
     from .env import log_to_stderr
 
+    import logging
+
     log_to_stderr()  # fallbacks, substitutions, cleanups: one "zipfast: ..." line each on stderr
-    with TerminateOnSignals():  # SIGTERM/SIGHUP outside the step loop: a message, not a silent death
-        return _run(args, argv, debug)
+    # open_clip logs through the root logger's functions, which install a root handler on first
+    # use; while a command runs, our records go to our handler only, not that one too.
+    pkg = logging.getLogger("zipfast")
+    propagate, pkg.propagate = pkg.propagate, False
+    try:
+        with TerminateOnSignals():  # SIGTERM/SIGHUP outside the step loop: a message, not a silent death
+            return _run(args, argv, debug)
+    finally:
+        pkg.propagate = propagate
 
 
 def _run(args, argv, debug) -> int:

@@ -10,7 +10,7 @@ perturbations and the step number are all arguments. Shapes use
     δ  = m·r + r + d_t·r + d_t (length of the flat parameter vector w)
     q  perturbation pairs per step (sp_avg)           K  candidates
 
-Semantics follow ../shared/SPEC.md §2 and the official code (LOG-postech/ZIP).
+Semantics follow the ZIP paper and its official code (LOG-postech/ZIP).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The planted task (SPEC.md §5): a known answer planted in a random-init open_clip text tower.
+"""The planted task: a known answer planted in a random-init open_clip text tower.
 
 A teacher context ctx* = ctx0 + Δ (Δ a random direction, ‖Δ_i‖ = delta_scale·‖ctx0_i‖, not
 inside any method's subspace) defines class features t_k; "image features" are
@@ -16,7 +16,7 @@ from ..space import random_ctx0
 from ..text import ClassPrompts, TextTower
 from .classnames import EUROSAT, LABEL_SETS
 
-PLANTED_MODEL = "zipfast-planted"  # 4-layer, 256-wide text tower (the SPEC calibration point)
+PLANTED_MODEL = "zipfast-planted"  # 4-layer, 256-wide text tower (the planted-task calibration point)
 
 
 @dataclass

@@ -154,6 +154,20 @@ def _prompt_settings(sd_config: dict) -> dict:
     return {k: sd_config[k] for k in keys if k in sd_config}
 
 
+# train.py flags that only the official domain-generalisation trainers read: accepted at their
+# defaults (the official scripts pass none of them for ZIP), refused by name when set.
+_UNUSED_FLAGS = (("head", ""), ("source_domains", None), ("target_domains", None), ("visual_backbone", ""),
+                 ("best_or_last", "last"))
+
+
+def refuse_unused_flags(args) -> None:
+    for name, default in _UNUSED_FLAGS:
+        value = getattr(args, name, default)
+        if value != default:
+            raise ConfigError(f"--{name.replace('_', '-') if name != 'best_or_last' else name} {value!r}: this flag "
+                              f"of the official train.py has no effect in zipfast's trainers; drop it")
+
+
 def run(args, build_run, match_image_size) -> int:
     """Run an official command line. build_run(cfg) → (model, tokenizer, classnames, data) and
     match_image_size(cfg, model) → cfg are the CLI's (passed in: this module sits below the CLI)."""
