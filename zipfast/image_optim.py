@@ -20,11 +20,7 @@ import numpy as np
 import torch
 
 from .optim import SPSA
-from .optim.protocol import Optimizer
-
-
-def _empty(dim: int) -> torch.Tensor:
-    return torch.empty(0, dim)
+from .optim.protocol import Optimizer, empty
 
 
 # ------------------------------------------------------------------------------ BAR
@@ -47,18 +43,10 @@ class BARGradientFree(Optimizer):
         if q < 1 or beta <= 0 or sigma <= 0 or decay <= 0 or total_steps < 1:
             raise ValueError(f"BAR needs q ≥ 1, SMOOTH > 0, SIMGA > 0, DECAYING > 0 and total steps ≥ 1; got "
                              f"q={q}, SMOOTH={beta}, SIMGA={sigma}, DECAYING={decay}, total steps={total_steps}")
-        self.w = w0.detach().clone().float()
-        self.dim = self.w.numel()
+        self._own_point(w0.reshape(-1), seed)
         self.q, self.beta, self.sigma = int(q), float(beta), float(sigma)
         self.lr0, self.lr_min = (float(v) for v in lrs)
         self.decay, self.total_steps = float(decay), int(total_steps)
-        self.step = 0
-        self.generator = torch.Generator().manual_seed(seed)
-        self._pending = None
-
-    @property
-    def point(self) -> torch.Tensor:
-        return self.w
 
     def lr(self, k: int) -> float:
         T = self.total_steps * self.decay
@@ -68,7 +56,7 @@ class BARGradientFree(Optimizer):
         """[1 + q', d] with q' = min(q, allowance − 1); nothing when fewer than 2 queries remain."""
         q = min(self.q, allowance - 1)
         if q < 1:
-            return _empty(self.dim)
+            return empty(self.dim)
         u = torch.randn(q, self.dim, generator=self.generator) * self.sigma
         u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
         self._pending = u
@@ -241,7 +229,7 @@ class PyCMA(Optimizer):
         """The next min(allowance, remaining of this generation) candidates [K, dim] (float32, as the
         official prompts; pycma is told its own float64 solutions)."""
         if allowance < 1:
-            return _empty(self.dim)
+            return empty(self.dim)
         sols = self._generation()
         if self._asked != len(self._fitness):
             raise RuntimeError("ask() again before tell() of the previous candidates")

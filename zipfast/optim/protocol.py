@@ -36,10 +36,18 @@ class Optimizer:
     dim: int
     step: int = 0  # completed ask/tell rounds
 
+    def _own_point(self, w0: torch.Tensor, seed: int) -> None:
+        """Start at a float32 copy of w0 [dim], step 0, with a private CPU generator seeded by seed."""
+        self.w = w0.detach().clone().float()
+        self.dim = self.w.shape[-1]
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self._pending = None
+
     @property
     def point(self) -> torch.Tensor:
         """The current point w [dim] (float32, on the optimiser's device)."""
-        raise NotImplementedError
+        return self.w
 
     @property
     def batch_index(self) -> int:

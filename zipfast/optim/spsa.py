@@ -37,18 +37,11 @@ class SPSA(Optimizer):
         self.perturbation, self.seed = perturbation, seed & 0xFFFFFFFF
         if opt_type not in OPT_TYPES:
             raise ValueError(f"unknown optimiser {opt_type!r}; choose one of {', '.join(OPT_TYPES)}")
-        self.w = w0.float()
-        self.dim, self.opt_type, self.sp_avg = w0.shape[-1], opt_type, sp_avg
+        self._own_point(w0, seed)
+        self.opt_type, self.sp_avg = opt_type, sp_avg
         self.o, self.c, self.a, self.alpha, self.gamma = (float(v) for v in spsa_params)
         self.b1 = float(moms)
-        self.step = 0
         self.momentum: torch.Tensor | None = None
-        self.generator = torch.Generator().manual_seed(seed)
-        self._pending = None
-
-    @property
-    def point(self) -> torch.Tensor:
-        return self.w
 
     def ask(self, remaining: int) -> torch.Tensor:
         """Candidates [2·pairs, δ] for step k = step + 1, pairs = min(sp_avg, remaining // 2)."""

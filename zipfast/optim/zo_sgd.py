@@ -23,15 +23,8 @@ class ZOSGD(Optimizer):
     name = "zo-sgd"
 
     def __init__(self, w0: torch.Tensor, pairs: int = 5, mu: float = 0.01, lr: float = 1e-3, seed: int = 0):
-        self.w = w0.float()
-        self.dim, self.pairs, self.mu, self.lr = w0.shape[-1], int(pairs), float(mu), float(lr)
-        self.step = 0
-        self.generator = torch.Generator().manual_seed(seed)
-        self._pending = None
-
-    @property
-    def point(self) -> torch.Tensor:
-        return self.w
+        self._own_point(w0, seed)
+        self.pairs, self.mu, self.lr = int(pairs), float(mu), float(lr)
 
     def ask(self, remaining: int) -> torch.Tensor:
         q = min(self.pairs, remaining // 2)
