@@ -16,8 +16,7 @@ from typing import Any, Sequence
 
 from . import config as _cfg
 from .config import ConfigError, TrainConfig
-from .image_options import (CONFIGS, METHODS, SECTION, BARConfig, BlackVIPConfig, BPTVLMConfig,  # noqa: F401
-                            ImageOptionError, config_to_dict, validate)
+from .image_options import SECTION, ImageOptionError
 from .image_options import method_config as _method_config
 
 TRAINER_NAMES = {"BPTVLM": "bptvlm", "BAR": "bar", "BlackVIP": "blackvip"}  # official TRAINER.NAME → method
@@ -80,8 +79,7 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
         if _cfg._get(node, key) != default:
             raise ConfigError(f"{key} {_cfg._get(node, key)!r} is not supported: {why}; leave it at {default!r}")
     shared = _cfg._values_from_cfg(node)
-    shared["precision"] = _cfg._get(node, f"TRAINER.{SECTION[method]}.PREC") if method != "bptvlm" else \
-        node.TRAINER.BPTVLM.PREC
+    shared["precision"] = _cfg._get(node, f"TRAINER.{SECTION[method]}.PREC")
     shared["opt_type"] = TrainConfig.opt_type  # ZIP's optimiser field does not apply here
     s, basic = node.TRAINER[SECTION[method]], node.TRAINER.BASIC
     if method == "bptvlm":

@@ -29,13 +29,15 @@ from .batched import make_engine
 from .config import TrainConfig
 from .data.pixels import PixelSource
 from .data.sources import batch_indices, derive_seed
-from .image_config import METHODS, config_to_dict, method_config
+from .image_config import method_config
+from .image_options import METHODS, config_to_dict
 from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
 from .image_tower import ImageTower
 from .checkpoint import CHECKPOINT_NAME, CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .io import save_json
 from .models import resolve_device
+from .trainer import raise_if_nonfinite
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
 
@@ -46,10 +48,6 @@ DEFAULT_TEMPLATE = "a photo of a {}."  # BAR/BlackVIP's fixed text when no datas
 _SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM = 20, 21, 22
 _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
                "pixel_mean", "pixel_std", "precision", "dataset", "test_per_class")
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 class ImagePromptTrainer:
@@ -192,15 +190,9 @@ class ImagePromptTrainer:
                 if cand.shape[0] == 0:
                     break
                 losses, accs = self.evaluate_candidates(cand)
-                if not bool(torch.isfinite(losses).all()):
-                    self.optimizer.discard()
-                    self.elapsed = time.perf_counter() - start
-                    where = ""
-                    if ckpt is not None:
-                        self.save_checkpoint(ckpt)
-                        where = f"; the last good state ({self.queries} queries) is in {ckpt}"
-                    raise NonFiniteLossError(f"non-finite loss after {self.queries} queries "
-                                             f"(losses {losses.tolist()}){where}")
+                self.elapsed = time.perf_counter() - start
+                raise_if_nonfinite(losses, self.optimizer, ckpt, self.save_checkpoint,
+                                   f"after {self.queries} queries", f"{self.queries} queries")
                 info = self.optimizer.tell(losses.cpu())
                 self.queries += cand.shape[0] * self.cost
                 self.elapsed = time.perf_counter() - start

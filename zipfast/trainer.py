@@ -54,6 +54,21 @@ class NonFiniteLossError(UserError):
     """A loss became NaN/inf; the message says where the last good state is and what to change."""
 
 
+def raise_if_nonfinite(losses: torch.Tensor, optimizer, checkpoint, save, when: str, state: str,
+                       hint: str = "") -> None:
+    """Return when every loss [K] is finite. Otherwise forget the optimiser's ask, write the last
+    good state (`save(checkpoint)`, when there is a checkpoint path) and raise NonFiniteLossError
+    naming the step (`when`), the state saved and the hint."""
+    if bool(torch.isfinite(losses).all()):
+        return
+    optimizer.discard()
+    where = ""
+    if checkpoint is not None:
+        save(checkpoint)
+        where = f"; the last good state ({state}) is in {checkpoint}"
+    raise NonFiniteLossError(f"non-finite loss {when} (losses {losses.tolist()}){where}" + (f". {hint}" if hint else ""))
+
+
 __all__ = ["ZIPTrainer", "CheckpointMismatchError", "NonFiniteLossError", "read_checkpoint", "adapt_config"]
 
 
@@ -230,17 +245,12 @@ class ZIPTrainer:
                 idx = batch_indices(self.source.n_train, c.batch_size, b, c.seed)
                 feats, labels = self.source.train_batch(idx, b, c.seed)
                 losses, accs = self.engine.losses(self.space.contexts(cand), feats, labels.to(self.device))
-                if not bool(torch.isfinite(losses).all()):
-                    self.optimizer.discard()
-                    self.elapsed = time.perf_counter() - start
-                    where = ""
-                    if ckpt is not None:
-                        self.save_checkpoint(ckpt)
-                        where = f"; the last good state (step {self.step}, {self.queries} queries) is in {ckpt}"
-                    hint = ("Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use "
-                            "precision fp32." if c.method == "zip" else
-                            "Lower the method's step sizes (--method-opt) or use precision fp32.")
-                    raise NonFiniteLossError(f"non-finite loss at step {k} (losses {losses.tolist()}){where}. {hint}")
+                self.elapsed = time.perf_counter() - start
+                raise_if_nonfinite(losses, self.optimizer, ckpt, self.save_checkpoint, f"at step {k}",
+                                   f"step {self.step}, {self.queries} queries",
+                                   "Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use "
+                                   "precision fp32." if c.method == "zip" else
+                                   "Lower the method's step sizes (--method-opt) or use precision fp32.")
                 stats = self.optimizer.tell(losses, accs)
                 self.queries += len(cand)
                 self.elapsed = time.perf_counter() - start

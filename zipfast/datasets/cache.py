@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..data.imagefolder import DatasetError
+from ..errors import OutputDirError
 from ..io import save_text
 from .records import Datum
 from .safe_pickle import load_datum_pickle
@@ -60,10 +61,11 @@ def read_cache(dataset_dir: Path, shots: int, seed: int, keys: tuple[str, ...]):
         return None, None
     try:
         doc = json.loads(path.read_text())
-        assert isinstance(doc, dict) and doc.get("format") == FORMAT
+        if not (isinstance(doc, dict) and doc.get("format") == FORMAT):
+            raise ValueError(f"not a {FORMAT} file")
         data = {k: [Datum(str(dataset_dir / rel), int(label), str(name)) for rel, label, name in doc[k]]
                 for k in keys}
-    except (OSError, ValueError, AssertionError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"cannot read the few-shot cache '{path}' ({type(e).__name__}: {e}); delete it to "
                            f"draw the split again (the same seed gives the same split)") from e
     return data, f"zipfast cache {path}"
@@ -77,5 +79,5 @@ def write_json_cache(dataset_dir: Path, shots: int, seed: int, splits: dict[str,
         doc[key] = [[os.path.relpath(d.impath, dataset_dir), d.label, d.classname] for d in items]
     try:
         save_text(json.dumps(doc) + "\n", path)
-    except OSError as e:
+    except (OSError, OutputDirError) as e:  # io turns disk-full/read-only into OutputDirError
         log.warning("could not write the few-shot cache %s (%s); the split is drawn again next time", path, e)

@@ -23,8 +23,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME
 from ..config import ConfigError, cfg_to_train_config, load_official
 from ..io import save_json
