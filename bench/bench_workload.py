@@ -74,7 +74,7 @@ def engine_config(engine) -> dict:
         cfg.update(truncate=engine.T < engine.tower.context_length, shared_prefix=engine.shared_prefix,
                    memory_limit_mb=engine.memory_limit / 2 ** 20, T=engine.T,
                    chunk_tokens=getattr(engine, "chunk_tokens", None),
-                   prefix_attention=getattr(engine, "prefix_attention_backend", None) if engine.shared_prefix else None)
+                   prefix_attention=engine.prefix_attention_backend)
     else:
         cfg.update(truncate=False, shared_prefix=False, T=engine.tower.context_length)
     return cfg

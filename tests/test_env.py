@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from zipfast import env
@@ -14,13 +13,16 @@ from zipfast import env
 PKG = Path(__file__).resolve().parents[1] / "zipfast"
 
 
-def test_precision_auto_and_substitution(caplog):
+def test_precision_auto_and_substitution(caplog, monkeypatch):
     cpu = torch.device("cpu")
     assert env.resolve_precision("fp32", cpu) == "fp32"
     assert env.resolve_precision("bf16", cpu) == "bf16"
     assert env.resolve_precision("auto", torch.device("cuda")) == "fp16"
-    want = "bf16" if {"avx512_bf16", "amx_bf16"} & set(env.cpu_flags()) else "fp32"
-    assert env.resolve_precision("auto", cpu) == want
+    for flags, want in ((["avx2", "avx512_bf16"], "bf16"), (["amx_bf16"], "bf16"), (["avx2", "avx512f"], "fp32"),
+                        ([], "fp32")):
+        monkeypatch.setattr(env, "cpu_flags", lambda flags=flags: flags)
+        assert env.resolve_precision("auto", cpu) == want, flags
+    monkeypatch.undo()
     assert env.precision_substitution("fp16", torch.device("cuda")) is None
     assert "fp16" in env.precision_substitution("fp16", cpu)
     env._logged.discard(("precision", "amp", "cpu"))

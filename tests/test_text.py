@@ -57,3 +57,12 @@ def test_non_causal_tower_is_rejected():
     model.attn_mask = None
     with pytest.raises(UnsupportedModelError, match="not causal"):
         TextTower(model)
+
+
+def test_embed_dim_is_the_width_of_encoded_features(clip):
+    model, tok = clip[0], clip[1]
+    tower = TextTower(model)
+    ids = tok(["a photo of a cat."])
+    x = tower.token_embedding(ids) + tower.positional_embedding
+    feats = tower.encode(x, ids.argmax(-1))
+    assert feats.shape[-1] == tower.embed_dim == model.encode_text(ids).shape[-1]

@@ -180,7 +180,7 @@ class BatchedEngine(Engine):
             self.ctx_pos = pos[1:self.P]
             self.suffix_in = prompts.suffix.to(self.device)[:, : self.S] + pos[self.P:]  # [C, S, D]
         self.eot_s = (prompts.eot.to(self.device) - self.P)  # EOT index inside the suffix
-        self.prefix_attention = None
+        self.prefix_attention = self.prefix_attention_backend = None
         if self.shared_prefix:  # the registry picks the implementation (cuda > triton > torch)
             self.prefix_attention_backend, self.prefix_attention = ops.resolve("prefix_attention", self.device)
             fb = ops.registry.fallback("prefix_attention", self.device)

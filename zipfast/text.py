@@ -57,6 +57,14 @@ class TextTower(nn.Module):
         self.context_length = self.positional_embedding.shape[0]
         self.logit_scale = model.logit_scale
 
+    @property
+    def embed_dim(self) -> int:
+        """E, the width of the text features (CLIP's joint space: image features have it too)."""
+        p = self.text_projection
+        if p is None:
+            return self.width
+        return p.out_features if isinstance(p, nn.Linear) else p.shape[-1]
+
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         p = self.text_projection
         if p is None:

@@ -300,8 +300,8 @@ class ZIPTrainer:
             return None
         if not (isinstance(opt, SPSA) and opt.perturbation == "philox" and isinstance(self.engine, BatchedEngine)):
             return None
-        feat_dim = self.source.train_batch(batch_indices(self.source.n_train, c.batch_size, 1, c.seed), 1,
-                                           c.seed)[0].shape[-1]
+        # The feature width is the model's, not a minibatch's: building one here would encode it twice.
+        feat_dim = self.tower.embed_dim
         return FusedZIPStep(self.space, self.engine, opt.point, seed=opt.seed, q=c.sp_avg, batch_size=c.batch_size,
                             feat_dim=feat_dim, spsa_params=c.spsa_params, opt_type=c.opt_type, moms=c.moms,
                             step=opt.step, momentum=opt.momentum)

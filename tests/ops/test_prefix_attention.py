@@ -9,6 +9,8 @@ import torch
 from zipfast.ops import registry
 from zipfast.ops.prefix_attention import reference, torch_lse
 
+from .conftest import rel_err
+
 # (K, H, C, P, S, hd, mode): mode "causal" (Tq = S) or "eot" (one query row per class at a
 # mixed suffix position, as in the engine's final block)
 CASES = [
@@ -36,10 +38,6 @@ def make(K, H, C, P, S, hd, mode, seed=0, layout="contiguous"):
         q_pos = torch.randint(0, S, (C, 1), generator=g)
         q = q.gather(3, q_pos.view(1, 1, C, 1, 1).expand(K, H, C, 1, hd))
     return q, kp, vp, ks, vs, q_pos
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def poisoned_run(fn, *args, monkeypatch=None, **kw):
