@@ -16,8 +16,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
+from .compare import EvalCurve
 from .config import TrainConfig
 from .image_config import method_config
 from .image_trainer import ImagePromptTrainer
@@ -31,22 +30,15 @@ def run_image_method(method: str, model, tokenizer, data, config: TrainConfig, m
     """→ {"method", "seed", "report", "curve": [(queries, test accuracy %)]}."""
     tr = ImagePromptTrainer(method, model, data.classnames, config, data, method_cfg, tokenizer=tokenizer,
                             encoder=encoder, progress=progress)
-    curve = [(0, tr.evaluate())]
-    if eval_every:
-        state = {"next": eval_every}
-
-        def hook(trainer, rec):
-            if trainer.queries >= state["next"]:
-                curve.append((trainer.queries, trainer.evaluate()))
-                state["next"] = (trainer.queries // eval_every + 1) * eval_every
-
-        tr.step_hooks.append(hook)
+    curve = EvalCurve(eval_every)
+    curve.start(tr)
+    if eval_every:  # every = 0: only the start and the end
+        tr.step_hooks.append(curve)
     t0 = time.perf_counter()
     report = tr.fit()
     report["wall_s"] = time.perf_counter() - t0
-    if curve[-1][0] != tr.queries:
-        curve.append((tr.queries, report["test_acc"]))
-    return {"method": method, "seed": config.seed, "report": report, "curve": curve}
+    curve.finish(tr, report["test_acc"])
+    return {"method": method, "seed": config.seed, "report": report, "curve": curve.points}
 
 
 def main(argv=None) -> int:

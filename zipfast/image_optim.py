@@ -14,7 +14,6 @@ query count. State dicts hold tensors and JSON values only (zipfast's checkpoint
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -62,9 +61,6 @@ class BARGradientFree(Optimizer):
         self._pending = u
         return torch.cat([self.w.unsqueeze(0), self.w + self.beta * u])
 
-    def discard(self) -> None:
-        self._pending = None
-
     def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
         if self._pending is None:
             raise RuntimeError("tell() called without a preceding ask()")
@@ -86,7 +82,7 @@ class BARGradientFree(Optimizer):
                 "step": self.step, "generator": self.generator.get_state()}
 
     def load_state_dict(self, sd: dict, device="cpu") -> None:
-        _check_same(self.state_dict(), sd, ("kind", "q", "beta", "sigma", "lrs", "decay", "total_steps"))
+        self._check_settings(sd, self.state_dict(), ("kind", "q", "beta", "sigma", "lrs", "decay", "total_steps"))
         self.w, self.step = sd["w"].clone().float(), int(sd["step"])
         self.generator.set_state(sd["generator"])
 
@@ -271,7 +267,7 @@ class PyCMA(Optimizer):
     def load_state_dict(self, sd: dict, device="cpu") -> None:
         """Rebuild pycma by replaying every told generation (pycma is deterministic given its seed
         and the fitnesses), then re-ask a partly evaluated generation."""
-        _check_same(self.state_dict(), sd, ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound"))
+        self._check_settings(sd, self.state_dict(), ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound"))
         self._start()
         self.history = []
         for row in sd["history"].tolist():
@@ -286,14 +282,3 @@ class PyCMA(Optimizer):
             self._fitness, self._asked = partial, len(partial)
         self.best_x = sd["best_x"].clone().to(torch.float64)
         self.best_f = None if sd["best_f"] is None else float(sd["best_f"])
-
-
-def _check_same(mine: dict, theirs: dict, keys) -> None:
-    for key in keys:
-        a, b = mine[key], theirs.get(key)
-        if isinstance(a, float) and isinstance(b, (int, float)):
-            same = math.isclose(a, b, rel_tol=0, abs_tol=0)
-        else:
-            same = (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
-        if not same:
-            raise ValueError(f"optimiser state is for {key}={b!r}, this run has {a!r}")

@@ -37,6 +37,7 @@ from .image_tower import ImageTower
 from .checkpoint import CHECKPOINT_NAME, CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .io import save_json
 from .models import resolve_device
+from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
 from .trainer import raise_if_nonfinite
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
@@ -44,7 +45,6 @@ from .text import ClassPrompts, TextTower
 log = logging.getLogger("zipfast.image")
 
 CHECKPOINT_FORMAT = "zipfast-image-checkpoint-v1"
-DEFAULT_TEMPLATE = "a photo of a {}."  # BAR/BlackVIP's fixed text when no dataset template is known
 _SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM = 20, 21, 22
 _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
                "pixel_mean", "pixel_std", "precision", "dataset", "test_per_class")
