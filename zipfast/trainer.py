@@ -330,19 +330,23 @@ class ZIPTrainer:
         if save:
             self.save_checkpoint(ckpt)
 
-    def evaluate(self, w: torch.Tensor | None = None) -> float:
-        """Test accuracy (%) of the prompt of w (default: the current one)."""
+    def test_predictions(self, w: torch.Tensor | None = None):
+        """(predicted classes [M], labels [M]) on the test split for the prompt of w (default: the
+        current point; a zero-shot run uses its template). One text pass; cached image features."""
         feats, labels = self.source.test_set()
         if self.zeroshot_text is not None:
             txt = self.zeroshot_text
         else:
             w = self.w if w is None else w.to(self.device)
             txt = self.engine.text_features(self.space.contexts(w.unsqueeze(0)))[0]
-        correct = 0
-        for i in range(0, len(labels), 4096):
-            logits = self.engine.logits_from_text(feats[i:i + 4096], txt)
-            correct += int((logits.argmax(-1) == labels[i:i + 4096].to(logits.device)).sum())
-        return 100.0 * correct / len(labels)
+        preds = [self.engine.logits_from_text(feats[i:i + 4096], txt).argmax(-1).cpu()
+                 for i in range(0, len(labels), 4096)]
+        return torch.cat(preds), labels.cpu()
+
+    def evaluate(self, w: torch.Tensor | None = None) -> float:
+        """Test accuracy (%) of the prompt of w (default: the current one)."""
+        pred, labels = self.test_predictions(w)
+        return 100.0 * int((pred == labels).sum()) / len(labels)
 
     def report(self, test_acc: float | None = None) -> dict:
         c = self.config

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .evaluation import predict_prompt
 
 CURVE_FILE = "curve.jsonl"
 
@@ -27,7 +26,7 @@ class EvalEvery:
         self._bucket = 0
 
     def _record(self, trainer) -> None:
-        pred, true = predict_prompt(trainer)
+        pred, true = trainer.test_predictions()
         point = {"queries": trainer.queries, "step": trainer.step,
                  "test_acc": round(100.0 * float((pred == true).float().mean()), 4)}
         self.points.append(point)

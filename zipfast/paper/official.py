@@ -172,7 +172,6 @@ def run(args, build_run, match_image_size) -> int:
     from .. import ZIPTrainer
     from ..trainer import read_checkpoint
     from .dassl_log import DasslLog, result_block
-    from .evaluation import predict_prompt, predict_with_text
     from .hooks import EvalEvery
 
     cfg, kind, spec, subsample = official_config(args)
@@ -212,7 +211,7 @@ def run(args, build_run, match_image_size) -> int:
         queries = 0
         if kind == "zsclip":
             dlog(f"Zero-shot CLIP, template {trainer.template!r}")
-            pred, true = predict_with_text(trainer, trainer.zeroshot_text)
+            pred, true = trainer.test_predictions()
         elif args.eval_only:
             from ..methods import space_from_state_dict
 
@@ -223,7 +222,7 @@ def run(args, build_run, match_image_size) -> int:
             trainer.w = w.to(trainer.device)
             queries = int(sd.get("queries", 0))
             dlog(f"Loading prompt from {ckpt} ({queries} queries, step {sd.get('step')})")
-            pred, true = predict_prompt(trainer)
+            pred, true = trainer.test_predictions()
         else:
             _resume(trainer, args, out, dlog)
             if args.eval_every:
@@ -236,7 +235,7 @@ def run(args, build_run, match_image_size) -> int:
                  f"({report['queries_per_s']} queries/s)")
             dlog("Finish training")
             dlog("Deploy the last-epoch model")
-            pred, true = predict_prompt(trainer)
+            pred, true = trainer.test_predictions()
         dlog("Evaluate on the *test* set")
         text, acc = result_block(pred, true)
         dlog(text)
