@@ -100,9 +100,13 @@ def _scaled(y, ls):
     return y if ls is None else y * ls
 
 
+def _mlp_hidden(x, b: _Block, dtype):
+    """act(LN₂(x) W₁ᵀ + b₁): the MLP's hidden activations."""
+    return b.act(F.linear(_ln(x, b.ln2, dtype), b.w1, b.b1))
+
+
 def _mlp(x, b: _Block, dtype):
-    h = b.act(F.linear(_ln(x, b.ln2, dtype), b.w1, b.b1))
-    return _scaled(F.linear(h, b.w2, b.b2), b.ls2)
+    return _scaled(F.linear(_mlp_hidden(x, b, dtype), b.w2, b.b2), b.ls2)
 
 
 def _add_linear(y, x, w, bias, ls):
@@ -116,7 +120,7 @@ def _add_linear(y, x, w, bias, ls):
 
 def _add_mlp(y, b: _Block, dtype):
     """y + MLP(LN(y))."""
-    return _add_linear(y, b.act(F.linear(_ln(y, b.ln2, dtype), b.w1, b.b1)), b.w2, b.b2, b.ls2)
+    return _add_linear(y, _mlp_hidden(y, b, dtype), b.w2, b.b2, b.ls2)
 
 
 def _qkv(x, b: _Block, dtype):

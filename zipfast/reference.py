@@ -28,6 +28,11 @@ def token_intrinsic_dim(intrinsic_dim: int, n_ctx: int) -> int:
     return intrinsic_dim // n_ctx
 
 
+def token_dim_of(delta: int, n_ctx: int, rank: int) -> int:
+    """d_t of a parameter vector of length δ (the inverse of `param_dim` in d_t)."""
+    return (delta - n_ctx * rank - rank) // (rank + 1)
+
+
 def param_dim(n_ctx: int, intrinsic_dim: int, rank: int) -> int:
     """δ, the length of w = [U (m×r), s (r), V (d_t×r), shared_V (d_t)]."""
     d_t = token_intrinsic_dim(intrinsic_dim, n_ctx)
@@ -153,7 +158,7 @@ def reconstruct_ctx(w: torch.Tensor, ctx0: torch.Tensor, ff: FastfoodParams, ran
     Z = U·diag(s)·Vᵀ + 1·shared_Vᵀ (m × d_t); ctx_i = ctx0_i + F_i(Z_i).
     """
     m = ctx0.shape[0]
-    d_t = (w.shape[-1] - m * rank - rank) // (rank + 1)
+    d_t = token_dim_of(w.shape[-1], m, rank)
     u, s, v, sv = split_params(w, m, d_t, rank)
     z = torch.einsum("kmr,kr,kdr->kmd", u, s, v) + sv.unsqueeze(-2)
     return ctx0 + fastfood_project(z, ff)

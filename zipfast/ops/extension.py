@@ -37,6 +37,14 @@ def cuda_module():
     return _state["mod"], _state["why"]
 
 
+def require_cuda_module():
+    """The compiled CUDA module; RuntimeError with the reason when it is not there."""
+    mod, why = cuda_module()
+    if mod is None:
+        raise RuntimeError(why)
+    return mod
+
+
 def available(device: torch.device) -> tuple[bool, str]:
     """Availability check of every "cuda" implementation: a CUDA device and the built extension."""
     ok, why = cuda_device(device)

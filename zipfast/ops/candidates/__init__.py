@@ -67,7 +67,7 @@ def candidates(w: torch.Tensor, seed, step, ck, ctx0: torch.Tensor, ff: ref.Fast
     if dist not in DISTRIBUTIONS:
         raise ValueError(f"unknown perturbation distribution {dist!r}; choose one of {', '.join(DISTRIBUTIONS)}")
     m, D = ctx0.shape
-    dt = (w.shape[-1] - m * rank - rank) // (rank + 1)
+    dt = ref.token_dim_of(w.shape[-1], m, rank)
     if ref.param_dim(m, dt * m, rank) != w.shape[-1] or ff.n_ctx != m or ff.D != D:
         raise ValueError(f"w has length {w.shape[-1]}, which is not δ for m={m}, rank={rank} "
                          f"(or the Fastfood randomness is for {ff.n_ctx}×{ff.D}, ctx0 is {m}×{D})")

@@ -8,17 +8,16 @@ import math
 import torch
 
 from .. import extension as ext
+from ...reference import token_dim_of
 from ..perturb.reference import DIST_CODES
 
 
 def candidates(out: torch.Tensor, w, seed, step, ck, ctx0, B, Pi, G, divisor, pos, stream: int, q: int, rank: int,
                dist: str) -> None:
-    mod, why = ext.cuda_module()
-    if mod is None:
-        raise RuntimeError(why)
+    mod = ext.require_cuda_module()
     m, D = ctx0.shape
     L = B.shape[1]
-    dt = (w.shape[0] - m * rank - rank) // (rank + 1)
+    dt = token_dim_of(w.shape[0], m, rank)
     ext.check_cuda_args(out=out, w=w, seed=seed, step=step, ck=ck, ctx0=ctx0, B=B, Pi=Pi, G=G, divisor=divisor,
                         pos=pos)
     mod.candidates(out.data_ptr(), w.data_ptr(), seed.data_ptr(), step.data_ptr(), ck.data_ptr(), stream, DIST_CODES[dist],

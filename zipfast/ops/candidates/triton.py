@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ...reference import token_dim_of
 from ..perturb.reference import DIST_CODES
 from ..perturb.triton import LAUNCH, load_counters, z_at
 
@@ -79,7 +80,7 @@ def candidates(out: torch.Tensor, w, seed, step, ck, ctx0, B, Pi, G, divisor, po
                dist: str) -> None:
     m, D = ctx0.shape
     L = B.shape[1]
-    dt = (w.shape[0] - m * rank - rank) // (rank + 1)
+    dt = token_dim_of(w.shape[0], m, rank)
     _candidates_kernel[(m, 2 * q)](
         out, w, seed, step, ck, ctx0, B, Pi, G, divisor, ctx0 if pos is None else pos, stream, q, m, dt, D,
         math.sqrt(D / L), rank, max(2, triton.next_power_of_2(rank)), L, int(math.log2(L)), pos is not None,

@@ -10,9 +10,7 @@ from .reference import DIST_CODES
 
 
 def perturb(seed: torch.Tensor, step: torch.Tensor, stream: int, q: int, dim: int, dist: str) -> torch.Tensor:
-    mod, why = ext.cuda_module()
-    if mod is None:
-        raise RuntimeError(why)
+    mod = ext.require_cuda_module()
     out = torch.empty(q, dim, device=step.device, dtype=torch.float32)
     seed, step = seed.to(step.device, torch.int64).contiguous(), step.to(torch.int64).contiguous()
     ext.check_cuda_args(out=out, seed=seed, step=step)

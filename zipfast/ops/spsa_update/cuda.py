@@ -11,9 +11,7 @@ from .reference import MODE_CODES
 
 
 def spsa_update(w, momentum, losses, seed, step, ak, ck, stream, dist, mode, b1):
-    mod, why = ext.cuda_module()
-    if mod is None:
-        raise RuntimeError(why)
+    mod = ext.require_cuda_module()
     w_out = torch.empty_like(w)
     m_out = torch.empty_like(momentum)
     stats = torch.empty(5, device=w.device, dtype=torch.float32)
