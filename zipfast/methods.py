@@ -189,9 +189,9 @@ def build(config, ctx0: torch.Tensor, seed_for: Callable[[int], int], tags) -> t
     """
     space_tag, params_tag, optim_tag = tags
     opts = resolve_options(config.method, config.method_options)
-    gen = lambda tag: torch.Generator().manual_seed(seed_for(tag))  # noqa: E731
     if config.method == "zsclip":
         return None, None
+    gen = lambda tag: torch.Generator().manual_seed(seed_for(tag))  # noqa: E731
     if config.method == "sharpzo":
         space = ProjectionSpace.create(ctx0, opts.dim, opts.std, gen(space_tag))
         kw = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in ("preset", "dim", "std")}
