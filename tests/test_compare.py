@@ -55,7 +55,82 @@ def test_compare_on_the_planted_task_writes_table_csv_plot(tmp_path):
     (["--seeds", "1,x"], "--seeds takes comma-separated integers"),
     (["--method-opt", "change_point=3"], "METHOD.KEY=VALUE"),
     (["--method-opt", "sharpzo.nope=3"], "unknown option"),
+    (["--methods", "zip,bptvlm,bar"], "--methods bptvlm,bar: these methods change what the image tower sees"),
+    (["--methods", "blackvip"], "'planted' task holds image features only; use --data synthetic-images"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),
 ])
 def test_compare_bad_input_exits_2(argv, message, capsys, tmp_path):
     rc = main(["compare", "--budget", "20", "--no-progress", "--output-dir", str(tmp_path), *argv])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+@pytest.fixture
+def synthetic_cache(tmp_path, monkeypatch):
+    """The generated image folder under a private cache directory."""
+    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_default_methods_follow_the_data():
+    from zipfast.compare import default_methods
+
+    assert default_methods("planted") == ("zip", "sharpzo", "zo-sgd", "zsclip")
+    assert default_methods("synthetic-images") == ("zip", "sharpzo", "zo-sgd", "zsclip", "bptvlm", "bar", "blackvip")
+    assert default_methods("/data/planted-photos") == default_methods("synthetic-images")  # a folder, whatever its name
+
+
+def test_synthetic_folder_is_generated_once_and_deterministically(tmp_path, monkeypatch):
+    import hashlib
+
+    from zipfast.data import synthetic
+
+    def digest(root):
+        files = sorted(p for p in root.rglob("*.png"))
+        return len(files), hashlib.sha256(b"".join(p.relative_to(root).as_posix().encode() + p.read_bytes()
+                                                   for p in files)).hexdigest()
+
+    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path / "a"))
+    a = synthetic.folder()
+    mtime = a.stat().st_mtime_ns
+    assert synthetic.folder() == a and a.stat().st_mtime_ns == mtime  # reused, not rewritten
+    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path / "b"))
+    b = synthetic.folder()
+    assert a != b and digest(a) == digest(b) and digest(a)[0] == 4 * 48
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_compare_image_method_and_zip_on_the_generated_folder(synthetic_cache, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--data", "synthetic-images", "--methods", "zip,bar,zsclip", "--seeds", "1",
+               "--budget", "30", "--eval-every", "12", "--shots", "4", "--targets", "30",
+               "--method-opt", "bar.q=2", "--device", "cpu", "--no-progress", "--output-dir", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    runs = {r["method"]: r for r in map(json.loads, (out / "runs.jsonl").read_text().splitlines())}
+    assert runs["zip"]["queries"] == runs["bar"]["queries"] == 30 and runs["zsclip"]["queries"] == 0
+    assert runs["zip"]["steps"] == 3 and runs["bar"]["steps"] == 10  # 2·sp_avg = 10 and 1 + q = 3 per step
+    assert [q for q, _ in runs["zip"]["curve"]] == [0, 20, 30]
+    assert [q for q, _ in runs["bar"]["curve"]] == [0, 12, 24, 30]
+    assert all(r["curve"][-1][1] == r["test_acc"] for r in runs.values())
+    assert runs["bar"]["report"]["method_config"]["q"] == 2
+    assert runs["bar"]["report"]["method_config"]["frame_size"] == 224  # the model's input size, image 194 inside
+    with open(out / "compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["zip", "bar", "zsclip"] and [r["queries"] for r in rows] == ["30", "30", "0"]
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| bar |" in (out / "compare.md").read_text() and "| bar |" in capsys.readouterr().out
+
+
+def test_compare_image_run_is_deterministic(synthetic_cache):
+    import dataclasses
+
+    from zipfast.compare import run_one, task_method_options
+
+    base = TrainConfig(model="zipfast-tiny224", pretrained="none", dataset="synthetic-images", budget=20, shots=2,
+                       test_per_class=6, seed=2, method="blackvip", device="cpu", checkpoint_every=0,
+                       method_options={"sp_avg": 1, "src_dim": 98})
+    a = run_one(base, build_run, eval_every=4, progress=False)
+    b = run_one(dataclasses.replace(base), build_run, eval_every=4, progress=False)  # nothing shared
+    assert [q for q, _ in a["curve"]] == [0, 4, 8, 12, 16, 20] and a["queries"] == 20
+    assert a["curve"] == b["curve"] and a["test_acc"] == b["test_acc"]
+    assert task_method_options("synthetic-images", "bptvlm", {"pop_size": 4}) == \
+        {"intrinsic_dim_l": 200, "intrinsic_dim_v": 200, "pop_size": 4}

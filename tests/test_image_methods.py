@@ -308,18 +308,6 @@ def test_unknown_trainer_is_refused():
         load_official_image(None, [], trainer="VPOUR")
 
 
-def test_run_image_method_records_a_test_curve(models, folder):
-    from zipfast.image_compare import run_image_method
-
-    name, size, mc, bs = SETTINGS["bar"]
-    model, tok = models[name]
-    cfg = TrainConfig(model=name, pretrained="none", budget=14, batch_size=bs, shots=4, seed=1, image_size=size,
-                      precision="fp32", device="cpu", sp_avg=1)
-    r = run_image_method("bar", model, tok, folder, cfg, method_config("bar", **mc), eval_every=6)
-    assert [q for q, _ in r["curve"]] == [0, 6, 12, 14]
-    assert r["report"]["queries"] == 14 and r["curve"][-1][1] == r["report"]["test_acc"]
-
-
 @pytest.mark.parametrize("method,opts", [("bar", []), ("bptvlm", ["--method-opt", "pop_size=4", "--method-opt",
                                                                   "intrinsic_dim_l=20", "--method-opt",
                                                                   "intrinsic_dim_v=20"])])

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from .data import synthetic
+from .data.classnames import PLANTED_TASKS as PLANTED  # built-in planted task name → label set
 from .errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USER, UserError, is_user_os_error
 
-PLANTED = {"planted": "eurosat", "planted-cifar100": "cifar100"}
 DEMO_DIR = "runs/demo"
 
 
@@ -43,8 +44,13 @@ def build_run(cfg, task_seed: int = 0):
             model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
         return model, tokenizer, data.classnames, data
     if not cfg.dataset:
-        raise UserError("no dataset: pass --data ROOT (an image folder) or --data planted")
-    data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
+        raise UserError(f"no dataset: pass --data ROOT (an image folder), --data {synthetic.NAME} or --data planted")
+    if cfg.dataset == synthetic.NAME:  # the generated image folder; its random tiny CLIP is part of the task
+        data = FewShotImageFolder.from_root(synthetic.folder(), cfg.shots, cfg.seed, cfg.test_per_class)
+        if cfg.model == synthetic.MODEL and cfg.pretrained == "none":
+            return (*synthetic.model(cfg.model), data.classnames, data)
+    else:
+        data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
     # A checkpoint holds no model weights: seed a random init (pretrained none) so that `eval`
     # rebuilds the very model `train` used.
     with torch.random.fork_rng(devices=[]):
@@ -73,6 +79,8 @@ def _config_from_args(args):
              "method_options": parse_method_opts(args.method_opt)}
     if args.data in PLANTED and args.model is None:
         flags.update(model="zipfast-planted", pretrained="none")
+    if args.data == synthetic.NAME and args.model is None:
+        flags.update(model=synthetic.MODEL, pretrained="none")
     cfg = load_official(args.config_file, args.opts or ())
     return cfg_to_train_config(cfg, **flags)
 
@@ -222,18 +230,14 @@ def cmd_bench_paper(args) -> int:
 
 def cmd_compare(args) -> int:
     """Methods × seeds on one task with one budget: table, CSV and accuracy-vs-queries plot."""
-    from .compare import compare, markdown_table, summarise
+    from .compare import check_methods, compare, default_methods, markdown_table, summarise
     from .config import ConfigError, TrainConfig
-    from .methods import IMAGE_METHODS, METHODS
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ConfigError(f"--methods: unknown method(s) {bad or args.methods!r}; choose from {', '.join(METHODS)}")
-    image = [m for m in methods if m in IMAGE_METHODS]
-    if image:
-        raise ConfigError(f"--methods {','.join(image)}: the image-side methods are not in `zipfast compare` yet "
-                          f"(they need an image folder); run python -m zipfast.image_compare")
+    if args.methods is None:
+        methods = list(default_methods(args.data))
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    check_methods(methods, args.data)
     seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
     options: dict = {}
     for key, value in (parse_method_opts(args.method_opt) or {}).items():
@@ -242,10 +246,11 @@ def cmd_compare(args) -> int:
             raise ConfigError(f"--method-opt for compare takes METHOD.KEY=VALUE with METHOD one of "
                               f"{', '.join(methods)}; got {key!r}")
         options.setdefault(method, {})[name] = value
-    planted = args.data in PLANTED
-    base = TrainConfig(model=args.model or ("zipfast-planted" if planted else "ViT-B-16"),
-                       pretrained=args.pretrained or ("none" if planted else "openai"), dataset=args.data,
-                       budget=args.budget, shots=args.shots, device=args.device or "auto",
+    planted, generated = args.data in PLANTED, args.data == synthetic.NAME
+    model = "zipfast-planted" if planted else synthetic.MODEL if generated else "ViT-B-16"
+    base = TrainConfig(model=args.model or model,
+                       pretrained=args.pretrained or ("none" if planted or generated else "openai"), dataset=args.data,
+                       budget=args.budget, shots=args.shots, batch_size=args.batch_size, device=args.device or "auto",
                        backend=args.backend or "auto", checkpoint_every=0).validate()
     runs = compare(base, build_run, methods, seeds, args.eval_every, targets, options, args.output_dir,
                    progress=not args.no_progress)
@@ -297,7 +302,8 @@ def parser() -> argparse.ArgumentParser:
         "overrides in the official scripts' style, e.g. TRAINER.ZIP.N_CTX 8 TRAINER.BASIC.MAX_API_CALLS 5000. "
         "Flags override both."))
     t.add_argument("--config-file", default=None, help="official ZIP yaml (configs/trainers/ZIP/vit_b16.yaml)")
-    t.add_argument("--data", default=None, help="image-folder root, or planted / planted-cifar100")
+    t.add_argument("--data", default=None, help="image-folder root, planted / planted-cifar100, or synthetic-images "
+                   "(a generated 4-class image folder with a random tiny CLIP)")
     t.add_argument("--model", default=None, help="open_clip model name (ViT-B-16; ViT-B/16 accepted)")
     t.add_argument("--pretrained", default=None, help="open_clip tag, local checkpoint path, or none")
     t.add_argument("--budget", type=int, default=None, help="query budget (TRAINER.BASIC.MAX_API_CALLS)")
@@ -369,14 +375,20 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench_paper)
 
     c = sub.add_parser("compare", help="several methods x seeds on one task, same budget: table and plot")
-    c.add_argument("--data", default="planted", help="planted (default), planted-cifar100 or an image-folder root")
-    c.add_argument("--methods", default="zip,sharpzo,zo-sgd,zsclip", help="comma-separated (default: all)")
+    c.add_argument("--data", default="planted", help="planted (default), planted-cifar100 (image features only: "
+                   "the text-side methods), synthetic-images (a generated image folder, random tiny CLIP) or "
+                   "an image-folder root")
+    c.add_argument("--methods", default=None, help="comma-separated: zip, sharpzo, zo-sgd, zsclip, bptvlm, bar, "
+                   "blackvip (default: every method that can run on --data; the last three need images)")
     c.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     c.add_argument("--budget", type=int, default=5000, help="query budget of every run (default 5000)")
     c.add_argument("--eval-every", type=int, default=250, help="queries between test evaluations (default 250)")
     c.add_argument("--targets", default="50,60,70", help="accuracies (%%) for the queries-to-reach columns")
     c.add_argument("--shots", type=int, default=16)
-    c.add_argument("--model", default=None, help="open_clip model (default: zipfast-planted on planted data)")
+    c.add_argument("--batch-size", type=int, default=128, help="training minibatch of every method (default 128, "
+                   "the official configs')")
+    c.add_argument("--model", default=None, help="open_clip model (default: zipfast-planted on planted data, "
+                   "zipfast-tiny224 on synthetic-images, else ViT-B-16)")
     c.add_argument("--pretrained", default=None)
     c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")

@@ -1,9 +1,11 @@
 """`zipfast compare`: several methods × seeds on one task, the same query budget for all.
 
-Each run is an ordinary `ZIPTrainer` run of one method (zipfast.methods); a step hook
+Each run is an ordinary run of one method (zipfast.methods): a `ZIPTrainer` for the text-side
+methods (zip, sharpzo, zo-sgd, zsclip), an `ImagePromptTrainer` for the image-side ones
+(bptvlm, bar, blackvip), with the same query accounting and budget stop. A step hook
 evaluates test accuracy on the optimiser's current point every `eval_every` queries
-(cheap: the test image features are cached, one text pass per evaluation). Writes, in
-the output directory:
+(evaluations cost no queries and are not counted as training time). Writes, in the output
+directory:
 
 - compare.png: test accuracy vs queries, mean over seeds with a min–max band per method
   (zero-shot CLIP, 0 queries, as a horizontal line);
@@ -11,6 +13,9 @@ the output directory:
   queries to first reach each target accuracy (at the evaluation granularity; mean over
   the seeds that reached it, and how many did), training wall time and queries/s;
 - runs.jsonl: one record per run (method, seed, report, curve).
+
+The image-side methods need images: an image folder, or the generated `synthetic-images`
+task (zipfast.data.synthetic); the planted task holds image features only.
 """
 
 from __future__ import annotations
@@ -23,35 +28,76 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
+from .data import synthetic
+from .data.classnames import PLANTED_TASKS
+from .image_options import METHODS as IMAGE_METHODS
 
-DEFAULT_METHODS = ("zip", "sharpzo", "zo-sgd", "zsclip")
+TEXT_METHODS = ("zip", "sharpzo", "zo-sgd", "zsclip")
+ALL_METHODS = TEXT_METHODS + IMAGE_METHODS
+
+
+def has_images(dataset: str) -> bool:
+    """Whether a task gives pixels (an image folder, synthetic-images) rather than image features (planted)."""
+    return dataset not in PLANTED_TASKS
+
+
+def default_methods(dataset: str) -> tuple[str, ...]:
+    """Every method that can run on the dataset."""
+    return ALL_METHODS if has_images(dataset) else TEXT_METHODS
+
+
+def check_methods(methods: Sequence[str], dataset: str) -> None:
+    """ConfigError naming any method that is unknown or cannot run on the dataset."""
+    from .methods import METHODS
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: unknown method(s) {bad or list(methods)!r}; choose from {', '.join(METHODS)}")
+    image = [m for m in methods if m in IMAGE_METHODS]
+    if image and not has_images(dataset):
+        raise ConfigError(
+            f"--methods {','.join(image)}: these methods change what the image tower sees and need images, but the "
+            f"{dataset!r} task holds image features only; use --data {synthetic.NAME} (a generated 4-class image "
+            f"folder with a random tiny CLIP) or --data FOLDER (an image folder), or leave them out")
 
 
 class EvalCurve:
-    """Step hook: (queries, test accuracy %) at 0 and each time `every` more queries are spent."""
+    """Step hook: (queries, test accuracy %) at 0 and each time `every` more queries are spent.
+
+    eval_s: seconds spent evaluating in all; in_fit [(queries, seconds)]: the evaluations the
+    hook ran during training (to take out of the training time)."""
 
     def __init__(self, every: int):
-        self.every, self.points, self.eval_s = every, [], 0.0
+        if every < 1:
+            raise ConfigError(f"--eval-every must be at least 1 query, got {every}")
+        self.every, self.points, self.eval_s, self.in_fit = every, [], 0.0, []
         self._next = every
 
     def start(self, trainer) -> None:
         self._eval(trainer, 0)
 
-    def _eval(self, trainer, queries: int) -> None:
+    def _eval(self, trainer, queries: int) -> float:
         t = time.perf_counter()
         self.points.append((queries, trainer.evaluate()))
-        self.eval_s += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        self.eval_s += dt
+        return dt
 
     def __call__(self, trainer, rec: dict) -> None:
         if rec["queries"] >= self._next:
-            self._eval(trainer, rec["queries"])
+            self.in_fit.append((rec["queries"], self._eval(trainer, rec["queries"])))
             while self._next <= rec["queries"]:
                 self._next += self.every
 
     def finish(self, trainer, final_acc: float) -> None:
         if not self.points or self.points[-1][0] != trainer.queries:
             self.points.append((trainer.queries, final_acc))
+
+    def train_seconds(self, wall_s: float, queries: int) -> float:
+        """A trainer's wall time (measured after its last step, before that step's hooks) less the
+        evaluations this hook ran inside it."""
+        return max(wall_s - sum(s for q, s in self.in_fit if q < queries), 0.0)
 
 
 def first_reach(points, target: float):
@@ -60,38 +106,105 @@ def first_reach(points, target: float):
 
 
 def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bool, cache: dict | None = None) -> dict:
-    from .trainer import ZIPTrainer
+    """One method × seed (cfg.method, cfg.seed) with its test-accuracy curve.
 
+    build_run(cfg) → (model, tokenizer, classnames, data); cache: shared across calls (models, tasks, encoders).
+    """
     # The frozen model and the task do not depend on the method; on the planted task not on the seed either.
     key = (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
-           None if cfg.dataset.startswith("planted") else cfg.seed)
+           None if cfg.dataset in PLANTED_TASKS else cfg.seed)
     cache = {} if cache is None else cache
     if key not in cache:
         cache[key] = build_run(cfg)
     model, tokenizer, classnames, data = cache[key]
-    trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=progress)
+    if cfg.method in IMAGE_METHODS:
+        trainer = _image_trainer(cfg, model, tokenizer, classnames, data, progress, cache)
+    else:
+        from .trainer import ZIPTrainer
+
+        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=progress)
     curve = EvalCurve(eval_every)
     curve.start(trainer)
     trainer.step_hooks.append(curve)
     report = trainer.fit()
     curve.finish(trainer, report["test_acc"])
-    train_s = max(report["wall_time_s"] - curve.eval_s, 0.0)  # the hook's evaluations are not training
     return {"method": cfg.method, "seed": cfg.seed, "test_acc": report["test_acc"], "queries": report["queries"],
-            "steps": report["steps"], "train_s": round(train_s, 3), "curve": curve.points,
-            "report": {k: report[k] for k in ("param_dim", "backend", "precision", "device", "template")}}
+            "steps": report["steps"], "train_s": round(curve.train_seconds(report["wall_time_s"], report["queries"]), 3),
+            "curve": curve.points,
+            "report": {k: report.get(k) for k in ("param_dim", "backend", "precision", "device", "template",
+                                                  "method_config", "precision_substitution")}}
 
 
-def compare(base: TrainConfig, build_run: Callable, methods: Sequence[str] = DEFAULT_METHODS,
+def _image_trainer(cfg: TrainConfig, model, tokenizer, classnames, data, progress: bool, cache: dict):
+    """An ImagePromptTrainer set up as `zipfast train --method` sets it up: the model's input size,
+    BAR's image inside its frame, the dataset's hand-written template for BAR/BlackVIP's text."""
+    from .image_config import fit_bar_sizes
+    from .image_trainer import ImagePromptTrainer
+    from .methods import resolve_options
+    from .trainer import adapt_config
+    from .zeroshot import template_for
+
+    mcfg = resolve_options(cfg.method, cfg.method_options)
+    cfg = adapt_config(cfg, model, encodes_images=True)[0]
+    if cfg.method == "bar":
+        cfg, mcfg = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
+    encoder = coordinator_encoder(cfg, mcfg, cache) if cfg.method == "blackvip" else None
+    return ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer, encoder=encoder,
+                              template=template_for(cfg.dataset), progress=progress)
+
+
+def coordinator_encoder(cfg: TrainConfig, mcfg, cache: dict):
+    """BlackVIP's frozen encoder for a run, or None for the trainer's own (random weights of the
+    backbone's architecture seeded by the run seed, encoder "none").
+
+    On synthetic-images (no encoder set): the task's small ViT-MAE architecture, random weights
+    seeded by the run seed. Pretrained weights (the hub name, or a directory) do not depend on the
+    seed: loaded once and shared by every run.
+    """
+    from .prompters.blackvip import load_coordinator_encoder
+
+    source = mcfg.encoder
+    if cfg.dataset == synthetic.NAME and not source:
+        from transformers import ViTMAEConfig
+
+        return load_coordinator_encoder(mcfg.backbone, "none", seed=cfg.seed,
+                                        config=ViTMAEConfig(**synthetic.COORDINATOR))
+    if source.lower() in ("none", "random"):
+        return None
+    key = ("blackvip-encoder", mcfg.backbone, source)
+    if key not in cache:
+        cache[key] = load_coordinator_encoder(mcfg.backbone, source or None)
+    return cache[key]
+
+
+def task_method_options(dataset: str, method: str, given: dict | None) -> dict:
+    """The method options of a run: the task's own defaults (synthetic-images reduces what does not
+    fit its tiny model), then the user's."""
+    base = synthetic.METHOD_DEFAULTS.get(method, {}) if dataset == synthetic.NAME else {}
+    return {**base, **(given or {})}
+
+
+def compare(base: TrainConfig, build_run: Callable, methods: Sequence[str] | None = None,
             seeds: Sequence[int] = (1, 2, 3), eval_every: int = 250, targets: Sequence[float] = (50, 60, 70),
             method_options: dict | None = None, output_dir=None, progress: bool = True) -> list[dict]:
     """Run every method × seed with base's task, model and budget; write the outputs; return the runs.
 
-    method_options: {method: {option: value}}. build_run(cfg) → (model, tokenizer, classnames, data).
+    methods: None = every method that can run on base.dataset. method_options: {method: {option:
+    value}}. build_run(cfg) → (model, tokenizer, classnames, data).
     """
+    methods = list(default_methods(base.dataset) if methods is None else methods)
+    check_methods(methods, base.dataset)
+    EvalCurve(eval_every)  # checks eval_every before any run
     method_options = method_options or {}
-    cfgs = [dataclasses.replace(base, method=m, seed=s, method_options=dict(method_options.get(m, {})),
-                                output_dir="").validate() for m in methods for s in seeds]
+    cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="",
+                                method_options=task_method_options(base.dataset, m, method_options.get(m))).validate()
+            for m in methods for s in seeds]
     runs, cache = [], {}
+    if "blackvip" in methods:  # a pretrained encoder that cannot load fails here, before any run
+        from .methods import resolve_options
+
+        probe = next(c for c in cfgs if c.method == "blackvip")
+        coordinator_encoder(probe, resolve_options("blackvip", probe.method_options), cache)
     for i, cfg in enumerate(cfgs, 1):
         if progress:
             print(f"[{i}/{len(cfgs)}] {cfg.method} seed {cfg.seed}", flush=True)
@@ -190,4 +303,6 @@ def write_outputs(out: Path, runs, rows, targets, base: TrainConfig) -> None:
     (out / "compare.csv.tmp").replace(out / "compare.csv")
     seeds = sorted({r["seed"] for r in runs})
     title = f"{base.dataset or 'task'}: test accuracy vs queries ({len(seeds)} seeds, mean and min–max)"
+    if base.dataset == synthetic.NAME and base.pretrained == "none":
+        title += "\nrandom-weight tiny CLIP on generated images: checks the pipeline, does not rank methods"
     plot(runs, methods, out / "compare.png", title)

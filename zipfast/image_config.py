@@ -98,6 +98,21 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
     return (method, shared, mc, node) if return_node else (method, shared, mc)
 
 
+def fit_bar_sizes(cfg: TrainConfig, mcfg, frame_given: bool) -> tuple[TrainConfig, Any]:
+    """BAR's sizes for a model whose input size is cfg.image_size: the frame is that size (unless
+    `frame_given`) and the image inside it 194/224 of the frame (rounded down to even), as the official
+    INPUT.SIZE 194 inside FRAME_SIZE 224. Returns (cfg, mcfg)."""
+    import dataclasses
+    import logging
+
+    if not frame_given and cfg.image_size != mcfg.frame_size:
+        logging.getLogger("zipfast.image").info("BAR: frame size %d -> %d, the model's input size",
+                                                mcfg.frame_size, cfg.image_size)
+        mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
+    inner = mcfg.frame_size * 194 // 224
+    return dataclasses.replace(cfg, image_size=inner - inner % 2).validate(), mcfg
+
+
 def train_config_from_official(shared: dict, **flags) -> TrainConfig:
     if shared["budget"] == 0 and flags.get("budget") is None:
         raise ConfigError("TRAINER.BASIC.MAX_API_CALLS is 0 (the official 'no limit'); zipfast stops on a query "

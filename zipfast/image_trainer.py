@@ -29,7 +29,7 @@ from .batched import make_engine
 from .config import TrainConfig
 from .data.pixels import PixelSource
 from .data.sources import batch_indices, derive_seed
-from .image_config import method_config
+from .image_config import fit_bar_sizes, method_config
 from .image_options import METHODS, config_to_dict
 from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
@@ -320,11 +320,7 @@ def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> i
                           f"folder (got {cfg.dataset!r})")
     cfg = match_image_size(cfg, model)
     if cfg.method == "bar":  # the image sits inside the frame: 194 px in 224 (INPUT.SIZE of the official yaml)
-        if "frame_size" not in cfg.method_options and cfg.image_size != mcfg.frame_size:
-            log.info("BAR: frame size %d -> %d, the model's input size", mcfg.frame_size, cfg.image_size)
-            mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
-        inner = mcfg.frame_size * 194 // 224
-        cfg = dataclasses.replace(cfg, image_size=inner - inner % 2).validate()
+        cfg, mcfg = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
     out = cfg.output_dir or None
     trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
                                  output_dir=out, progress=not args.no_progress)

@@ -22,3 +22,6 @@ CIFAR100 = [
 ]
 
 LABEL_SETS = {"eurosat": EUROSAT, "cifar100": CIFAR100}
+
+# The built-in planted tasks (image features only, no pixels): name → label set.
+PLANTED_TASKS = {"planted": "eurosat", "planted-cifar100": "cifar100"}
