@@ -254,7 +254,7 @@ def plot(runs: list[dict], methods: Sequence[str], path: Path, title: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.2, 4.2), dpi=110)
     for m in methods:
         rs = [r for r in runs if r["method"] == m]
         if not rs:
@@ -273,7 +273,7 @@ def plot(runs: list[dict], methods: Sequence[str], path: Path, title: str) -> No
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: no curve hidden
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
