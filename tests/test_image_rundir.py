@@ -114,3 +114,13 @@ def test_cli_resume_and_overwrite_contradict(folder, tmp_path, capsys):
     assert main(["train", "--data", str(folder.root), "--budget", "6", *CLI, "--resume", str(tmp_path),
                  "--overwrite"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_cli_eval_every_records_a_test_curve_for_an_image_method(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder.root), "--budget", "14", *CLI, "--output-dir", str(out),
+                 "--eval-every", "6"]) == 0
+    curve = [json.loads(x) for x in (out / "curve.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    assert [p["queries"] for p in curve] == [0, 6, 12, 14]  # BAR steps of 1 + q = 6 queries, then 2
+    assert curve[-1]["test_acc"] == pytest.approx(report["test_acc"], abs=1e-3)
