@@ -59,6 +59,7 @@ class ImagePromptTrainer(BudgetedRun):
             raise ValueError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
         config.validate()
         self.method, self.config, self.progress = method, config, progress
+        self.template = template if method != "bptvlm" else None  # BPT-VLM learns its text context
         self.mcfg = method_cfg if method_cfg is not None else method_config(method)
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
@@ -246,6 +247,7 @@ class ImagePromptTrainer(BudgetedRun):
 
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "step": self.step,
+                "template": self.template,
                 "optimizer": self.optimizer.state_dict(),
                 "space": self.space.state_dict(), "queries": self.queries, "batches": self.batches,
                 "elapsed": self.elapsed, "last_record": self.last_record, "zipfast": __version__}
@@ -272,6 +274,20 @@ class ImagePromptTrainer(BudgetedRun):
         self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
         self._mark_resumed(ck.path)
+
+def trainer_for_checkpoint(sd: dict, config: TrainConfig, build_run) -> ImagePromptTrainer:
+    """The trainer of an image-method checkpoint `sd` (its state dict, with "fingerprint" and "path",
+    as `trainer.read_checkpoint` returns it), rebuilt for `config` (the checkpoint's, with the
+    caller's overrides) and loaded: what `zipfast eval` evaluates. BAR/BlackVIP classify with the
+    template the run trained with."""
+    method = sd["fingerprint"]["method"]
+    mcfg = method_config(method, **sd["fingerprint"]["method_config"])
+    model, tokenizer, classnames, data = build_run(config)
+    trainer = ImagePromptTrainer(method, model, classnames, config, data, mcfg, tokenizer=tokenizer,
+                                 template=sd.get("template") or DEFAULT_TEMPLATE, progress=False)
+    trainer.load_checkpoint(sd["path"])
+    return trainer
+
 
 def train_image_method(cfg: TrainConfig, args, build_run, match_image_size, run=None, resume=None) -> dict:
     """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]` → the report.
