@@ -69,8 +69,10 @@ def run(args, build_run, match_image_size) -> int:
         if method != "bar":  # BAR's INPUT.SIZE is the image inside the frame, not the model's input
             cfg = match_image_size(cfg, model)
         dlog(f"Dataset: {spec.name} (classes: {len(classnames)}; train {len(data.train)}, test {len(data.test)})")
+        # As Dassl (and the ZIP trainer): a folder with a checkpoint resumes, one without starts over.
         trainer = ImagePromptTrainer(method, model, classnames, cfg, data, mc, tokenizer=tokenizer,
-                                     template=spec.template, output_dir=out, progress=not args.no_progress)
+                                     template=spec.template, output_dir=out, progress=not args.no_progress,
+                                     overwrite=True)
         if args.no_train:
             dlog("--no-train: nothing trained")
             return 0
