@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import __version__
 from .batched import make_engine
 from .config import TrainConfig
-from .data.pixels import PixelSource
+from .data.pixels import build_pixel_source
 from .data.sources import batch_indices, derive_seed
 from .image_config import method_config
 from .image_options import METHODS, config_to_dict
@@ -42,7 +42,7 @@ log = logging.getLogger("zipfast.image")
 CHECKPOINT_FORMAT = "zipfast-image-checkpoint-v1"
 _SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM = 20, 21, 22
 _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
-               "pixel_mean", "pixel_std", "precision", "dataset", "test_per_class")
+               "pixel_mean", "pixel_std", "transforms", "augment", "precision", "dataset", "test_per_class")
 
 
 class ImagePromptTrainer(BudgetedRun):
@@ -79,7 +79,9 @@ class ImagePromptTrainer(BudgetedRun):
         self.engine = make_image_engine(config.backend, self.tower, precision)
         self._check_sizes()
         c, seed = config, config.seed
-        self.source = PixelSource(data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation)
+        self.source, self.adjustments = build_pixel_source(data, c.image_size, c.pixel_mean, c.pixel_std,
+                                                           c.interpolation, c.transforms, c.augment, self.device,
+                                                           progress)
         if len(data.classnames) != len(self.classnames):
             raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
         self.steps_per_epoch = max(1, self.source.n_train // c.batch_size)
@@ -236,6 +238,7 @@ class ImagePromptTrainer(BudgetedRun):
                 "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
                 "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
                 "precision": self.engine.precision, "precision_substitution": self.precision_note,
+                "adjustments": list(self.adjustments),
                 "device": str(self.device), "zipfast": __version__}
 
     # ------------------------------------------------------------------ checkpoints
