@@ -182,3 +182,16 @@ def test_eval_every_curve_restarts_with_overwrite_and_is_cut_back_on_resume(fold
     ref = [json.loads(x) for x in (tmp_path / "ref" / "curve.jsonl").read_text().splitlines()]
     assert [(p["step"], p["queries"]) for p in got] == [(p["step"], p["queries"]) for p in ref]
     assert [p["test_acc"] for p in got] == [p["test_acc"] for p in ref]
+
+
+def test_cli_config_changes_of_an_image_method_are_in_its_report(folder, tmp_path):
+    out = tmp_path / "run"
+    cli = [a for a in CLI if a not in ("--method-opt", "frame_size=32")]  # the frame follows the model
+    assert main(["train", "--data", str(folder.root), "--budget", "6", *cli, "--output-dir", str(out),
+                 "INPUT.TRANSFORMS", "('random_resized_crop', 'normalize')"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["adjustments"] == [
+        "image_size 224 -> 32 (the model's input size)",
+        "augment tensor -> pil (INPUT.TRANSFORMS ['random_resized_crop', 'normalize'] runs on the PIL path only)",
+        "BAR: frame size 224 -> 32 (the model's input size)"]
+    assert report["method_config"]["frame_size"] == 32 and report["config"]["image_size"] == 26

@@ -126,7 +126,7 @@ def cmd_train(args) -> int:
         if image:
             from .image_trainer import train_image_method
 
-            report = train_image_method(cfg, args, build_run, _match_image_size, run, ckpt)
+            report = train_image_method(cfg, args, build_run, run, ckpt)
         else:
             model, tokenizer, classnames, data = build_run(cfg)
             trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=run,

@@ -54,7 +54,7 @@ class ImagePromptTrainer(BudgetedRun):
 
     def __init__(self, method: str, model, classnames, config: TrainConfig, data, method_cfg=None, tokenizer=None,
                  encoder=None, template: str = DEFAULT_TEMPLATE, output_dir=None, progress: bool = True,
-                 overwrite: bool = False):
+                 overwrite: bool = False, adjustments=()):
         if method not in METHODS:
             raise ValueError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
         config.validate()
@@ -79,9 +79,10 @@ class ImagePromptTrainer(BudgetedRun):
         self.engine = make_image_engine(config.backend, self.tower, precision)
         self._check_sizes()
         c, seed = config, config.seed
-        self.source, self.adjustments = build_pixel_source(data, c.image_size, c.pixel_mean, c.pixel_std,
+        self.source, notes = build_pixel_source(data, c.image_size, c.pixel_mean, c.pixel_std,
                                                            c.interpolation, c.transforms, c.augment, self.device,
                                                            progress)
+        self.adjustments = [*adjustments, *notes]  # the caller's changes to the config, then the data path's
         if len(data.classnames) != len(self.classnames):
             raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
         self.steps_per_epoch = max(1, self.source.n_train // c.batch_size)
@@ -292,11 +293,13 @@ def trainer_for_checkpoint(sd: dict, config: TrainConfig, build_run) -> ImagePro
     return trainer
 
 
-def train_image_method(cfg: TrainConfig, args, build_run, match_image_size, run=None, resume=None) -> dict:
+def train_image_method(cfg: TrainConfig, args, build_run, run=None, resume=None) -> dict:
     """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]` → the report.
 
-    build_run / match_image_size are the CLI's (passed in: this module sits below the CLI); run:
-    the output RunDir the CLI already holds (or None); resume: a checkpoint path to continue.
+    build_run is the CLI's (passed in: this module sits below the CLI); run: the output RunDir
+    the CLI already holds (or None); resume: a checkpoint path to continue. Every change made to
+    the config (image size, augmentation path, BAR's frame) is logged and listed in the report's
+    "adjustments".
     """
     import dataclasses
 
@@ -312,15 +315,18 @@ def train_image_method(cfg: TrainConfig, args, build_run, match_image_size, run=
     if not isinstance(data, FewShotImageFolder):
         raise ConfigError(f"--method {cfg.method} acts on the image tower and needs images: pass --data an image "
                           f"folder (got {cfg.dataset!r})")
-    cfg = match_image_size(cfg, model)
+    from .trainer import adapt_config
+
+    cfg, notes = adapt_config(cfg, model, encodes_images=True)
     if cfg.method == "bar":  # the image sits inside the frame: 194 px in 224 (INPUT.SIZE of the official yaml)
         if "frame_size" not in cfg.method_options and cfg.image_size != mcfg.frame_size:
-            log.info("BAR: frame size %d -> %d, the model's input size", mcfg.frame_size, cfg.image_size)
+            notes.append(f"BAR: frame size {mcfg.frame_size} -> {cfg.image_size} (the model's input size)")
+            log.info("%s", notes[-1])
             mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
         inner = mcfg.frame_size * 194 // 224
         cfg = dataclasses.replace(cfg, image_size=inner - inner % 2).validate()
     trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
-                                 output_dir=run, progress=not args.no_progress)
+                                 output_dir=run, progress=not args.no_progress, adjustments=notes)
     if resume is not None:
         trainer.load_checkpoint(resume)
         print(f"resumed from {resume} at step {trainer.step} ({trainer.queries} queries)")
