@@ -107,36 +107,40 @@ def cmd_train(args) -> int:
     if official.wanted(args):
         return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)
+    from .checkpoint import resolve_checkpoint_path
     from .methods import IMAGE_METHODS
 
-    if cfg.method in IMAGE_METHODS:  # --method bptvlm | bar | blackvip (need images)
-        from .image_trainer import train_image_method
-
-        return train_image_method(cfg, args, build_run, _match_image_size)
     resolve_device(cfg.device)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues the run in the "
                         "output directory, --overwrite deletes it; pass one of them")
-    state = read_checkpoint(args.resume) if args.resume else None
-    out = cfg.output_dir or (str(Path(state["path"]).parent) if state is not None else "")
+    image = cfg.method in IMAGE_METHODS  # bptvlm | bar | blackvip: their own trainer and checkpoint format
+    state = read_checkpoint(args.resume) if args.resume and not image else None
+    ckpt = (state["path"] if state is not None else resolve_checkpoint_path(args.resume)) if args.resume else None
+    out = cfg.output_dir or (str(Path(ckpt).parent) if ckpt is not None else "")
     run = None
     if out:
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "fresh"
-        run = args.run_dir = RunDir(out, mode, resume_from=state["path"] if state else None).acquire()
+        run = args.run_dir = RunDir(out, mode, resume_from=ckpt).acquire()
     try:
-        model, tokenizer, classnames, data = build_run(cfg)
-        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=run,
-                             progress=not args.no_progress)
-        if state is not None:
-            trainer.load_checkpoint(state["path"], state)
-            print(f"resumed from {state['path']} at step {trainer.step} ({trainer.queries} queries)")
-        if args.eval_every:
-            from .paper.hooks import EvalEvery
+        if image:
+            from .image_trainer import train_image_method
 
-            hook = EvalEvery(args.eval_every, out or None)
-            hook.start(trainer)
-            trainer.step_hooks.append(hook)
-        report = trainer.fit()
+            report = train_image_method(cfg, args, build_run, _match_image_size, run, ckpt)
+        else:
+            model, tokenizer, classnames, data = build_run(cfg)
+            trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=run,
+                                 progress=not args.no_progress)
+            if state is not None:
+                trainer.load_checkpoint(state["path"], state)
+                print(f"resumed from {state['path']} at step {trainer.step} ({trainer.queries} queries)")
+            if args.eval_every:
+                from .paper.hooks import EvalEvery
+
+                hook = EvalEvery(args.eval_every, out or None)
+                hook.start(trainer)
+                trainer.step_hooks.append(hook)
+            report = trainer.fit()
     finally:
         if run is not None:
             run.release()
@@ -275,7 +279,7 @@ def cmd_info(args) -> int:
 
 
 def _print_report(report: dict) -> None:
-    keys = ("queries", "steps", "train_loss", "train_acc", "test_acc", "wall_time_s", "queries_per_s", "backend")
+    keys = ("method", "queries", "steps", "train_loss", "train_acc", "test_acc", "wall_time_s", "queries_per_s", "backend")
     print(json.dumps({k: report.get(k) for k in keys}))
 
 

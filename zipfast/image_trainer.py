@@ -15,14 +15,10 @@ official trainer does. Minibatch t (1, 2, …) and its augmentation are derived 
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import __version__
 from .batched import make_engine
@@ -35,11 +31,10 @@ from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
 from .image_prompt import CHECKPOINT_FORMAT
 from .image_tower import ImageTower
-from .checkpoint import CHECKPOINT_NAME, CheckpointMismatchError, read_checkpoint, write_checkpoint
-from .io import save_json
+from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .models import resolve_device
 from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
-from .trainer import raise_if_nonfinite
+from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
 
@@ -50,7 +45,7 @@ _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size
                "pixel_mean", "pixel_std", "precision", "dataset", "test_per_class")
 
 
-class ImagePromptTrainer:
+class ImagePromptTrainer(BudgetedRun):
     """method: "bptvlm" | "bar" | "blackvip"; model: an open_clip CLIP; classnames; config:
     TrainConfig (shared settings); method_cfg: the method's config (defaults when None);
     data: a FewShotImageFolder. encoder: BlackVIP's coordinator encoder, built by
@@ -58,7 +53,8 @@ class ImagePromptTrainer:
     """
 
     def __init__(self, method: str, model, classnames, config: TrainConfig, data, method_cfg=None, tokenizer=None,
-                 encoder=None, template: str = DEFAULT_TEMPLATE, output_dir=None, progress: bool = True):
+                 encoder=None, template: str = DEFAULT_TEMPLATE, output_dir=None, progress: bool = True,
+                 overwrite: bool = False):
         if method not in METHODS:
             raise ValueError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
         config.validate()
@@ -121,7 +117,8 @@ class ImagePromptTrainer:
             self.cost = 1
         self.queries, self.batches, self.elapsed = 0, 0, 0.0
         self.last_record: dict | None = None
-        self.output_dir = Path(output_dir) if output_dir else None
+        self.run_dir = as_run_dir(output_dir, overwrite)
+        self.output_dir = self.run_dir.path if self.run_dir is not None else None
         self.step_hooks: list = []  # called as hook(trainer, record) after every step (e.g. test curves)
 
     # ------------------------------------------------------------------ setup
@@ -168,56 +165,31 @@ class ImagePromptTrainer:
         self.batches += K * self.cost
         return total_l / self.cost, total_a / self.cost
 
-    def _paths(self):
-        d = self.output_dir
-        return (d / CHECKPOINT_NAME, d / "log.jsonl", d / "report.json") if d else (None, None, None)
+    @property
+    def step(self) -> int:
+        return self.optimizer.step
 
-    def fit(self) -> dict:
-        c = self.config
-        ckpt, log_path, report_path = self._paths()
-        logf = None
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            logf = open(log_path, "a")
-        bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
-                   dynamic_ncols=True, desc=self.method)
-        start = time.perf_counter() - self.elapsed
+    @property
+    def loop_label(self) -> str:
+        return self.method
+
+    def _prepare_rounds(self) -> None:
         if self.method == "blackvip":
-            self.space.train()
-        try:
-            while True:
-                cand = self.optimizer.ask((c.budget - self.queries) // self.cost)
-                if cand.shape[0] == 0:
-                    break
-                losses, accs = self.evaluate_candidates(cand)
-                self.elapsed = time.perf_counter() - start
-                raise_if_nonfinite(losses, self.optimizer, ckpt, self.save_checkpoint,
-                                   f"after {self.queries} queries", f"{self.queries} queries")
-                info = self.optimizer.tell(losses.cpu())
-                self.queries += cand.shape[0] * self.cost
-                self.elapsed = time.perf_counter() - start
-                rec = {"step": self.optimizer.step, "queries": self.queries, **info,
-                       "train_acc": float(accs.mean()), "time_s": round(self.elapsed, 4)}
-                self.last_record = rec
-                if logf is not None:
-                    logf.write(json.dumps(rec) + "\n")
-                    logf.flush()
-                for hook in self.step_hooks:
-                    hook(self, rec)
-                bar.update(cand.shape[0] * self.cost)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
-                if ckpt is not None and c.checkpoint_every and self.optimizer.step % c.checkpoint_every == 0:
-                    self.save_checkpoint(ckpt)
-        finally:
-            bar.close()
-            if logf is not None:
-                logf.close()
-        if ckpt is not None:
-            self.save_checkpoint(ckpt)
-        report = self.report(test_acc=self.evaluate())
-        if report_path is not None:
-            save_json(report, report_path)
-        return report
+            self.space.train()  # the official decoder queries in training mode (BatchNorm batch statistics)
+
+    def _round(self, remaining: int) -> tuple[int, dict | None]:
+        cand = self.optimizer.ask(remaining // self.cost)
+        if cand.shape[0] == 0:
+            return 0, None
+        losses, accs = self.evaluate_candidates(cand)
+        self._tick()
+        raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint,
+                           f"after {self.queries} queries", f"{self.queries} queries")
+        info = self.optimizer.tell(losses.cpu())
+        spent = cand.shape[0] * self.cost
+        self.queries += spent
+        return spent, {"step": self.optimizer.step, "queries": self.queries, **info,
+                       "train_acc": float(accs.mean()), "time_s": round(self._tick(), 4)}
 
     # ------------------------------------------------------------------ evaluation
 
@@ -273,7 +245,8 @@ class ImagePromptTrainer:
                 "classnames": self.classnames}
 
     def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "optimizer": self.optimizer.state_dict(),
+        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
                 "space": self.space.state_dict(), "queries": self.queries, "batches": self.batches,
                 "elapsed": self.elapsed, "last_record": self.last_record, "zipfast": __version__}
 
@@ -298,6 +271,7 @@ class ImagePromptTrainer:
             self.space = BPTVLMSpace.from_state_dict(sd["space"], self.device)
         self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
+        self._mark_resumed(ck.path)
 
     def load_prompt(self, source) -> torch.Tensor:
         """The trained prompt of another run's checkpoint (a file, a run folder or a read
@@ -317,10 +291,12 @@ class ImagePromptTrainer:
             self.space.load_state_dict(ck.state["space"])
         return prompt_point(ck)
 
-def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> int:
-    """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]`.
 
-    build_run / match_image_size are the CLI's (passed in: this module sits below the CLI).
+def train_image_method(cfg: TrainConfig, args, build_run, match_image_size, run=None, resume=None) -> dict:
+    """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]` → the report.
+
+    build_run / match_image_size are the CLI's (passed in: this module sits below the CLI); run:
+    the output RunDir the CLI already holds (or None); resume: a checkpoint path to continue.
     """
     import dataclasses
 
@@ -343,13 +319,15 @@ def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> i
             mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
         inner = mcfg.frame_size * 194 // 224
         cfg = dataclasses.replace(cfg, image_size=inner - inner % 2).validate()
-    out = cfg.output_dir or None
     trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
-                                 output_dir=out, progress=not args.no_progress)
-    if args.resume:
-        trainer.load_checkpoint(args.resume)
-        print(f"resumed from {args.resume} at {trainer.queries} queries")
-    report = trainer.fit()
-    print(json.dumps({k: report[k] for k in ("method", "queries", "steps", "test_acc", "train_loss",
-                                             "queries_per_s", "wall_time_s")}))
-    return 0
+                                 output_dir=run, progress=not args.no_progress)
+    if resume is not None:
+        trainer.load_checkpoint(resume)
+        print(f"resumed from {resume} at step {trainer.step} ({trainer.queries} queries)")
+    if getattr(args, "eval_every", None):
+        from .paper.hooks import EvalEvery
+
+        hook = EvalEvery(args.eval_every, run.path if run is not None else None)
+        hook.start(trainer)
+        trainer.step_hooks.append(hook)
+    return trainer.fit()

@@ -26,7 +26,7 @@ class EvalEvery:
         self._bucket = 0
 
     def _record(self, trainer) -> None:
-        pred, true = trainer.test_predictions()
+        pred, true = trainer.test_predictions()[:2]  # the image trainers also return the test loss
         point = {"queries": trainer.queries, "step": trainer.step,
                  "test_acc": round(100.0 * float((pred == true).float().mean()), 4)}
         self.points.append(point)

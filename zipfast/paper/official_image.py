@@ -93,9 +93,10 @@ def run(args, build_run, match_image_size) -> int:
         fewshot_source = getattr(data, "fewshot_source", None)
         if args.eval_only:  # nothing trains: decode no training image
             data = dataclasses.replace(data, train=[])
+        # As Dassl (and the ZIP trainer): a folder with a checkpoint resumes, one without starts over.
         trainer = ImagePromptTrainer(method, model, classnames, cfg, data, mc, tokenizer=tokenizer,
                                      template=spec.template, output_dir=None if args.eval_only else out,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, overwrite=True)
         if args.no_train and not args.eval_only:
             dlog("--no-train: nothing trained")
             return 0
