@@ -1,5 +1,6 @@
-"""The image-side trainers share ZIP's run loop: locked run directory, fresh/resume/overwrite
-rules, the log cut back to a resumed checkpoint, clean stops on signals, exact CLI resume."""
+"""The image-side trainers share ZIP's run loop and CLI: the locked run directory, the
+fresh/resume/overwrite rules, the log cut back to a resumed checkpoint, clean stops on signals,
+the exact CLI resume, --eval-every and `zipfast eval`."""
 
 import json
 import os
@@ -124,3 +125,29 @@ def test_cli_eval_every_records_a_test_curve_for_an_image_method(folder, tmp_pat
     report = json.loads((out / "report.json").read_text())
     assert [p["queries"] for p in curve] == [0, 6, 12, 14]  # BAR steps of 1 + q = 6 queries, then 2
     assert curve[-1]["test_acc"] == pytest.approx(report["test_acc"], abs=1e-3)
+
+
+@pytest.mark.parametrize("method,opts", [("bar", ["--method-opt", "frame_size=32"]),
+                                         ("bptvlm", ["--method-opt", "pop_size=4", "--method-opt", "intrinsic_dim_l=20",
+                                                     "--method-opt", "intrinsic_dim_v=20"])])
+def test_cli_eval_of_an_image_checkpoint_gives_the_runs_test_accuracy(method, opts, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    cli = [a for a in CLI if a not in ("--method-opt", "frame_size=32")]
+    cli[cli.index("bar")] = method
+    assert main(["train", "--data", str(folder.root), "--budget", "12", *cli, *opts, "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / CHECKPOINT_NAME), "--no-progress"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads((out / "report.json").read_text())
+    assert got["queries"] == 12 and got["step"] == report["steps"]
+    assert got["test_acc"] == pytest.approx(report["test_acc"], abs=1e-3)
+    from zipfast.cli import build_run
+    from zipfast.config import TrainConfig
+    from zipfast.image_trainer import trainer_for_checkpoint
+    from zipfast.trainer import read_checkpoint as read_state
+
+    sd = read_state(out / CHECKPOINT_NAME)
+    tr = trainer_for_checkpoint(sd, TrainConfig.from_dict(sd["config"]), build_run)
+    trained = sd["optimizer"]["w" if method == "bar" else "best_x"]
+    assert torch.equal(tr.optimizer.point, trained.float()) and tr.template == (None if method == "bptvlm" else
+                                                                         "a photo of a {}.")

@@ -152,15 +152,19 @@ def cmd_eval(args) -> int:
     from . import ZIPTrainer
     from .config import TrainConfig, merge_flags
     from .env import resolve_device
+    from .image_trainer import CHECKPOINT_FORMAT as IMAGE_CHECKPOINT_FORMAT, trainer_for_checkpoint
     from .trainer import read_checkpoint
 
     sd = read_checkpoint(args.checkpoint)
     cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
                       device=args.device, backend=args.backend, test_per_class=args.test_per_class)
     resolve_device(cfg.device)
-    model, tokenizer, classnames, data = build_run(cfg)
-    trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
-    trainer.load_checkpoint(sd["path"], sd)
+    if sd.get("format") == IMAGE_CHECKPOINT_FORMAT:  # BPT-VLM, BAR, BlackVIP
+        trainer = trainer_for_checkpoint(sd, cfg, build_run)
+    else:
+        model, tokenizer, classnames, data = build_run(cfg)
+        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
+        trainer.load_checkpoint(sd["path"], sd)
     acc = trainer.evaluate()
     print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": trainer.step,
                       "queries": trainer.queries, "test_acc": round(acc, 4)}))

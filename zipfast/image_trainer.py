@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import __version__
 from .batched import make_engine
 from .config import TrainConfig
-from .data.pixels import PixelSource
+from .data.pixels import build_pixel_source
 from .data.sources import batch_indices, derive_seed
 from .image_config import method_config
 from .image_options import METHODS, config_to_dict
@@ -42,7 +42,7 @@ log = logging.getLogger("zipfast.image")
 
 _SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM = 20, 21, 22
 _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
-               "pixel_mean", "pixel_std", "precision", "dataset", "test_per_class")
+               "pixel_mean", "pixel_std", "transforms", "augment", "precision", "dataset", "test_per_class")
 
 
 class ImagePromptTrainer(BudgetedRun):
@@ -59,6 +59,7 @@ class ImagePromptTrainer(BudgetedRun):
             raise ValueError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
         config.validate()
         self.method, self.config, self.progress = method, config, progress
+        self.template = template if method != "bptvlm" else None  # BPT-VLM learns its text context
         self.mcfg = method_cfg if method_cfg is not None else method_config(method)
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
@@ -78,7 +79,9 @@ class ImagePromptTrainer(BudgetedRun):
         self.engine = make_image_engine(config.backend, self.tower, precision)
         self._check_sizes()
         c, seed = config, config.seed
-        self.source = PixelSource(data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation)
+        self.source, self.adjustments = build_pixel_source(data, c.image_size, c.pixel_mean, c.pixel_std,
+                                                           c.interpolation, c.transforms, c.augment, self.device,
+                                                           progress)
         if len(data.classnames) != len(self.classnames):
             raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
         self.steps_per_epoch = max(1, self.source.n_train // c.batch_size)
@@ -235,6 +238,7 @@ class ImagePromptTrainer(BudgetedRun):
                 "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
                 "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
                 "precision": self.engine.precision, "precision_substitution": self.precision_note,
+                "adjustments": list(self.adjustments),
                 "device": str(self.device), "zipfast": __version__}
 
     # ------------------------------------------------------------------ checkpoints
@@ -246,6 +250,7 @@ class ImagePromptTrainer(BudgetedRun):
 
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "step": self.step,
+                "template": self.template,
                 "optimizer": self.optimizer.state_dict(),
                 "space": self.space.state_dict(), "queries": self.queries, "batches": self.batches,
                 "elapsed": self.elapsed, "last_record": self.last_record, "zipfast": __version__}
@@ -290,6 +295,20 @@ class ImagePromptTrainer(BudgetedRun):
         elif self.method == "blackvip":
             self.space.load_state_dict(ck.state["space"])
         return prompt_point(ck)
+
+
+def trainer_for_checkpoint(sd: dict, config: TrainConfig, build_run) -> ImagePromptTrainer:
+    """The trainer of an image-method checkpoint `sd` (its state dict, with "fingerprint" and "path",
+    as `trainer.read_checkpoint` returns it), rebuilt for `config` (the checkpoint's, with the
+    caller's overrides) and loaded: what `zipfast eval` evaluates. BAR/BlackVIP classify with the
+    template the run trained with."""
+    method = sd["fingerprint"]["method"]
+    mcfg = method_config(method, **sd["fingerprint"]["method_config"])
+    model, tokenizer, classnames, data = build_run(config)
+    trainer = ImagePromptTrainer(method, model, classnames, config, data, mcfg, tokenizer=tokenizer,
+                                 template=sd.get("template") or DEFAULT_TEMPLATE, progress=False)
+    trainer.load_checkpoint(sd["path"])
+    return trainer
 
 
 def train_image_method(cfg: TrainConfig, args, build_run, match_image_size, run=None, resume=None) -> dict:

@@ -18,10 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointMismatchError, read_checkpoint as _read, write_checkpoint
+from .data.gpu_augment import pil_fallback
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
 from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_indices, derive_seed
-from .data.transforms import DEFAULT_CHOICES
 from .data.verify import verify_images
 from .batched import make_engine
 from .engine import autocast_for
@@ -343,9 +343,10 @@ def adapt_config(config: TrainConfig, model, encodes_images: bool) -> tuple[Trai
     if size is not None and size != config.image_size:
         changes["image_size"] = size
         notes.append(f"image_size {config.image_size} -> {size} (the model's input size)")
-    if config.augment == "tensor" and set(config.transforms) != set(DEFAULT_CHOICES):
+    augment_note = pil_fallback(config.augment, config.transforms)
+    if augment_note:
         changes["augment"] = "pil"
-        notes.append(f"augment tensor -> pil (INPUT.TRANSFORMS {list(config.transforms)} runs on the PIL path only)")
+        notes.append(augment_note)
     for note in notes:
         log.info("%s", note)
     return (dataclasses.replace(config, **changes).validate() if changes else config), notes
