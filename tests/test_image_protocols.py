@@ -210,7 +210,7 @@ def test_plan_stages_for_the_image_trainers(tmp_path):
     for (m, _, _, argv), trainer in zip(few, ("ZIP", "BAR", "BPTVLM", "BlackVIP")):
         assert value(argv, "--trainer") == trainer
         assert value(argv, "--config-file") == str(configs / trainer / "vit_b16.yaml")
-        assert ("--eval-every" in argv) == (m == "zip")  # curves: ZIP only
+        assert value(argv, "--eval-every") == "5"
         assert (value(argv, "--blackvip-encoder") == "none") == (m == "blackvip")
         assert "--eval-only" not in argv and value(argv, "DATASET.SUBSAMPLE_CLASSES") == "all"
 
@@ -263,7 +263,7 @@ def test_bench_paper_base2new_with_bar_end_to_end(cli, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["bench-paper", "base2new", "--root", str(cli / "DATA"), "--output", str(out), "--datasets", "eurosat",
             "--seeds", "1", "--methods", "bar", "--config-dir", str(cli / "configs" / "trainers"),
-            "--model", "zipfast-tiny", "--pretrained", str(weights), "--no-progress",
+            "--model", "zipfast-tiny", "--pretrained", str(weights), "--no-progress", "--eval-every", "7",
             "TRAINER.BASIC.MAX_API_CALLS", "14", "DATALOADER.TRAIN_X.BATCH_SIZE", "8"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -271,5 +271,8 @@ def test_bench_paper_base2new_with_bar_end_to_end(cli, tmp_path, capsys):
     b = read_accuracy(out / "base2new/base/BAR/eurosat/seed1")
     n = read_accuracy(out / "base2new/new/BAR/eurosat/seed1")
     assert result(out / "base2new/new/BAR/eurosat/seed1")["subsample"] == "new"
+    curve = [json.loads(x) for x in (out / "base2new/base/BAR/eurosat/seed1/curve.jsonl").read_text().splitlines()]
+    assert [c["queries"] for c in curve] == [0, 12, 14] and curve[-1]["test_acc"] == pytest.approx(b, abs=0.01)
+    assert Path(summary["plot"]).read_bytes()[:4] == b"\x89PNG"
     h = 0.0 if b + n == 0 else 2 * b * n / (b + n)
     assert f"| EuroSAT | {b:.1f} ± 0.0 | {n:.1f} ± 0.0 | {h:.1f} |" in (out / "tables/base2new.md").read_text()

@@ -115,6 +115,12 @@ def run(args, build_run, match_image_size) -> int:
                 path = resolve_checkpoint_path(src)
                 trainer.load_checkpoint(path)
                 dlog(f"Resumed from {path} at {trainer.queries} queries")
+            if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
+                from .hooks import EvalEvery
+
+                hook = EvalEvery(args.eval_every, out)
+                hook.start(trainer)
+                trainer.step_hooks.append(hook)
             report = trainer.fit()
             queries = report["queries"]
             dlog(f"Reach the maximum number of API calls: {queries} queries in {report['steps']} steps "

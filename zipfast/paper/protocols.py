@@ -10,8 +10,8 @@ each run as its official TRAINER.NAME. Run folders follow the official scripts' 
 --output (ZIP: <protocol dir>/ZIP/<dataset>/nctx8/seed<s>; the image-side trainers:
 <protocol dir>/<TRAINER>/<dataset>/seed<s>), so finished runs are skipped exactly as the scripts
 skip them and CoOp's parse_test_res.py reads them too. Tables (markdown + CSV, mean ± std over
-seeds) go to <output>/tables/, accuracy-vs-queries plots (ZIP's --eval-every curves) to
-<output>/plots/.
+seeds) go to <output>/tables/, accuracy-vs-queries plots (--eval-every curves of the trained
+methods) to <output>/plots/.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Plan:
             argv += ["--model-dir", str(model_dir), "--load-epoch", "1000"]
         if eval_only:
             argv += ["--eval-only"]
-        if train and self.eval_every and method == "zip":
+        if train and self.eval_every and method != "zsclip":
             argv += ["--eval-every", str(self.eval_every)]
         argv += ["--no-progress", *self.flags, *self.method_flags.get(method, ())]
         return argv + ["DATASET.NAME", get_spec(dataset).name, "DATASET.SUBSAMPLE_CLASSES", subsample,
@@ -204,8 +204,8 @@ class Plan:
         datasets = self.datasets if self.protocol in ("few-shot", "base2new") else ["imagenet"]
         role = "base" if self.protocol == "base2new" else "basic"
         for d in datasets:
-            if "zip" in self.methods:  # --eval-every curves: the ZIP trainer's only
-                out[d] = {"ZIP": [curve_points(self.train_dir(d, s, role)) for s in self.seeds]}
+            out[d] = {METHODS[m]: [curve_points(self.train_dir(d, s, role, m)) for s in self.seeds]
+                      for m in self.methods if m != "zsclip"}
         return out
 
     def report(self) -> dict:
