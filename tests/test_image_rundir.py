@@ -151,3 +151,34 @@ def test_cli_eval_of_an_image_checkpoint_gives_the_runs_test_accuracy(method, op
     trained = sd["optimizer"]["w" if method == "bar" else "best_x"]
     assert torch.equal(tr.optimizer.point, trained.float()) and tr.template == (None if method == "bptvlm" else
                                                                          "a photo of a {}.")
+
+
+def test_eval_every_curve_restarts_with_overwrite_and_is_cut_back_on_resume(folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    base = ["train", "--data", str(folder.root), *CLI, "--output-dir", str(out), "--eval-every", "6"]
+    assert main([*base, "--budget", "14"]) == 0
+    assert main([*base, "--budget", "12", "--overwrite"]) == 0  # replaced, not appended to
+    assert [json.loads(x)["queries"] for x in (out / "curve.jsonl").read_text().splitlines()] == [0, 6, 12]
+    assert main([*base[:-4], "--output-dir", str(tmp_path / "ref"), "--budget", "24", "--eval-every", "6"]) == 0
+    # a crash during step 4 of a fresh run: the curve holds steps 1..3, the checkpoint step 2
+    real = zipfast.image_trainer.ImagePromptTrainer.evaluate_candidates
+
+    def evaluate(self, cand):
+        if self.step == 3:
+            raise SystemExit("killed")
+        return real(self, cand)
+
+    monkeypatch.setattr(zipfast.image_trainer.ImagePromptTrainer, "evaluate_candidates", evaluate)
+    ckpt_every = base.index("--checkpoint-every") + 1
+    crash = [*base, "--budget", "24", "--overwrite"]
+    crash[ckpt_every] = "2"
+    with pytest.raises(SystemExit):
+        main(crash)
+    monkeypatch.undo()
+    assert [json.loads(x)["step"] for x in (out / "curve.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    resume = [a for a in crash if a != "--overwrite"] + ["--resume", str(out / CHECKPOINT_NAME)]
+    assert main(resume) == 0
+    got = [json.loads(x) for x in (out / "curve.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "ref" / "curve.jsonl").read_text().splitlines()]
+    assert [(p["step"], p["queries"]) for p in got] == [(p["step"], p["queries"]) for p in ref]
+    assert [p["test_acc"] for p in got] == [p["test_acc"] for p in ref]
