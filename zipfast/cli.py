@@ -216,6 +216,9 @@ def cmd_bench_paper(args) -> int:
     plan = Plan(args.protocol, args.root, args.output, datasets=split(args.datasets),
                 seeds=split(args.seeds, int) or (1, 2, 3), methods=split(args.methods) or ("zip",), shots=args.shots,
                 config_file=args.config_file or "", eval_every=args.eval_every, opts=args.opts or (),
+                config_dir=args.config_dir or "",
+                method_flags={"blackvip": ["--blackvip-encoder", args.blackvip_encoder]}
+                if args.blackvip_encoder else None,
                 flags=[f for flag, v in (("--model", args.model), ("--pretrained", args.pretrained),
                                          ("--device", args.device), ("--backend", args.backend))
                        if v for f in (flag, v)])
@@ -363,9 +366,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--output", default="output", help="run folders (the official scripts' layout), tables/, plots/")
     b.add_argument("--datasets", default=None, help="comma-separated (default: the protocol's datasets)")
     b.add_argument("--seeds", default="1,2,3")
-    b.add_argument("--methods", default="zip", help="comma-separated: zip, zsclip")
+    b.add_argument("--methods", default="zip", help="comma-separated: zip, zsclip, bptvlm, bar, blackvip")
     b.add_argument("--shots", type=int, default=16)
-    b.add_argument("--config-file", default=None, help="trainer yaml (default: the official ZIP settings)")
+    b.add_argument("--config-file", default=None, help="ZIP's trainer yaml (default: the official ZIP settings)")
+    b.add_argument("--config-dir", default=None, metavar="DIR",
+                   help="the official configs/trainers folder: each method reads DIR/<TRAINER>/vit_b16.yaml")
+    b.add_argument("--blackvip-encoder", default=None, metavar="DIR|none", help="BlackVIP's encoder (as for train)")
     b.add_argument("--eval-every", type=int, default=None, metavar="N", help="test accuracy every N queries (plots)")
     b.add_argument("--model", default=None, help="open_clip model (default: the config's ViT-B/16)")
     b.add_argument("--pretrained", default=None, help="weights (default openai)")
@@ -373,7 +379,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cpus-per-job", type=float, default=1)
     b.add_argument("--gpus-per-job", type=float, default=0)
     _add_common(b)
-    b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    # "*", not REMAINDER: a REMAINDER right after the protocol would swallow the options written there
+    b.add_argument("opts", nargs="*", help="KEY VALUE overrides for every run")
     b.set_defaults(fn=cmd_bench_paper)
 
     c = sub.add_parser("compare", help="several methods x seeds on one task, same budget: table and plot")
@@ -442,7 +449,13 @@ def main(argv=None) -> int:
     from .signals import TerminateOnSignals
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    ap = parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and getattr(args, "cmd", None) == "bench-paper" and not any(e.startswith("--") for e in extra):
+        # KEY VALUE pairs after its options
+        args.opts = [*(args.opts or ()), *extra]
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False)
     from .env import log_to_stderr
 

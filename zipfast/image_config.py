@@ -74,7 +74,7 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
         if _cfg._get(node, key) != want:
             raise ConfigError(f"{key} {_cfg._get(node, key)!r} is not supported; leave it at {want!r}")
     for key, (default, why) in _cfg._UNSUPPORTED.items():
-        if key in ("TRAINER.NAME", "OPTIM.MAX_EPOCH"):
+        if key in ("TRAINER.NAME", "OPTIM.MAX_EPOCH", "DATASET.SUBSAMPLE_CLASSES"):  # read by the caller
             continue
         if _cfg._get(node, key) != default:
             raise ConfigError(f"{key} {_cfg._get(node, key)!r} is not supported: {why}; leave it at {default!r}")

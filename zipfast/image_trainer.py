@@ -29,6 +29,7 @@ from .image_config import method_config
 from .image_options import METHODS, config_to_dict
 from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
+from .image_prompt import CHECKPOINT_FORMAT
 from .image_tower import ImageTower
 from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .models import resolve_device
@@ -39,7 +40,6 @@ from .text import ClassPrompts, TextTower
 
 log = logging.getLogger("zipfast.image")
 
-CHECKPOINT_FORMAT = "zipfast-image-checkpoint-v1"
 _SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM = 20, 21, 22
 _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
                "pixel_mean", "pixel_std", "transforms", "augment", "precision", "dataset", "test_per_class")
@@ -278,6 +278,25 @@ class ImagePromptTrainer(BudgetedRun):
         self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
         self._mark_resumed(ck.path)
+
+    def load_prompt(self, source) -> torch.Tensor:
+        """The trained prompt of another run's checkpoint (a file, a run folder or a read
+        `Checkpoint`), to evaluate here: `trainer.evaluate(trainer.load_prompt(path))`. Only the
+        method and the settings that shape the prompt must agree (zipfast.image_prompt); the
+        classes, dataset and seed may differ. Sets what turns the point into a prompt (BPT-VLM:
+        its projections; BlackVIP: the decoder's BatchNorm running statistics) and returns the
+        point [dim]. The optimiser and the query count are left as they are."""
+        from .checkpoint import Checkpoint
+        from .image_prompt import check_prompt_settings, prompt_point, require_method
+
+        ck = require_method(source if isinstance(source, Checkpoint) else read_checkpoint(source), self.method)
+        check_prompt_settings(ck, self.method, self.config.to_dict(), config_to_dict(self.mcfg))
+        if self.method == "bptvlm":
+            self.space = BPTVLMSpace.from_state_dict(ck.state["space"], self.device)
+        elif self.method == "blackvip":
+            self.space.load_state_dict(ck.state["space"])
+        return prompt_point(ck)
+
 
 def trainer_for_checkpoint(sd: dict, config: TrainConfig, build_run) -> ImagePromptTrainer:
     """The trainer of an image-method checkpoint `sd` (its state dict, with "fingerprint" and "path",
