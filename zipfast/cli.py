@@ -103,7 +103,7 @@ def cmd_train(args) -> int:
 
     official.refuse_unused_flags(args)
     if official_image.wanted(args):  # --trainer BPTVLM | BAR | BlackVIP
-        return official_image.run(args, build_run, _match_image_size)
+        return official_image.run(args, build_run)
     if official.wanted(args):
         return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)

@@ -68,15 +68,19 @@ def official_image_config(args):
              "pretrained": args.pretrained, "budget": args.budget, "shots": args.shots,
              "batch_size": args.batch_size, "backend": args.backend, "precision": args.precision,
              "device": args.device, "test_per_class": args.test_per_class,
-             "checkpoint_every": args.checkpoint_every, "sp_avg": 1}  # sp_avg: ZIP's, unused here
+             "checkpoint_every": args.checkpoint_every, "augment": args.augment,
+             "sp_avg": 1}  # sp_avg: ZIP's, unused here
     cfg = train_config_from_official(shared, **flags)
     if prompt_fields:  # the checkpoint's model and prompt shape win over the flags, as for ZIP
         cfg = dataclasses.replace(cfg, **prompt_fields).validate()
     return method, cfg, mc, spec, subsample, ck
 
 
-def run(args, build_run, match_image_size) -> int:
+def run(args, build_run) -> int:
+    """Run an official image-trainer command line; build_run(cfg) → (model, tokenizer,
+    classnames, data) is the CLI's (passed in: this module sits below the CLI)."""
     from ..image_trainer import ImagePromptTrainer
+    from ..trainer import adapt_config
     from .dassl_log import DasslLog, result_block
 
     method, cfg, mc, spec, subsample, ck = official_image_config(args)
@@ -86,8 +90,9 @@ def run(args, build_run, match_image_size) -> int:
         dlog(f"Setting fixed seed: {cfg.seed}")
         dlog(f"Trainer: {args.trainer} ({method}), method settings: {dataclasses.asdict(mc)}")
         model, tokenizer, classnames, data = build_run(cfg)
+        notes = []  # changes to the config: logged, and in the report's adjustments
         if method != "bar":  # BAR's INPUT.SIZE is the image inside the frame, not the model's input
-            cfg = match_image_size(cfg, model)
+            cfg, notes = adapt_config(cfg, model, encodes_images=True)
         dlog(f"Dataset: {spec.name} ({subsample} classes: {len(classnames)}; train {len(data.train)}, "
              f"test {len(data.test)})")
         fewshot_source = getattr(data, "fewshot_source", None)
@@ -96,7 +101,7 @@ def run(args, build_run, match_image_size) -> int:
         # As Dassl (and the ZIP trainer): a folder with a checkpoint resumes, one without starts over.
         trainer = ImagePromptTrainer(method, model, classnames, cfg, data, mc, tokenizer=tokenizer,
                                      template=spec.template, output_dir=None if args.eval_only else out,
-                                     progress=not args.no_progress, overwrite=True)
+                                     progress=not args.no_progress, overwrite=True, adjustments=notes)
         if args.no_train and not args.eval_only:
             dlog("--no-train: nothing trained")
             return 0
