@@ -152,21 +152,39 @@ def render(data: dict) -> str:
                 f"| {_x(c['med'] / c['floor'] if c['floor'] else None)} | {c['rounds']} |")
         lines.append("")
     lines += _data_step([c for c in by_case.values() if c["b"].get("group") == "data_step"])
+    lines += _pixel_step([c for c in by_case.values() if c["b"].get("group") == "pixel_step"])
     return "\n".join(lines)
 
 
 def _data_step(cases) -> list:
     """The real-data step (bench/test_data_step.py): each data path's share of data + image tower."""
     tower = next((c for c in cases if c["ei"].get("kind") == "tower"), None)
-    if not cases or tower is None:
+    if not cases:
         return []
-    ei = tower["ei"]
-    out = [f"## Real-data step: data vs image tower ({ei['model']}, {ei['batch']} images of {ei['size']} px)", "",
+    ei = (tower or cases[0])["ei"]
+    model = ei.get("model", "tower not run")
+    out = [f"## Real-data step: data vs image tower ({model}, {ei['batch']} images of {ei['size']} px)", "",
            "| part | median s | share of data + tower | rounds |", "|---|---:|---:|---:|"]
     for c in sorted(cases, key=lambda c: c["med"]):
-        share = "–" if c is tower else f"{100 * c['med'] / (c['med'] + tower['med']):.1f} %"
+        share = "–" if c is tower or tower is None else f"{100 * c['med'] / (c['med'] + tower['med']):.1f} %"
         label = "image tower" if c is tower else f"data, --augment {c['ei']['path']}"
         out.append(f"| {label} | {c['med']:.3f} | {share} | {c['rounds']} |")
+    return out + [""]
+
+
+def _pixel_step(cases) -> list:
+    """The image-side methods' pixel minibatch (bench/test_data_step.py, group pixel_step): PIL vs tensor."""
+    if not cases:
+        return []
+    pil = next((c for c in cases if c["ei"]["path"] == "pil"), None)
+    ei = cases[0]["ei"]
+    out = [f"## Image-side methods: one pixel minibatch ({ei['batch']} views of {ei['size']} px, "
+           f"images decoded once)", "", "| path | median ms | speed-up vs pil | rounds |", "|---|---:|---:|---:|"]
+    for c in sorted(cases, key=lambda c: c["ei"]["path"]):
+        path = c["ei"]["path"]
+        label = "--augment tensor, batched gathers (its GPU implementation)" if path == "gathers" else f"--augment {path}"
+        out.append(f"| {label} | {c['med'] * 1e3:.1f} "
+                   f"| {_x(pil['med'] / c['med'] if pil else None)} | {c['rounds']} |")
     return out + [""]
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zipfast.data.gpu_augment import (N_UNIFORMS, DecodedImages, crop_resize_flip, crop_resize_flip_reference,
-                                      reference_boxes, sample_boxes)
+from zipfast.data.gpu_augment import (N_UNIFORMS, DecodedImages, crop_resize_flip, crop_resize_flip_batched,
+                                      crop_resize_flip_reference, reference_boxes, sample_boxes)
 from zipfast.data.transforms import CLIP_MEAN, CLIP_STD
 
 SIZES = [(40, 30), (33, 47), (7, 90), (120, 9), (64, 64), (1, 1), (3, 200)]  # (w, h): odd and extreme shapes
@@ -46,13 +46,15 @@ def test_batched_views_match_the_per_image_reference(images, size):
     idx = torch.tensor([0, 1, 2, 3, 4, 5, 6, 2, 0])
     u = torch.rand(len(idx), N_UNIFORMS, generator=torch.Generator().manual_seed(size), dtype=torch.float64)
     boxes = sample_boxes(store.heights[idx], store.widths[idx], u)
-    out = crop_resize_flip(store, idx, boxes, size, CLIP_MEAN, CLIP_STD, chunk=4)
+    out = crop_resize_flip_batched(store, idx, boxes, size, CLIP_MEAN, CLIP_STD, chunk=4)
     assert out.shape == (len(idx), 3, size, size) and bool(torch.isfinite(out).all())
+    on_cpu = crop_resize_flip(store, idx, boxes, size, CLIP_MEAN, CLIP_STD)  # the CPU choice: per view
     for b, i in enumerate(idx.tolist()):
         box = tuple(int(t[b]) for t in boxes[:4])
         ref = crop_resize_flip_reference(store.image(i), box, bool(boxes[4][b]), size, CLIP_MEAN, CLIP_STD)
         err = ((out[b] - ref).abs().max() / ref.abs().max()).item()
         assert err <= 1e-5, (b, box, err)
+        assert torch.equal(on_cpu[b], ref)
 
 
 def test_decode_caps_the_shorter_side_and_the_bytes(images):

@@ -64,3 +64,18 @@ def test_blackvip_without_weights_names_the_encoder(workdir, capsys):
 def test_unknown_image_key_exits_2(workdir, capsys):
     assert main(script_line("BAR", "output/bad") + ["TRAINER.BAR.SIGMA", "1.0"]) == 2
     assert "TRAINER.BAR.SIGMA" in capsys.readouterr().err
+
+
+def test_official_line_takes_augment_and_reports_config_changes(workdir):
+    bpt = ["TRAINER.BASIC.MAX_API_CALLS", "8", "TRAINER.BPTVLM.INTRINSIC_DIM_L", "20",
+           "TRAINER.BPTVLM.INTRINSIC_DIM_V", "20", "TRAINER.BPTVLM.POP_SIZE", "4"]
+    out = "output/augment/pil"
+    argv = script_line("BPTVLM", out) + bpt
+    assert main(argv[:1] + ["--augment", "pil"] + argv[1:]) == 0
+    report = json.loads((workdir / out / "report.json").read_text())
+    assert report["config"]["augment"] == "pil" and report["adjustments"] == ["image_size 224 -> 32 (the model's "
+                                                                             "input size)"]
+    out = "output/augment/transforms"
+    assert main(script_line("BPTVLM", out) + bpt + ["INPUT.TRANSFORMS", "('random_resized_crop', 'normalize')"]) == 0
+    report = json.loads((workdir / out / "report.json").read_text())
+    assert report["config"]["augment"] == "pil" and report["adjustments"][1].startswith("augment tensor -> pil")

@@ -111,40 +111,44 @@ def cmd_train(args) -> int:
 
     official.refuse_unused_flags(args)
     if official_image.wanted(args):  # --trainer BPTVLM | BAR | BlackVIP
-        return official_image.run(args, build_run, _match_image_size)
+        return official_image.run(args, build_run)
     if official.wanted(args):
         return official.run(args, build_run, _match_image_size)
     cfg = _config_from_args(args)
+    from .checkpoint import resolve_checkpoint_path
     from .methods import IMAGE_METHODS
 
-    if cfg.method in IMAGE_METHODS:  # --method bptvlm | bar | blackvip (need images)
-        from .image_trainer import train_image_method
-
-        return train_image_method(cfg, args, build_run, _match_image_size)
     resolve_device(cfg.device)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues the run in the "
                         "output directory, --overwrite deletes it; pass one of them")
-    state = read_checkpoint(args.resume) if args.resume else None
-    out = cfg.output_dir or (str(Path(state["path"]).parent) if state is not None else "")
+    image = cfg.method in IMAGE_METHODS  # bptvlm | bar | blackvip: their own trainer and checkpoint format
+    state = read_checkpoint(args.resume) if args.resume and not image else None
+    ckpt = (state["path"] if state is not None else resolve_checkpoint_path(args.resume)) if args.resume else None
+    out = cfg.output_dir or (str(Path(ckpt).parent) if ckpt is not None else "")
     run = None
     if out:
         mode = "resume" if args.resume else "overwrite" if args.overwrite else "fresh"
-        run = args.run_dir = RunDir(out, mode, resume_from=state["path"] if state else None).acquire()
+        run = args.run_dir = RunDir(out, mode, resume_from=ckpt).acquire()
     try:
-        model, tokenizer, classnames, data = build_run(cfg)
-        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=run,
-                             progress=not args.no_progress)
-        if state is not None:
-            trainer.load_checkpoint(state["path"], state)
-            print(f"resumed from {state['path']} at step {trainer.step} ({trainer.queries} queries)")
-        if args.eval_every:
-            from .paper.hooks import EvalEvery
+        if image:
+            from .image_trainer import train_image_method
 
-            hook = EvalEvery(args.eval_every, out or None)
-            hook.start(trainer)
-            trainer.step_hooks.append(hook)
-        report = trainer.fit()
+            report = train_image_method(cfg, args, build_run, run, ckpt)
+        else:
+            model, tokenizer, classnames, data = build_run(cfg)
+            trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=run,
+                                 progress=not args.no_progress)
+            if state is not None:
+                trainer.load_checkpoint(state["path"], state)
+                print(f"resumed from {state['path']} at step {trainer.step} ({trainer.queries} queries)")
+            if args.eval_every:
+                from .paper.hooks import EvalEvery
+
+                hook = EvalEvery(args.eval_every, out or None)
+                hook.start(trainer)
+                trainer.step_hooks.append(hook)
+            report = trainer.fit()
     finally:
         if run is not None:
             run.release()
@@ -156,15 +160,19 @@ def cmd_eval(args) -> int:
     from . import ZIPTrainer
     from .config import TrainConfig, merge_flags
     from .env import resolve_device
+    from .image_trainer import CHECKPOINT_FORMAT as IMAGE_CHECKPOINT_FORMAT, trainer_for_checkpoint
     from .trainer import read_checkpoint
 
     sd = read_checkpoint(args.checkpoint)
     cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
                       device=args.device, backend=args.backend, test_per_class=args.test_per_class)
     resolve_device(cfg.device)
-    model, tokenizer, classnames, data = build_run(cfg)
-    trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
-    trainer.load_checkpoint(sd["path"], sd)
+    if sd.get("format") == IMAGE_CHECKPOINT_FORMAT:  # BPT-VLM, BAR, BlackVIP
+        trainer = trainer_for_checkpoint(sd, cfg, build_run)
+    else:
+        model, tokenizer, classnames, data = build_run(cfg)
+        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
+        trainer.load_checkpoint(sd["path"], sd)
     acc = trainer.evaluate()
     print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": trainer.step,
                       "queries": trainer.queries, "test_acc": round(acc, 4)}))
@@ -216,6 +224,9 @@ def cmd_bench_paper(args) -> int:
     plan = Plan(args.protocol, args.root, args.output, datasets=split(args.datasets),
                 seeds=split(args.seeds, int) or (1, 2, 3), methods=split(args.methods) or ("zip",), shots=args.shots,
                 config_file=args.config_file or "", eval_every=args.eval_every, opts=args.opts or (),
+                config_dir=args.config_dir or "",
+                method_flags={"blackvip": ["--blackvip-encoder", args.blackvip_encoder]}
+                if args.blackvip_encoder else None,
                 flags=[f for flag, v in (("--model", args.model), ("--pretrained", args.pretrained),
                                          ("--device", args.device), ("--backend", args.backend))
                        if v for f in (flag, v)])
@@ -277,7 +288,7 @@ def cmd_info(args) -> int:
 
 
 def _print_report(report: dict) -> None:
-    keys = ("queries", "steps", "train_loss", "train_acc", "test_acc", "wall_time_s", "queries_per_s", "backend")
+    keys = ("method", "queries", "steps", "train_loss", "train_acc", "test_acc", "wall_time_s", "queries_per_s", "backend")
     print(json.dumps({k: report.get(k) for k in keys}))
 
 
@@ -361,9 +372,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--output", default="output", help="run folders (the official scripts' layout), tables/, plots/")
     b.add_argument("--datasets", default=None, help="comma-separated (default: the protocol's datasets)")
     b.add_argument("--seeds", default="1,2,3")
-    b.add_argument("--methods", default="zip", help="comma-separated: zip, zsclip")
+    b.add_argument("--methods", default="zip", help="comma-separated: zip, zsclip, bptvlm, bar, blackvip")
     b.add_argument("--shots", type=int, default=16)
-    b.add_argument("--config-file", default=None, help="trainer yaml (default: the official ZIP settings)")
+    b.add_argument("--config-file", default=None, help="ZIP's trainer yaml (default: the official ZIP settings)")
+    b.add_argument("--config-dir", default=None, metavar="DIR",
+                   help="the official configs/trainers folder: each method reads DIR/<TRAINER>/vit_b16.yaml")
+    b.add_argument("--blackvip-encoder", default=None, metavar="DIR|none", help="BlackVIP's encoder (as for train)")
     b.add_argument("--eval-every", type=int, default=None, metavar="N", help="test accuracy every N queries (plots)")
     b.add_argument("--model", default=None, help="open_clip model (default: the config's ViT-B/16)")
     b.add_argument("--pretrained", default=None, help="weights (default openai)")
@@ -371,7 +385,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cpus-per-job", type=float, default=1)
     b.add_argument("--gpus-per-job", type=float, default=0)
     _add_common(b)
-    b.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
+    # "*", not REMAINDER: a REMAINDER right after the protocol would swallow the options written there
+    b.add_argument("opts", nargs="*", help="KEY VALUE overrides for every run")
     b.set_defaults(fn=cmd_bench_paper)
 
     c = sub.add_parser("compare", help="several methods x seeds on one task, same budget: table and plot")
@@ -446,7 +461,13 @@ def main(argv=None) -> int:
     from .signals import TerminateOnSignals
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    ap = parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra and getattr(args, "cmd", None) == "bench-paper" and not any(e.startswith("--") for e in extra):
+        # KEY VALUE pairs after its options
+        args.opts = [*(args.opts or ()), *extra]
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     debug = getattr(args, "debug", False)
     from .env import log_to_stderr
 

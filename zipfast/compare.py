@@ -132,7 +132,7 @@ def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bo
             "steps": report["steps"], "train_s": round(curve.train_seconds(report["wall_time_s"], report["queries"]), 3),
             "curve": curve.points,
             "report": {k: report.get(k) for k in ("param_dim", "backend", "precision", "device", "template",
-                                                  "method_config", "precision_substitution")}}
+                                                  "method_config", "precision_substitution", "adjustments")}}
 
 
 def _image_trainer(cfg: TrainConfig, model, tokenizer, classnames, data, progress: bool, cache: dict):
@@ -145,12 +145,13 @@ def _image_trainer(cfg: TrainConfig, model, tokenizer, classnames, data, progres
     from .zeroshot import template_for
 
     mcfg = resolve_options(cfg.method, cfg.method_options)
-    cfg = adapt_config(cfg, model, encodes_images=True)[0]
+    cfg, notes = adapt_config(cfg, model, encodes_images=True)
     if cfg.method == "bar":
-        cfg, mcfg = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
+        cfg, mcfg, bar_notes = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
+        notes += bar_notes
     encoder = coordinator_encoder(cfg, mcfg, cache) if cfg.method == "blackvip" else None
     return ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer, encoder=encoder,
-                              template=template_for(cfg.dataset), progress=progress)
+                              template=template_for(cfg.dataset), progress=progress, adjustments=notes)
 
 
 def coordinator_encoder(cfg: TrainConfig, mcfg, cache: dict):

@@ -74,7 +74,7 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
         if _cfg._get(node, key) != want:
             raise ConfigError(f"{key} {_cfg._get(node, key)!r} is not supported; leave it at {want!r}")
     for key, (default, why) in _cfg._UNSUPPORTED.items():
-        if key in ("TRAINER.NAME", "OPTIM.MAX_EPOCH"):
+        if key in ("TRAINER.NAME", "OPTIM.MAX_EPOCH", "DATASET.SUBSAMPLE_CLASSES"):  # read by the caller
             continue
         if _cfg._get(node, key) != default:
             raise ConfigError(f"{key} {_cfg._get(node, key)!r} is not supported: {why}; leave it at {default!r}")
@@ -98,19 +98,21 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
     return (method, shared, mc, node) if return_node else (method, shared, mc)
 
 
-def fit_bar_sizes(cfg: TrainConfig, mcfg, frame_given: bool) -> tuple[TrainConfig, Any]:
+def fit_bar_sizes(cfg: TrainConfig, mcfg, frame_given: bool) -> tuple[TrainConfig, Any, list[str]]:
     """BAR's sizes for a model whose input size is cfg.image_size: the frame is that size (unless
     `frame_given`) and the image inside it 194/224 of the frame (rounded down to even), as the official
-    INPUT.SIZE 194 inside FRAME_SIZE 224. Returns (cfg, mcfg)."""
+    INPUT.SIZE 194 inside FRAME_SIZE 224. Returns (cfg, mcfg, adjustments): a changed frame size is
+    logged and listed for the run report."""
     import dataclasses
     import logging
 
+    notes = []
     if not frame_given and cfg.image_size != mcfg.frame_size:
-        logging.getLogger("zipfast.image").info("BAR: frame size %d -> %d, the model's input size",
-                                                mcfg.frame_size, cfg.image_size)
+        notes.append(f"BAR: frame size {mcfg.frame_size} -> {cfg.image_size} (the model's input size)")
+        logging.getLogger("zipfast.image").info("%s", notes[-1])
         mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
     inner = mcfg.frame_size * 194 // 224
-    return dataclasses.replace(cfg, image_size=inner - inner % 2).validate(), mcfg
+    return dataclasses.replace(cfg, image_size=inner - inner % 2).validate(), mcfg, notes
 
 
 def train_config_from_official(shared: dict, **flags) -> TrainConfig:

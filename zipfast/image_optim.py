@@ -282,3 +282,21 @@ class PyCMA(Optimizer):
             self._fitness, self._asked = partial, len(partial)
         self.best_x = sd["best_x"].clone().to(torch.float64)
         self.best_f = None if sd["best_f"] is None else float(sd["best_f"])
+
+
+# ------------------------------------------------------------------------------ points of saved states
+
+
+def point_from_state(sd: dict) -> torch.Tensor:
+    """The point [dim] (float32) that `point` gives after `load_state_dict(sd)`, read without
+    rebuilding the optimiser (its other settings, e.g. the seed of pycma, need not match):
+    BAR's w, BlackVIP's decoder vector, BPT-VLM's best candidate seen."""
+    kind = sd.get("kind")
+    if kind == "bar-rgf":
+        return sd["w"].float().clone()
+    if kind == "blackvip-spsa":
+        return sd["spsa"]["w"].float().clone()
+    if kind == "pycma":
+        return sd["best_x"].float().clone()
+    raise ValueError(f"optimiser state of kind {kind!r} is not an image-side optimiser's "
+                     "(bar-rgf, blackvip-spsa or pycma)")

@@ -15,42 +15,37 @@ official trainer does. Minibatch t (1, 2, …) and its augmentation are derived 
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import __version__
 from .batched import make_engine
 from .config import TrainConfig
-from .data.pixels import PixelSource
+from .data.pixels import build_pixel_source
 from .data.sources import batch_indices, derive_seed
 from .image_config import fit_bar_sizes, method_config
 from .image_options import METHODS, config_to_dict
 from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
+from .image_prompt import CHECKPOINT_FORMAT
 from .image_tower import ImageTower
-from .checkpoint import CHECKPOINT_NAME, CheckpointMismatchError, read_checkpoint, write_checkpoint
-from .io import save_json
+from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .models import resolve_device
 from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
-from .trainer import raise_if_nonfinite
+from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
 
 log = logging.getLogger("zipfast.image")
 
-CHECKPOINT_FORMAT = "zipfast-image-checkpoint-v1"
 _SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM = 20, 21, 22
 _TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
-               "pixel_mean", "pixel_std", "precision", "dataset", "test_per_class")
+               "pixel_mean", "pixel_std", "transforms", "augment", "precision", "dataset", "test_per_class")
 
 
-class ImagePromptTrainer:
+class ImagePromptTrainer(BudgetedRun):
     """method: "bptvlm" | "bar" | "blackvip"; model: an open_clip CLIP; classnames; config:
     TrainConfig (shared settings); method_cfg: the method's config (defaults when None);
     data: a FewShotImageFolder. encoder: BlackVIP's coordinator encoder, built by
@@ -58,11 +53,13 @@ class ImagePromptTrainer:
     """
 
     def __init__(self, method: str, model, classnames, config: TrainConfig, data, method_cfg=None, tokenizer=None,
-                 encoder=None, template: str = DEFAULT_TEMPLATE, output_dir=None, progress: bool = True):
+                 encoder=None, template: str = DEFAULT_TEMPLATE, output_dir=None, progress: bool = True,
+                 overwrite: bool = False, adjustments=()):
         if method not in METHODS:
             raise ValueError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
         config.validate()
         self.method, self.config, self.progress = method, config, progress
+        self.template = template if method != "bptvlm" else None  # BPT-VLM learns its text context
         self.mcfg = method_cfg if method_cfg is not None else method_config(method)
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
@@ -82,7 +79,10 @@ class ImagePromptTrainer:
         self.engine = make_image_engine(config.backend, self.tower, precision)
         self._check_sizes()
         c, seed = config, config.seed
-        self.source = PixelSource(data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation)
+        self.source, notes = build_pixel_source(data, c.image_size, c.pixel_mean, c.pixel_std,
+                                                           c.interpolation, c.transforms, c.augment, self.device,
+                                                           progress)
+        self.adjustments = [*adjustments, *notes]  # the caller's changes to the config, then the data path's
         if len(data.classnames) != len(self.classnames):
             raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
         self.steps_per_epoch = max(1, self.source.n_train // c.batch_size)
@@ -121,7 +121,8 @@ class ImagePromptTrainer:
             self.cost = 1
         self.queries, self.batches, self.elapsed = 0, 0, 0.0
         self.last_record: dict | None = None
-        self.output_dir = Path(output_dir) if output_dir else None
+        self.run_dir = as_run_dir(output_dir, overwrite)
+        self.output_dir = self.run_dir.path if self.run_dir is not None else None
         self.step_hooks: list = []  # called as hook(trainer, record) after every step (e.g. test curves)
 
     # ------------------------------------------------------------------ setup
@@ -168,56 +169,31 @@ class ImagePromptTrainer:
         self.batches += K * self.cost
         return total_l / self.cost, total_a / self.cost
 
-    def _paths(self):
-        d = self.output_dir
-        return (d / CHECKPOINT_NAME, d / "log.jsonl", d / "report.json") if d else (None, None, None)
+    @property
+    def step(self) -> int:
+        return self.optimizer.step
 
-    def fit(self) -> dict:
-        c = self.config
-        ckpt, log_path, report_path = self._paths()
-        logf = None
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            logf = open(log_path, "a")
-        bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
-                   dynamic_ncols=True, desc=self.method)
-        start = time.perf_counter() - self.elapsed
+    @property
+    def loop_label(self) -> str:
+        return self.method
+
+    def _prepare_rounds(self) -> None:
         if self.method == "blackvip":
-            self.space.train()
-        try:
-            while True:
-                cand = self.optimizer.ask((c.budget - self.queries) // self.cost)
-                if cand.shape[0] == 0:
-                    break
-                losses, accs = self.evaluate_candidates(cand)
-                self.elapsed = time.perf_counter() - start
-                raise_if_nonfinite(losses, self.optimizer, ckpt, self.save_checkpoint,
-                                   f"after {self.queries} queries", f"{self.queries} queries")
-                info = self.optimizer.tell(losses.cpu())
-                self.queries += cand.shape[0] * self.cost
-                self.elapsed = time.perf_counter() - start
-                rec = {"step": self.optimizer.step, "queries": self.queries, **info,
-                       "train_acc": float(accs.mean()), "time_s": round(self.elapsed, 4)}
-                self.last_record = rec
-                if logf is not None:
-                    logf.write(json.dumps(rec) + "\n")
-                    logf.flush()
-                for hook in self.step_hooks:
-                    hook(self, rec)
-                bar.update(cand.shape[0] * self.cost)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
-                if ckpt is not None and c.checkpoint_every and self.optimizer.step % c.checkpoint_every == 0:
-                    self.save_checkpoint(ckpt)
-        finally:
-            bar.close()
-            if logf is not None:
-                logf.close()
-        if ckpt is not None:
-            self.save_checkpoint(ckpt)
-        report = self.report(test_acc=self.evaluate())
-        if report_path is not None:
-            save_json(report, report_path)
-        return report
+            self.space.train()  # the official decoder queries in training mode (BatchNorm batch statistics)
+
+    def _round(self, remaining: int) -> tuple[int, dict | None]:
+        cand = self.optimizer.ask(remaining // self.cost)
+        if cand.shape[0] == 0:
+            return 0, None
+        losses, accs = self.evaluate_candidates(cand)
+        self._tick()
+        raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint,
+                           f"after {self.queries} queries", f"{self.queries} queries")
+        info = self.optimizer.tell(losses.cpu())
+        spent = cand.shape[0] * self.cost
+        self.queries += spent
+        return spent, {"step": self.optimizer.step, "queries": self.queries, **info,
+                       "train_acc": float(accs.mean()), "time_s": round(self._tick(), 4)}
 
     # ------------------------------------------------------------------ evaluation
 
@@ -263,6 +239,7 @@ class ImagePromptTrainer:
                 "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
                 "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
                 "precision": self.engine.precision, "precision_substitution": self.precision_note,
+                "adjustments": list(self.adjustments),
                 "device": str(self.device), "zipfast": __version__}
 
     # ------------------------------------------------------------------ checkpoints
@@ -273,7 +250,9 @@ class ImagePromptTrainer:
                 "classnames": self.classnames}
 
     def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "optimizer": self.optimizer.state_dict(),
+        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "step": self.step,
+                "template": self.template,
+                "optimizer": self.optimizer.state_dict(),
                 "space": self.space.state_dict(), "queries": self.queries, "batches": self.batches,
                 "elapsed": self.elapsed, "last_record": self.last_record, "zipfast": __version__}
 
@@ -298,11 +277,48 @@ class ImagePromptTrainer:
             self.space = BPTVLMSpace.from_state_dict(sd["space"], self.device)
         self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
+        self._mark_resumed(ck.path)
 
-def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> int:
-    """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]`.
+    def load_prompt(self, source) -> torch.Tensor:
+        """The trained prompt of another run's checkpoint (a file, a run folder or a read
+        `Checkpoint`), to evaluate here: `trainer.evaluate(trainer.load_prompt(path))`. Only the
+        method and the settings that shape the prompt must agree (zipfast.image_prompt); the
+        classes, dataset and seed may differ. Sets what turns the point into a prompt (BPT-VLM:
+        its projections; BlackVIP: the decoder's BatchNorm running statistics) and returns the
+        point [dim]. The optimiser and the query count are left as they are."""
+        from .checkpoint import Checkpoint
+        from .image_prompt import check_prompt_settings, prompt_point, require_method
 
-    build_run / match_image_size are the CLI's (passed in: this module sits below the CLI).
+        ck = require_method(source if isinstance(source, Checkpoint) else read_checkpoint(source), self.method)
+        check_prompt_settings(ck, self.method, self.config.to_dict(), config_to_dict(self.mcfg))
+        if self.method == "bptvlm":
+            self.space = BPTVLMSpace.from_state_dict(ck.state["space"], self.device)
+        elif self.method == "blackvip":
+            self.space.load_state_dict(ck.state["space"])
+        return prompt_point(ck)
+
+
+def trainer_for_checkpoint(sd: dict, config: TrainConfig, build_run) -> ImagePromptTrainer:
+    """The trainer of an image-method checkpoint `sd` (its state dict, with "fingerprint" and "path",
+    as `trainer.read_checkpoint` returns it), rebuilt for `config` (the checkpoint's, with the
+    caller's overrides) and loaded: what `zipfast eval` evaluates. BAR/BlackVIP classify with the
+    template the run trained with."""
+    method = sd["fingerprint"]["method"]
+    mcfg = method_config(method, **sd["fingerprint"]["method_config"])
+    model, tokenizer, classnames, data = build_run(config)
+    trainer = ImagePromptTrainer(method, model, classnames, config, data, mcfg, tokenizer=tokenizer,
+                                 template=sd.get("template") or DEFAULT_TEMPLATE, progress=False)
+    trainer.load_checkpoint(sd["path"])
+    return trainer
+
+
+def train_image_method(cfg: TrainConfig, args, build_run, run=None, resume=None) -> dict:
+    """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]` → the report.
+
+    build_run is the CLI's (passed in: this module sits below the CLI); run: the output RunDir
+    the CLI already holds (or None); resume: a checkpoint path to continue. Every change made to
+    the config (image size, augmentation path, BAR's frame) is logged and listed in the report's
+    "adjustments".
     """
     import dataclasses
 
@@ -318,16 +334,21 @@ def train_image_method(cfg: TrainConfig, args, build_run, match_image_size) -> i
     if not isinstance(data, FewShotImageFolder):
         raise ConfigError(f"--method {cfg.method} acts on the image tower and needs images: pass --data an image "
                           f"folder (got {cfg.dataset!r})")
-    cfg = match_image_size(cfg, model)
+    from .trainer import adapt_config
+
+    cfg, notes = adapt_config(cfg, model, encodes_images=True)
     if cfg.method == "bar":  # the image sits inside the frame: 194 px in 224 (INPUT.SIZE of the official yaml)
-        cfg, mcfg = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
-    out = cfg.output_dir or None
+        cfg, mcfg, bar_notes = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
+        notes += bar_notes
     trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
-                                 output_dir=out, progress=not args.no_progress)
-    if args.resume:
-        trainer.load_checkpoint(args.resume)
-        print(f"resumed from {args.resume} at {trainer.queries} queries")
-    report = trainer.fit()
-    print(json.dumps({k: report[k] for k in ("method", "queries", "steps", "test_acc", "train_loss",
-                                             "queries_per_s", "wall_time_s")}))
-    return 0
+                                 output_dir=run, progress=not args.no_progress, adjustments=notes)
+    if resume is not None:
+        trainer.load_checkpoint(resume)
+        print(f"resumed from {resume} at step {trainer.step} ({trainer.queries} queries)")
+    if getattr(args, "eval_every", None):
+        from .paper.hooks import EvalEvery
+
+        hook = EvalEvery(args.eval_every, run.path if run is not None else None)
+        hook.start(trainer)
+        trainer.step_hooks.append(hook)
+    return trainer.fit()

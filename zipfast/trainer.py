@@ -13,29 +13,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 
 import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointMismatchError, read_checkpoint as _read, write_checkpoint
+from .data.gpu_augment import pil_fallback
 from .data.imagefolder import FewShotImageFolder
 from .data.planted import PlantedTask
 from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_indices, derive_seed
-from .data.transforms import DEFAULT_CHOICES
 from .data.verify import verify_images
 from .batched import make_engine
 from .engine import autocast_for
 from .env import resolve_device, versions
-from .errors import UserError
-from .io import save_json
 from .config import ConfigError, OFFICIAL_KEYS, TrainConfig, official_model_name
 from . import zeroshot
 from .methods import build as build_method
 from .methods import resolve_options, space_from_state_dict
 from .models import model_image_size
-from .rundir import RunDir
-from .signals import RunInterrupted, StopSignals
+from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite
 from .space import random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
 
@@ -50,29 +46,10 @@ _IMPLIED = {"method": "zip", "method_options": {}, "perturbation": "official"}
 _SEED_SPACE, _SEED_CTX0, _SEED_PARAMS, _SEED_OPTIM = 10, 11, 12, 13
 
 
-class NonFiniteLossError(UserError):
-    """A loss became NaN/inf; the message says where the last good state is and what to change."""
-
-
-def raise_if_nonfinite(losses: torch.Tensor, optimizer, checkpoint, save, when: str, state: str,
-                       hint: str = "") -> None:
-    """Return when every loss [K] is finite. Otherwise forget the optimiser's ask, write the last
-    good state (`save(checkpoint)`, when there is a checkpoint path) and raise NonFiniteLossError
-    naming the step (`when`), the state saved and the hint."""
-    if bool(torch.isfinite(losses).all()):
-        return
-    optimizer.discard()
-    where = ""
-    if checkpoint is not None:
-        save(checkpoint)
-        where = f"; the last good state ({state}) is in {checkpoint}"
-    raise NonFiniteLossError(f"non-finite loss {when} (losses {losses.tolist()}){where}" + (f". {hint}" if hint else ""))
-
-
 __all__ = ["ZIPTrainer", "CheckpointMismatchError", "NonFiniteLossError", "read_checkpoint", "adapt_config"]
 
 
-class ZIPTrainer:
+class ZIPTrainer(BudgetedRun):
     """Black-box prompt tuning of a frozen open_clip CLIP model with config.method (ZIP by default).
 
     model: an open_clip CLIP model; classnames: list of str; config: TrainConfig;
@@ -131,8 +108,7 @@ class ZIPTrainer:
         self.last_record: dict | None = None
         # callables hook(trainer, record) run after every step (periodic evaluation: paper.hooks)
         self.step_hooks: list = []
-        self.run_dir = output_dir if isinstance(output_dir, RunDir) else (
-            RunDir(output_dir, "overwrite" if overwrite else "fresh") if output_dir else None)
+        self.run_dir = as_run_dir(output_dir, overwrite)
         self.output_dir = self.run_dir.path if self.run_dir is not None else None
 
     # ------------------------------------------------------------------ data
@@ -188,101 +164,39 @@ class ZIPTrainer:
                                  "use load_checkpoint()")
         self.optimizer.w = value
 
-    def _paths(self):
-        d = self.run_dir
-        return (d.checkpoint, d.log_path, d.report) if d else (None, None, None)
+    @property
+    def loop_label(self) -> str:
+        return self.config.method
 
-    def fit(self) -> dict:
-        """Run rounds until the query budget is spent (or no round fits); returns the final report.
+    def _prepare_rounds(self) -> None:
+        self._fused = self._fused_step() if self.optimizer is not None else None
 
-        Holds the output directory's lock throughout. SIGINT/SIGTERM/SIGHUP end the current
-        round, save a checkpoint and raise `RunInterrupted` (see zipfast.signals).
-        """
-        if self.queries > self.config.budget:
-            raise ConfigError(
-                f"{OFFICIAL_KEYS['budget']} (budget) {self.config.budget} is below the {self.queries} queries this "
-                f"run has already spent (step {self.step}); pass a budget of at least {self.queries} to continue it, "
-                "or evaluate its checkpoint with `zipfast eval`")
-        run = self.run_dir
-        owned = run is not None and not run.held
-        if owned:
-            run.acquire()
-        try:
-            if run is not None:
-                run.mode = "resume"  # the directory now holds this run: a later fit() continues it
-                run.truncate_log(self.step)
-            return self._fit()
-        finally:
-            if owned:
-                run.release()
-
-    def _fit(self) -> dict:
+    def _round(self, remaining: int) -> tuple[int, dict | None]:
         c = self.config
-        ckpt, _, report_path = self._paths()
-        log = self.run_dir.open_log() if self.run_dir is not None else None
-        bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
-                   dynamic_ncols=True, desc=c.method)
-        start = time.perf_counter() - self.elapsed
-        unlogged = None
-        stop = StopSignals("the current step").install()
-        try:
-            fused = self._fused_step()
-            while self.optimizer is not None and (remaining := c.budget - self.queries) > 0:
-                if fused is not None and remaining >= 2 * c.sp_avg:  # the CUDA-graph step (zipfast.step)
-                    self._fused_round(fused, log, ckpt, start)
-                    bar.update(2 * c.sp_avg)
-                    if stop.requested is not None:
-                        break
-                    continue
-                cand = self.optimizer.ask(remaining)
-                if len(cand) == 0:
-                    break
-                if len(cand) > remaining:
-                    self.optimizer.discard()
-                    raise RuntimeError(f"{self.optimizer.name} asked for {len(cand)} candidates with only "
-                                       f"{remaining} queries left in the budget")
-                k, b = self.step + 1, self.optimizer.batch_index
-                idx = batch_indices(self.source.n_train, c.batch_size, b, c.seed)
-                feats, labels = self.source.train_batch(idx, b, c.seed)
-                losses, accs = self.engine.losses(self.space.contexts(cand), feats, labels.to(self.device))
-                self.elapsed = time.perf_counter() - start
-                raise_if_nonfinite(losses, self.optimizer, ckpt, self.save_checkpoint, f"at step {k}",
-                                   f"step {self.step}, {self.queries} queries",
-                                   "Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use "
-                                   "precision fp32." if c.method == "zip" else
-                                   "Lower the method's step sizes (--method-opt) or use precision fp32.")
-                stats = self.optimizer.tell(losses, accs)
-                self.queries += len(cand)
-                self.elapsed = time.perf_counter() - start
-                rec = {"step": k, "queries": self.queries, **stats, "time_s": round(self.elapsed, 4)}
-                self.last_record = rec
-                unlogged = rec
-                for hook in self.step_hooks:
-                    hook(self, rec)
-                if log is not None and k % c.log_every == 0:
-                    log.write(rec)
-                    unlogged = None
-                bar.update(len(cand))
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
-                if stop.requested is not None:
-                    break
-                if ckpt is not None and c.checkpoint_every and k % c.checkpoint_every == 0:
-                    self.save_checkpoint(ckpt)
-            if log is not None and unlogged is not None:  # the last round is always logged
-                log.write(unlogged)
-        finally:
-            stop.restore()
-            bar.close()
-            if log is not None:
-                log.close()
-        if ckpt is not None:
-            self.save_checkpoint(ckpt)
-        if stop.requested is not None:
-            raise RunInterrupted(stop.requested, self.step, self.queries, ckpt)
-        report = self.report(test_acc=self.evaluate())
-        if report_path is not None:
-            save_json(report, report_path)
-        return report
+        if self.optimizer is None:  # zero-shot CLIP: nothing to train
+            return 0, None
+        if self._fused is not None and remaining >= 2 * c.sp_avg:  # the CUDA-graph step (zipfast.step)
+            return 2 * c.sp_avg, self._fused_round(self._fused)
+        cand = self.optimizer.ask(remaining)
+        if len(cand) == 0:
+            return 0, None
+        if len(cand) > remaining:
+            self.optimizer.discard()
+            raise RuntimeError(f"{self.optimizer.name} asked for {len(cand)} candidates with only "
+                               f"{remaining} queries left in the budget")
+        k, b = self.step + 1, self.optimizer.batch_index
+        idx = batch_indices(self.source.n_train, c.batch_size, b, c.seed)
+        feats, labels = self.source.train_batch(idx, b, c.seed)
+        losses, accs = self.engine.losses(self.space.contexts(cand), feats, labels.to(self.device))
+        self._tick()
+        raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint, f"at step {k}",
+                           f"step {self.step}, {self.queries} queries",
+                           "Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use "
+                           "precision fp32." if c.method == "zip" else
+                           "Lower the method's step sizes (--method-opt) or use precision fp32.")
+        stats = self.optimizer.tell(losses, accs)
+        self.queries += len(cand)
+        return len(cand), {"step": k, "queries": self.queries, **stats, "time_s": round(self._tick(), 4)}
 
     def _fused_step(self):
         """The fused static-buffer step (zipfast.step.FusedZIPStep) where it applies: ZIP's SPSA on
@@ -306,8 +220,9 @@ class ZIPTrainer:
                             feat_dim=feat_dim, spsa_params=c.spsa_params, opt_type=c.opt_type, moms=c.moms,
                             step=opt.step, momentum=opt.momentum)
 
-    def _fused_round(self, fused, log, ckpt, start) -> None:
-        """One fused step; the host reads its statistics only on log, checkpoint and final steps."""
+    def _fused_round(self, fused) -> dict | None:
+        """One fused step; the host reads its statistics (→ the record) only on log, checkpoint and
+        final steps, None otherwise."""
         c, k = self.config, self.step + 1
         feats, labels = self.source.train_batch(batch_indices(self.source.n_train, c.batch_size, k, c.seed), k, c.seed)
         fused(feats.to(self.device, torch.float32), labels.to(self.device))
@@ -316,19 +231,16 @@ class ZIPTrainer:
         if c.opt_type == "spsa-gc":
             opt.momentum = fused.momentum.clone()
         self.queries += 2 * c.sp_avg
-        self.elapsed = time.perf_counter() - start
+        self._tick()
         last = self.queries + 2 * c.sp_avg > c.budget
-        save = ckpt is not None and c.checkpoint_every and k % c.checkpoint_every == 0
-        if k % c.log_every == 0 or last or save:
-            rec = {"step": k, "queries": self.queries, **fused.record(), "time_s": round(self.elapsed, 4)}
-            if not all(map(math.isfinite, (rec["loss"], rec["grad_norm"]))):
-                raise NonFiniteLossError(f"non-finite loss or gradient by step {k} of the fused step ({rec}); "
-                                         "rerun with ZIPFAST_FUSED_STEP=0 to stop at the first bad step")
-            self.last_record = rec
-            if log is not None:
-                log.write(rec)
-        if save:
-            self.save_checkpoint(ckpt)
+        save = self.run_dir is not None and c.checkpoint_every and k % c.checkpoint_every == 0
+        if not (k % c.log_every == 0 or last or save):
+            return None
+        rec = {"step": k, "queries": self.queries, **fused.record(), "time_s": round(self.elapsed, 4)}
+        if not all(map(math.isfinite, (rec["loss"], rec["grad_norm"]))):
+            raise NonFiniteLossError(f"non-finite loss or gradient by step {k} of the fused step ({rec}); "
+                                     "rerun with ZIPFAST_FUSED_STEP=0 to stop at the first bad step")
+        return rec
 
     def test_predictions(self, w: torch.Tensor | None = None):
         """(predicted classes [M], labels [M]) on the test split for the prompt of w (default: the
@@ -404,8 +316,7 @@ class ZIPTrainer:
             self.optimizer.load_state_dict(opt_state, self.device)
         self.queries, self.elapsed = int(sd["queries"]), float(sd["elapsed"])
         self.last_record = sd.get("last_record")
-        if self.run_dir is not None and not self.run_dir.held:
-            self.run_dir.mode, self.run_dir.resume_from = "resume", sd.get("path", path)
+        self._mark_resumed(sd.get("path", path))
 
 
 def read_checkpoint(path) -> dict:
@@ -432,9 +343,10 @@ def adapt_config(config: TrainConfig, model, encodes_images: bool) -> tuple[Trai
     if size is not None and size != config.image_size:
         changes["image_size"] = size
         notes.append(f"image_size {config.image_size} -> {size} (the model's input size)")
-    if config.augment == "tensor" and set(config.transforms) != set(DEFAULT_CHOICES):
+    augment_note = pil_fallback(config.augment, config.transforms)
+    if augment_note:
         changes["augment"] = "pil"
-        notes.append(f"augment tensor -> pil (INPUT.TRANSFORMS {list(config.transforms)} runs on the PIL path only)")
+        notes.append(augment_note)
     for note in notes:
         log.info("%s", note)
     return (dataclasses.replace(config, **changes).validate() if changes else config), notes

@@ -1,9 +1,14 @@
 """Pixel minibatches for the image-side methods, and a generated image-folder task.
 
 `PixelSource` gives what the image-side prompts need: CLIP-normalised pixels, not features.
-The training images of a few-shot split are decoded once and kept in memory; each
-minibatch's augmentation (random resized crop + flip) is drawn from a generator derived
-from (seed, batch number), as `ImageSource` does, so a resumed run draws the same views.
+The training images of a few-shot split are decoded once and kept in memory. `augment` pil
+(`PixelSource`): each minibatch's augmentation (INPUT.TRANSFORMS; by default random resized
+crop + flip) runs through PIL per image, drawn from a generator derived from (seed, minibatch
+number) as `ImageSource` does. `augment` tensor (`DecodedPixelSource`): the images are decoded
+once into uint8 memory on the run's device and each minibatch is cropped, resized and flipped
+as batched tensor ops (data.gpu_augment), seeded by (seed, minibatch number) as
+`DecodedImageSource`. Either way a resumed run draws the same views, and the test split is
+the same PIL resize + centre crop.
 
 `write_synthetic_image_folder` writes a small seeded image-folder task (per class a colour
 and a stripe orientation, plus noise) for tests and `zipfast compare` where no dataset can
@@ -12,47 +17,90 @@ be downloaded.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .gpu_augment import DecodedImages, pil_fallback
 from .imagefolder import load_image
-from .sources import derive_seed
-from .transforms import test_view, train_view
+from .sources import derive_seed, step_views
+from .transforms import DEFAULT_CHOICES, test_view, train_view
 
+log = logging.getLogger("zipfast.data")
 _AUGMENT = 2  # the same stream key as ImageSource: a step's views do not depend on the source type
 
 
 class PixelSource:
-    """train_batch(idx, t, seed) → (pixels [B, 3, S, S], labels [B]); test_batches(n) yields the
-    same for the test split (resize + centre crop)."""
+    """train_batch(idx, t, seed) → (pixels [B, 3, S, S] float32, labels [B]); test_batches(n) yields
+    the same for the test split (resize + centre crop). transforms: INPUT.TRANSFORMS."""
 
-    def __init__(self, dataset, size: int, mean, std, interpolation: str = "bicubic"):
+    def __init__(self, dataset, size: int, mean, std, interpolation: str = "bicubic", transforms=DEFAULT_CHOICES):
         self.dataset, self.size, self.mean, self.std = dataset, int(size), tuple(mean), tuple(std)
-        self.interpolation = interpolation
-        self._images = [load_image(p) for p, _ in dataset.train]
+        self.interpolation, self.transforms = interpolation, tuple(transforms)
         self.train_y = torch.tensor([y for _, y in dataset.train])
         self.test_y = torch.tensor([y for _, y in dataset.test])
+        self._decode()
+
+    def _decode(self) -> None:
+        self._images = [load_image(p) for p, _ in self.dataset.train]
 
     @property
     def n_train(self) -> int:
-        return len(self._images)
+        return len(self.train_y)
 
     def train_batch(self, idx: torch.Tensor, t: int, seed: int):
         g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT, t))
-        x = torch.stack([train_view(self._images[i], self.size, self.mean, self.std, g, self.interpolation)
-                         for i in idx.tolist()])
+        x = torch.stack([train_view(self._images[i], self.size, self.mean, self.std, g, self.interpolation,
+                                    self.transforms) for i in idx.tolist()])
         return x, self.train_y[idx]
 
     def test_batches(self, batch_size: int):
-        items = self.dataset.test
+        items, normalize = self.dataset.test, "normalize" in self.transforms
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
-            x = torch.stack([test_view(load_image(p), self.size, self.mean, self.std, self.interpolation)
+            x = torch.stack([test_view(load_image(p), self.size, self.mean, self.std, self.interpolation, normalize)
                              for p, _ in chunk])
             yield x, self.test_y[i:i + len(chunk)]
+
+
+class DecodedPixelSource(PixelSource):
+    """PixelSource whose training minibatches come from images decoded once into uint8 memory on
+    `device` (shorter side capped at max_side, default 2·size, lowered to fit max_bytes) through
+    the batched random-resized-crop + flip of data.gpu_augment; pixels are on `device`. Implements
+    only the official INPUT.TRANSFORMS (gpu_augment.TENSOR_TRANSFORMS). Test views: PixelSource's."""
+
+    def __init__(self, dataset, size: int, mean, std, interpolation: str = "bicubic", device="cpu",
+                 max_side: int | None = None, max_bytes: int = 8 << 30, decode_progress=None):
+        self.device = torch.device(device)
+        self._decode_args = (max_side or 2 * int(size), max_bytes, decode_progress)
+        super().__init__(dataset, size, mean, std, interpolation)
+
+    def _decode(self) -> None:
+        max_side, max_bytes, progress = self._decode_args
+        self.images = DecodedImages.decode([p for p, _ in self.dataset.train], max_side, max_bytes,
+                                           min_side=self.size, progress=progress).to(self.device)
+
+    def train_batch(self, idx: torch.Tensor, t: int, seed: int):
+        return step_views(self.images, idx, t, seed, self.size, self.mean, self.std), self.train_y[idx]
+
+
+def build_pixel_source(dataset, size: int, mean, std, interpolation: str = "bicubic", transforms=DEFAULT_CHOICES,
+                       augment: str = "tensor", device="cpu", progress: bool = False):
+    """(source, adjustments) for `augment` "tensor" | "pil". INPUT.TRANSFORMS other than the
+    official list run on the PIL path (the rule of trainer.adapt_config): one log line and one
+    adjustment note. progress: a tqdm bar "decode" while the tensor path decodes."""
+    note = pil_fallback(augment, transforms)
+    if note:
+        log.info("%s", note)
+    if augment != "tensor" or note:
+        return PixelSource(dataset, size, mean, std, interpolation, transforms), [note] if note else []
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(dataset.train), desc="decode", unit="image", disable=not progress) as bar:
+        return DecodedPixelSource(dataset, size, mean, std, interpolation, device, decode_progress=bar.update), []
 
 
 def write_synthetic_image_folder(root: str | os.PathLike, n_classes: int = 4, per_class: int = 24,

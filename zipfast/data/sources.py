@@ -152,10 +152,10 @@ class DecodedImageSource(ImageSource):
     def __init__(self, dataset, model, size, mean, std, interpolation="bicubic", device="cpu",
                  test_batch_size=128, autocast=None, bank_views=0, seed=0, progress=None, max_side=None,
                  max_bytes: int = 8 << 30, decode_progress=None, transforms=DEFAULT_CHOICES, workers: int = 0):
-        from .gpu_augment import DecodedImages
+        from .gpu_augment import TENSOR_TRANSFORMS, DecodedImages, pil_fallback
 
-        if set(transforms) != set(DEFAULT_CHOICES):
-            raise ValueError(f"the tensor augmentation path implements INPUT.TRANSFORMS {list(DEFAULT_CHOICES)}, "
+        if pil_fallback("tensor", transforms):
+            raise ValueError(f"the tensor augmentation path implements INPUT.TRANSFORMS {list(TENSOR_TRANSFORMS)}, "
                              f"not {list(transforms)}; use ImageSource (augment pil)")
         super().__init__(dataset, model, size, mean, std, interpolation, device, test_batch_size, autocast,
                          bank_views, seed, progress, transforms, workers)
@@ -165,10 +165,23 @@ class DecodedImageSource(ImageSource):
     def train_batch(self, idx: torch.Tensor, step: int, seed: int):
         if self.bank is not None:
             return super().train_batch(idx, step, seed)
-        from .gpu_augment import N_UNIFORMS, crop_resize_flip, sample_boxes
-
-        g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_TENSOR, step))
-        u = torch.rand(len(idx), N_UNIFORMS, generator=g, dtype=torch.float64)
-        boxes = sample_boxes(self.images.heights[idx].cpu(), self.images.widths[idx].cpu(), u)
-        x = crop_resize_flip(self.images, idx, boxes, self.size, self.mean, self.std)
+        x = step_views(self.images, idx, step, seed, self.size, self.mean, self.std)
         return self.encode(x), self.train_y[idx].to(self.device)
+
+
+def step_boxes(images, idx: torch.Tensor, step: int, seed: int):
+    """Crop boxes and flips of images[idx] (a gpu_augment.DecodedImages) for minibatch `step`:
+    gpu_augment.sample_boxes of uniforms [B, 23] drawn from a generator seeded by (seed, step)."""
+    from .gpu_augment import N_UNIFORMS, sample_boxes
+
+    g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_TENSOR, step))
+    u = torch.rand(len(idx), N_UNIFORMS, generator=g, dtype=torch.float64)
+    return sample_boxes(images.heights[idx].cpu(), images.widths[idx].cpu(), u)
+
+
+def step_views(images, idx: torch.Tensor, step: int, seed: int, size: int, mean, std) -> torch.Tensor:
+    """Minibatch `step`'s training views float32 [B, 3, size, size], normalised, on the images'
+    device: batched random-resized-crop + flip (step_boxes, gpu_augment.crop_resize_flip)."""
+    from .gpu_augment import crop_resize_flip
+
+    return crop_resize_flip(images, idx, step_boxes(images, idx, step, seed), size, mean, std)

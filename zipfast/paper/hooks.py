@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..io import save_text
+from ..rundir import truncate_log
+
 
 CURVE_FILE = "curve.jsonl"
 
@@ -26,7 +29,7 @@ class EvalEvery:
         self._bucket = 0
 
     def _record(self, trainer) -> None:
-        pred, true = trainer.test_predictions()
+        pred, true = trainer.test_predictions()[:2]  # the image trainers also return the test loss
         point = {"queries": trainer.queries, "step": trainer.step,
                  "test_acc": round(100.0 * float((pred == true).float().mean()), 4)}
         self.points.append(point)
@@ -36,7 +39,13 @@ class EvalEvery:
                 f.write(json.dumps(point) + "\n")
 
     def start(self, trainer) -> None:
-        """The point before training (0 queries, or the resumed count)."""
+        """The point before training (0 queries, or the resumed count). The file starts afresh on a
+        fresh run and is cut back to the resumed step on a resume, like log.jsonl."""
+        if self.path is not None and self.path.exists():
+            if trainer.queries == 0:
+                save_text("", self.path)
+            else:
+                truncate_log(self.path, trainer.step - 1)  # the start point below re-records the resumed step
         self._bucket = trainer.queries // self.every
         self._record(trainer)
 

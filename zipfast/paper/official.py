@@ -34,6 +34,7 @@ TRAINERS = {"ZIP": "zip", "ZeroshotCLIP": "zsclip", "ZSCLIP": "zsclip"}
 NOT_IMPLEMENTED = ("ZeroshotCLIP2", "CoOp", "CoCoOp")  # BPTVLM, BAR, BlackVIP: official_image
 RESULT_FILE = "result.json"
 PAPER_PREFIX = "paper:"
+SUBSAMPLES = ("all", "base", "new")  # DATASET.SUBSAMPLE_CLASSES: every class, the first half, the rest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +69,13 @@ def wanted(args) -> bool:
 
 def paper_dataset_id(key: str, subsample: str, root: str) -> str:
     return f"{PAPER_PREFIX}{key}:{subsample}:{Path(root).expanduser().absolute()}"
+
+
+def check_subsample(value) -> str:
+    """DATASET.SUBSAMPLE_CLASSES, or ConfigError naming the bad value."""
+    if value not in SUBSAMPLES:
+        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new; got {value!r}")
+    return value
 
 
 def parse_dataset_id(value: str) -> tuple[str, str, str]:
@@ -119,8 +127,7 @@ def official_config(args):
         raise ConfigError("DATASET.NAME is empty: pass --dataset-config-file configs/datasets/<dataset>.yaml")
     if not root:
         raise ConfigError("DATASET.ROOT is empty: pass --root $DATA (the folder holding the datasets)")
-    if subsample not in ("all", "base", "new"):
-        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new; got {subsample!r}")
+    check_subsample(subsample)
     spec = get_spec(name)
     # Keys the flat TrainConfig does not model: read above, reset so the ZIP mapping accepts the rest.
     plain = cfg.clone()
@@ -170,6 +177,7 @@ def run(args, build_run, match_image_size) -> int:
     """Run an official command line. build_run(cfg) → (model, tokenizer, classnames, data) and
     match_image_size(cfg, model) → cfg are the CLI's (passed in: this module sits below the CLI)."""
     from .. import ZIPTrainer
+    from ..image_prompt import refuse_image_checkpoint
     from ..trainer import read_checkpoint
     from .dassl_log import DasslLog, result_block
     from .hooks import EvalEvery
@@ -180,6 +188,7 @@ def run(args, build_run, match_image_size) -> int:
         if not args.model_dir:
             raise ConfigError("--eval-only with --trainer ZIP needs --model-dir (the run folder of a trained prompt)")
         ckpt = find_checkpoint(args.model_dir)
+        refuse_image_checkpoint(ckpt, "ZIP")
         sd = read_checkpoint(ckpt)
         cfg = dataclasses.replace(cfg, **_prompt_settings(sd["config"])).validate()
     if kind == "zsclip":  # the zsclip method (zipfast.methods) with the dataset's official template

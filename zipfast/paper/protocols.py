@@ -5,37 +5,49 @@
     cross-dataset  train on ImageNet, evaluate that prompt on the other datasets
     ood            train on ImageNet, evaluate on ImageNet-V2/-Sketch/-A/-R
 
-Run folders follow the official scripts' layout under --output, so finished runs are skipped
-exactly as the scripts skip them and CoOp's parse_test_res.py reads them too. Tables (markdown +
-CSV, mean ± std over seeds) go to <output>/tables/, accuracy-vs-queries plots to <output>/plots/.
+Methods: zip and zsclip (the ZIP trainer) and the image-side trainers bptvlm, bar, blackvip,
+each run as its official TRAINER.NAME. Run folders follow the official scripts' layout under
+--output (ZIP: <protocol dir>/ZIP/<dataset>/nctx8/seed<s>; the image-side trainers:
+<protocol dir>/<TRAINER>/<dataset>/seed<s>), so finished runs are skipped exactly as the scripts
+skip them and CoOp's parse_test_res.py reads them too. Tables (markdown + CSV, mean ± std over
+seeds) go to <output>/tables/, accuracy-vs-queries plots (--eval-every curves of the trained
+methods) to <output>/plots/.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from ..config import ConfigError
 from ..datasets import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, get_spec
+from ..image_config import TRAINER_NAMES
 from .sweep import Job, LocalRunner, RayRunner, run_stages
 from .tables import Table, average_row, curve_points, fmt, fmt_avg, harmonic, mean_std, plot_curves, read_accuracy
 
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "ood")
-METHODS = {"zip": "ZIP", "zsclip": "ZeroshotCLIP"}  # method → official TRAINER.NAME
+ZIP_SIDE = {"zip": "ZIP", "zsclip": "ZeroshotCLIP"}  # methods of the ZIP trainer → official TRAINER.NAME
+METHODS = {**ZIP_SIDE, **{method: name for name, method in TRAINER_NAMES.items()}}  # + BPTVLM, BAR, BlackVIP
 NCTX = 8
+CFG = "vit_b16"  # the official scripts' CFG: configs/trainers/<TRAINER>/<CFG>.yaml
+
+log = logging.getLogger("zipfast.paper")
 
 
 class Plan:
     """The settings of one protocol run: what to run and where its folders are."""
 
     def __init__(self, protocol: str, root, output, datasets=None, seeds=(1, 2, 3), methods=("zip",),
-                 shots: int = 16, config_file: str = "", eval_every: int | None = None, opts=(), flags=()):
+                 shots: int = 16, config_file: str = "", eval_every: int | None = None, opts=(), flags=(),
+                 config_dir: str = "", method_flags: dict | None = None):
+        """config_file: the ZIP trainer's yaml (zip, zsclip); config_dir: the official
+        configs/trainers folder, from which each method reads <TRAINER>/vit_b16.yaml (ZIP/ for
+        zip and zsclip, unless config_file is given); method_flags: extra flags per method."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         for m in methods:
             if m not in METHODS:
                 raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-            if m in ("bptvlm", "bar", "blackvip"):
-                raise ValueError(f"method {m!r} runs through --trainer {m.upper() if m != 'blackvip' else 'BlackVIP'} "
-                                 f"(one official script line per run), not bench-paper yet")
         default = {"few-shot": FEWSHOT_DATASETS, "base2new": FEWSHOT_DATASETS,
                    "cross-dataset": CROSS_DATASET_TARGETS, "ood": OOD_DATASETS}[protocol]
         self.protocol, self.methods, self.seeds, self.shots = protocol, list(methods), list(seeds), shots
@@ -43,33 +55,56 @@ class Plan:
         self.root, self.output = str(Path(root).absolute()), Path(output).absolute()
         self.config_file = str(Path(config_file).absolute()) if config_file else ""
         self.eval_every, self.opts, self.flags = eval_every, list(opts), list(flags)
+        self.config_dir = Path(config_dir).absolute() if config_dir else None
+        self.method_flags = {m: list(f) for m, f in (method_flags or {}).items()}
+        for m in self.methods:
+            path = self.config_for(m)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"--config-dir {str(self.config_dir)!r} has no {METHODS[m]} config: looked for "
+                                  f"{path!r} (the official configs/trainers/<TRAINER>/{CFG}.yaml)")
+            if not path and m not in ZIP_SIDE:
+                log.info("%s runs without a config file: train.py's defaults, not the paper's yaml values "
+                         "(pass --config-dir configs/trainers)", METHODS[m])
+
+    def config_for(self, method: str) -> str:
+        """The trainer yaml a method's runs read ("" = none)."""
+        if method in ZIP_SIDE and self.config_file:
+            return self.config_file
+        if self.config_dir is None:
+            return ""
+        return str(self.config_dir / ("ZIP" if method in ZIP_SIDE else METHODS[method]) / f"{CFG}.yaml")
 
     # ------------------------------------------------------------------ folders (the scripts' layout)
+
+    @staticmethod
+    def _leaf(method, seed) -> Path:
+        """seed<s>, below nctx8/ for ZIP (its scripts name the context length; the others' do not)."""
+        return Path(f"nctx{NCTX}", f"seed{seed}") if method == "zip" else Path(f"seed{seed}")
 
     def train_dir(self, dataset, seed, role="basic", method="zip") -> Path:
         if method == "zsclip":
             return self.output / role / "zsclip" / "ZeroshotCLIP" / dataset
         sub = "base2new/base" if role == "base" else "basic"
-        return self.output / sub / METHODS[method] / dataset / f"nctx{NCTX}" / f"seed{seed}"
+        return self.output / sub / METHODS[method] / dataset / self._leaf(method, seed)
 
     def eval_dir(self, dataset, seed, method="zip", role="xd") -> Path:
         if role == "new":
-            return self.output / "base2new" / "new" / METHODS[method] / dataset / f"nctx{NCTX}" / f"seed{seed}"
+            return self.output / "base2new" / "new" / METHODS[method] / dataset / self._leaf(method, seed)
         return self.output / "xd" / "evaluation" / METHODS[method] / dataset / f"seed{seed}"
 
     # ------------------------------------------------------------------ jobs
 
     def _argv(self, method, dataset, seed, out, subsample="all", eval_only=False, model_dir=None, train=True):
         argv = ["--root", self.root, "--seed", str(seed), "--trainer", METHODS[method], "--output-dir", str(out)]
-        if self.config_file:
-            argv += ["--config-file", self.config_file]
+        if self.config_for(method):
+            argv += ["--config-file", self.config_for(method)]
         if model_dir is not None:
             argv += ["--model-dir", str(model_dir), "--load-epoch", "1000"]
         if eval_only:
             argv += ["--eval-only"]
-        if train and self.eval_every and method == "zip":
+        if train and self.eval_every and method != "zsclip":
             argv += ["--eval-every", str(self.eval_every)]
-        argv += ["--no-progress", *self.flags]
+        argv += ["--no-progress", *self.flags, *self.method_flags.get(method, ())]
         return argv + ["DATASET.NAME", get_spec(dataset).name, "DATASET.SUBSAMPLE_CLASSES", subsample,
                        "DATASET.NUM_SHOTS", str(self.shots), *self.opts]
 
@@ -95,10 +130,10 @@ class Plan:
                                 out = self.output / "base2new" / part / "zsclip" / d
                                 jobs1.append(self._job(method, d, s, out, part, subsample=part, eval_only=True))
                             continue
-                        base = self.train_dir(d, s, role="base")
+                        base = self.train_dir(d, s, role="base", method=method)
                         jobs1.append(self._job(method, d, s, base, "base", subsample="base"))
-                        jobs2.append(self._job(method, d, s, self.eval_dir(d, s, role="new"), "new", subsample="new",
-                                               eval_only=True, model_dir=base, train=False))
+                        jobs2.append(self._job(method, d, s, self.eval_dir(d, s, method, role="new"), "new",
+                                               subsample="new", eval_only=True, model_dir=base, train=False))
             else:  # cross-dataset / ood: an ImageNet prompt evaluated elsewhere
                 for s in seeds:
                     if method == "zsclip":
@@ -106,10 +141,10 @@ class Plan:
                             out = self.output / "xd" / "zsclip" / d
                             jobs1.append(self._job(method, d, s, out, "eval", eval_only=True))
                         continue
-                    src = self.train_dir("imagenet", s)
+                    src = self.train_dir("imagenet", s, method=method)
                     jobs1.append(self._job(method, "imagenet", s, src, "train"))
                     for d in self.datasets:
-                        jobs2.append(self._job(method, d, s, self.eval_dir(d, s), "eval", eval_only=True,
+                        jobs2.append(self._job(method, d, s, self.eval_dir(d, s, method), "eval", eval_only=True,
                                                model_dir=src, train=False))
         return [j for j in (jobs1, jobs2) if j]
 
@@ -122,9 +157,10 @@ class Plan:
                       "new": self.output / "base2new" / "new" / "zsclip" / dataset,
                       "eval": self.output / "xd" / "zsclip" / dataset}[role]
             return [read_accuracy(folder)]
-        folder = {"train": lambda s: self.train_dir(dataset, s), "base": lambda s: self.train_dir(dataset, s, "base"),
-                  "new": lambda s: self.eval_dir(dataset, s, role="new"),
-                  "eval": lambda s: self.eval_dir(dataset, s)}[role]
+        folder = {"train": lambda s: self.train_dir(dataset, s, method=method),
+                  "base": lambda s: self.train_dir(dataset, s, "base", method),
+                  "new": lambda s: self.eval_dir(dataset, s, method, role="new"),
+                  "eval": lambda s: self.eval_dir(dataset, s, method)}[role]
         return [read_accuracy(folder(s)) for s in self.seeds]
 
     def tables(self) -> list[Table]:
@@ -158,7 +194,7 @@ class Plan:
         for m in self.methods:
             row = [METHODS[m]]
             if p != "few-shot":
-                row.append(fmt(mean_std(self._acc(m, "imagenet", 1, "train" if m == "zip" else "eval"))))
+                row.append(fmt(mean_std(self._acc(m, "imagenet", 1, "eval" if m == "zsclip" else "train"))))
             cells = [mean_std(self._acc(m, d, 1, role)) for d in cols]
             t.add(row + [fmt(c) for c in cells] + [fmt_avg(average_row(cells))])
         return [t]
@@ -168,8 +204,8 @@ class Plan:
         datasets = self.datasets if self.protocol in ("few-shot", "base2new") else ["imagenet"]
         role = "base" if self.protocol == "base2new" else "basic"
         for d in datasets:
-            if "zip" in self.methods:
-                out[d] = {"ZIP": [curve_points(self.train_dir(d, s, role)) for s in self.seeds]}
+            out[d] = {METHODS[m]: [curve_points(self.train_dir(d, s, role, m)) for s in self.seeds]
+                      for m in self.methods if m != "zsclip"}
         return out
 
     def report(self) -> dict:

@@ -1,0 +1,94 @@
+"""A trained image-side prompt (BPT-VLM, BAR, BlackVIP) read back from its checkpoint, to be
+evaluated on other classes or another dataset (base→new, cross-dataset, OOD).
+
+A prompt is its method, its point (BAR: the frame parameters W; BlackVIP: the decoder vector;
+BPT-VLM: the best candidate y seen, which the training run tested), the state that turns the
+point into a prompt (BPT-VLM: the projections A_L, A_V; BlackVIP: the decoder's BatchNorm
+running statistics) and the settings that shape it (PROMPT_SETTINGS, PROMPT_METHOD_SETTINGS).
+None of these depends on the class names: BAR and BlackVIP classify with the evaluated
+dataset's hand-written template, BPT-VLM puts its text context before each class name.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checkpoint import Checkpoint, CheckpointMismatchError, read_checkpoint
+from .image_optim import point_from_state
+
+CHECKPOINT_FORMAT = "zipfast-image-checkpoint-v1"
+TRAINER_OF = {"bptvlm": "BPTVLM", "bar": "BAR", "blackvip": "BlackVIP"}  # method → official TRAINER.NAME
+# TrainConfig fields that shape a prompt (the frame's and the clipping's normalisation, the
+# model whose towers it feeds): they must agree, and the checkpoint's win in eval-only runs.
+PROMPT_SETTINGS = ("model", "pretrained", "image_size", "pixel_mean", "pixel_std")
+PROMPT_METHOD_SETTINGS = {"bptvlm": ("tokens_l", "tokens_v", "intrinsic_dim_l", "intrinsic_dim_v"),
+                          "bar": ("frame_size",), "blackvip": ("backbone", "src_dim", "p_eps")}
+_TUPLES = ("pixel_mean", "pixel_std")
+
+
+def checkpoint_trainer(ck: Checkpoint) -> tuple[str, str]:
+    """(official trainer name, method) of the run that wrote ck."""
+    if ck.state.get("format") == CHECKPOINT_FORMAT:
+        method = str(ck.fingerprint.get("method"))
+        return TRAINER_OF.get(method, method), method
+    config = ck.state.get("config")
+    if isinstance(config, dict):  # ZIPTrainer's state: ZIP and the methods it runs (sharpzo, zo-sgd, …)
+        return "ZIP", str(config.get("method", "zip"))
+    return "unknown", "unknown"
+
+
+def read_prompt_checkpoint(path, method: str) -> Checkpoint:
+    """The checkpoint at path (a file or a run folder), refused unless `method` wrote it."""
+    return require_method(read_checkpoint(path), method)
+
+
+def require_method(ck: Checkpoint, method: str) -> Checkpoint:
+    """ck, or CheckpointMismatchError (exit 2) naming both trainers unless `method` wrote it."""
+    trainer, theirs = checkpoint_trainer(ck)
+    if ck.state.get("format") != CHECKPOINT_FORMAT or theirs != method:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(ck.path)!r} holds a prompt of --trainer {trainer} (method {theirs!r}), not of "
+            f"--trainer {TRAINER_OF[method]} (method {method!r}): evaluate it with --trainer {trainer}, or pass "
+            f"--model-dir the folder of a {TRAINER_OF[method]} run")
+    return ck
+
+
+def refuse_image_checkpoint(path, trainer: str) -> None:
+    """For a ZIP-side evaluation: CheckpointMismatchError naming both trainers when path holds an
+    image-side prompt."""
+    ck = read_checkpoint(path)
+    if ck.state.get("format") == CHECKPOINT_FORMAT:
+        theirs, method = checkpoint_trainer(ck)
+        raise CheckpointMismatchError(
+            f"checkpoint {str(ck.path)!r} holds a prompt of --trainer {theirs} (method {method!r}), not of "
+            f"--trainer {trainer}: evaluate it with --trainer {theirs}, or pass --model-dir the folder of a "
+            f"{trainer} run")
+
+
+def prompt_settings(ck: Checkpoint) -> tuple[dict, dict]:
+    """(TrainConfig fields, method settings) of ck that an evaluation of its prompt must use."""
+    fp = ck.fingerprint
+    fields = {k: tuple(fp[k]) if k in _TUPLES else fp[k] for k in PROMPT_SETTINGS if k in fp}
+    return fields, dict(fp.get("method_config") or {})
+
+
+def check_prompt_settings(ck: Checkpoint, method: str, config: dict, method_config: dict) -> None:
+    """Refuse ck when a setting that shapes its prompt differs from this run's (config:
+    TrainConfig.to_dict(), method_config: the method's settings as a dict); names each."""
+    fp, theirs_m = ck.fingerprint, ck.fingerprint.get("method_config") or {}
+    diff = [f"{k}={fp.get(k)!r} (checkpoint) vs {config[k]!r} (this run)"
+            for k in PROMPT_SETTINGS if fp.get(k) != config[k]]
+    diff += [f"{k}={theirs_m.get(k)!r} (checkpoint) vs {method_config[k]!r} (this run)"
+             for k in PROMPT_METHOD_SETTINGS[method] if theirs_m.get(k) != method_config[k]]
+    if method == "blackvip" and str(method_config.get("encoder", "")).lower() in ("none", "random") \
+            and fp.get("seed") != config["seed"]:  # a random-weight encoder is seeded by SEED
+        diff.append(f"seed={fp.get('seed')!r} (checkpoint) vs {config['seed']!r} (this run), which seeds BlackVIP's "
+                    f"random-weight encoder (encoder 'none')")
+    if diff:
+        raise CheckpointMismatchError(f"the prompt in {str(ck.path)!r} was shaped by other settings: "
+                                      + "; ".join(diff))
+
+
+def prompt_point(ck: Checkpoint) -> torch.Tensor:
+    """The prompt's point [dim] (float32, CPU): what the training run evaluated."""
+    return point_from_state(ck.state["optimizer"])

@@ -1,0 +1,145 @@
+"""The budgeted training loop every trainer shares (ZIPTrainer, ImagePromptTrainer).
+
+`BudgetedRun.fit()` owns what does not depend on the method: the budget check, the run
+directory (locked for the run, its log cut back to a resumed checkpoint's step), the progress
+bar, the log (every `log_every` steps and always the last), periodic and final checkpoints,
+step hooks, clean stops on SIGINT/SIGTERM/SIGHUP (`RunInterrupted` after a checkpoint) and the
+final report. A trainer supplies one round: `_round(remaining) -> (queries spent, record)`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ConfigError, OFFICIAL_KEYS
+from .errors import UserError
+from .io import save_json
+from .rundir import RunDir
+from .signals import RunInterrupted, StopSignals
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN/inf; the message says where the last good state is and what to change."""
+
+
+def raise_if_nonfinite(losses: torch.Tensor, optimizer, checkpoint, save, when: str, state: str,
+                       hint: str = "") -> None:
+    """Return when every loss [K] is finite. Otherwise forget the optimiser's ask, write the last
+    good state (`save(checkpoint)`, when there is a checkpoint path) and raise NonFiniteLossError
+    naming the step (`when`), the state saved and the hint."""
+    if bool(torch.isfinite(losses).all()):
+        return
+    optimizer.discard()
+    where = ""
+    if checkpoint is not None:
+        save(checkpoint)
+        where = f"; the last good state ({state}) is in {checkpoint}"
+    raise NonFiniteLossError(f"non-finite loss {when} (losses {losses.tolist()}){where}" + (f". {hint}" if hint else ""))
+
+
+def as_run_dir(output_dir, overwrite: bool) -> RunDir | None:
+    """A RunDir for an output directory given as a path or a RunDir (None: no outputs)."""
+    if isinstance(output_dir, RunDir):
+        return output_dir
+    return RunDir(output_dir, "overwrite" if overwrite else "fresh") if output_dir else None
+
+
+class BudgetedRun:
+    """Mixin of the trainers. The trainer sets: config (TrainConfig), run_dir (RunDir | None),
+    progress, queries, elapsed, last_record, step_hooks, and defines `step`, `_round`,
+    `save_checkpoint`, `evaluate` and `report`; `_prepare_rounds` is optional."""
+
+    loop_label = "run"
+
+    @property
+    def checkpoint_path(self):
+        return self.run_dir.checkpoint if self.run_dir is not None else None
+
+    def _round(self, remaining: int) -> tuple[int, dict | None]:
+        """Spend at most `remaining` queries on one round → (queries spent, the round's log record,
+        or None when the round produced none to show). 0 spent ends the run."""
+        raise NotImplementedError
+
+    def _prepare_rounds(self) -> None:
+        """Called once at the start of fit(), inside the lock (build static buffers, set modes…)."""
+
+    def _mark_resumed(self, path) -> None:
+        """A checkpoint was loaded: the next fit() continues the run in its output directory."""
+        if self.run_dir is not None and not self.run_dir.held:
+            self.run_dir.mode, self.run_dir.resume_from = "resume", path
+
+    def fit(self) -> dict:
+        """Run rounds until the query budget is spent (or no round fits); returns the final report.
+
+        Holds the output directory's lock throughout. SIGINT/SIGTERM/SIGHUP end the current
+        round, save a checkpoint and raise `RunInterrupted` (see zipfast.signals).
+        """
+        if self.queries > self.config.budget:
+            raise ConfigError(
+                f"{OFFICIAL_KEYS['budget']} (budget) {self.config.budget} is below the {self.queries} queries this "
+                f"run has already spent (step {self.step}); pass a budget of at least {self.queries} to continue it, "
+                "or evaluate its checkpoint with `zipfast eval`")
+        run = self.run_dir
+        owned = run is not None and not run.held
+        if owned:
+            run.acquire()
+        try:
+            if run is not None:
+                run.mode = "resume"  # the directory now holds this run: a later fit() continues it
+                run.truncate_log(self.step)
+            return self._fit()
+        finally:
+            if owned:
+                run.release()
+
+    def _fit(self) -> dict:
+        c = self.config
+        ckpt = self.checkpoint_path
+        log = self.run_dir.open_log() if self.run_dir is not None else None
+        bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
+                   dynamic_ncols=True, desc=self.loop_label)
+        self._start = time.perf_counter() - self.elapsed
+        unlogged = None
+        stop = StopSignals("the current step").install()
+        try:
+            self._prepare_rounds()
+            while (remaining := c.budget - self.queries) > 0:
+                spent, rec = self._round(remaining)
+                if spent == 0:
+                    break
+                bar.update(spent)
+                if rec is not None:
+                    self.last_record = unlogged = rec
+                    for hook in self.step_hooks:
+                        hook(self, rec)
+                    if log is not None and rec["step"] % c.log_every == 0:
+                        log.write(rec)
+                        unlogged = None
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+                if stop.requested is not None:
+                    break
+                if ckpt is not None and c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                    self.save_checkpoint(ckpt)
+            if log is not None and unlogged is not None:  # the last round is always logged
+                log.write(unlogged)
+        finally:
+            stop.restore()
+            bar.close()
+            if log is not None:
+                log.close()
+        if ckpt is not None:
+            self.save_checkpoint(ckpt)
+        if stop.requested is not None:
+            raise RunInterrupted(stop.requested, self.step, self.queries, ckpt)
+        report = self.report(test_acc=self.evaluate())
+        if self.run_dir is not None:
+            save_json(report, self.run_dir.report)
+        return report
+
+    def _tick(self) -> float:
+        """Training time so far (s), excluding time before a resume's fit()."""
+        self.elapsed = time.perf_counter() - self._start
+        return self.elapsed
