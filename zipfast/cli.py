@@ -48,7 +48,7 @@ def build_run(cfg, task_seed: int = 0):
     if cfg.dataset == synthetic.NAME:  # the generated image folder; its random tiny CLIP is part of the task
         data = FewShotImageFolder.from_root(synthetic.folder(), cfg.shots, cfg.seed, cfg.test_per_class)
         if cfg.model == synthetic.MODEL and cfg.pretrained == "none":
-            return (*synthetic.model(cfg.model), data.classnames, data)
+            return (*synthetic.model(), data.classnames, data)
     else:
         data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
     # A checkpoint holds no model weights: seed a random init (pretrained none) so that `eval`

@@ -61,9 +61,9 @@ def folder() -> Path:
     return root
 
 
-def model(name: str = MODEL):
+def model():
     """(model, tokenizer): the task's random-weight CLIP (the same for every run seed)."""
     from .planted import planted_model
 
-    return planted_model(MODEL_SEED, name=name)
+    return planted_model(MODEL_SEED, name=MODEL)
 
