@@ -180,7 +180,6 @@ def run(args, build_run, match_image_size) -> int:
     from ..image_prompt import refuse_image_checkpoint
     from ..trainer import read_checkpoint
     from .dassl_log import DasslLog, result_block
-    from .hooks import EvalEvery
 
     cfg, kind, spec, subsample = official_config(args)
     sd = None
@@ -233,17 +232,7 @@ def run(args, build_run, match_image_size) -> int:
             dlog(f"Loading prompt from {ckpt} ({queries} queries, step {sd.get('step')})")
             pred, true = trainer.test_predictions()
         else:
-            _resume(trainer, args, out, dlog)
-            if args.eval_every:
-                hook = EvalEvery(args.eval_every, out)
-                hook.start(trainer)
-                trainer.step_hooks.append(hook)
-            report = trainer.fit()
-            queries = report["queries"]
-            dlog(f"Reach the maximum number of API calls: {queries} queries in {report['steps']} steps "
-                 f"({report['queries_per_s']} queries/s)")
-            dlog("Finish training")
-            dlog("Deploy the last-epoch model")
+            queries = train_logged(trainer, args, out, dlog, "Deploy the last-epoch model")
             pred, true = trainer.test_predictions()
         dlog("Evaluate on the *test* set")
         text, acc = result_block(pred, true)
@@ -259,6 +248,24 @@ def run(args, build_run, match_image_size) -> int:
         return 0
     finally:
         dlog.close()
+
+
+def train_logged(trainer, args, out, dlog, deployed: str) -> int:
+    """Resume (as Dassl), add the --eval-every hook, fit, and write Dassl's end-of-training lines
+    (`deployed`: which prompt is tested); returns the queries spent. Any trainer of zipfast."""
+    from .hooks import EvalEvery
+
+    _resume(trainer, args, out, dlog)
+    if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
+        hook = EvalEvery(args.eval_every, out)
+        hook.start(trainer)
+        trainer.step_hooks.append(hook)
+    report = trainer.fit()
+    dlog(f"Reach the maximum number of API calls: {report['queries']} queries in {report['steps']} steps "
+         f"({report['queries_per_s']} queries/s)")
+    dlog("Finish training")
+    dlog(deployed)
+    return report["queries"]
 
 
 def _resume(trainer, args, out, dlog) -> None:

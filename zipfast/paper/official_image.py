@@ -23,12 +23,11 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from ..checkpoint import CHECKPOINT_NAME, resolve_checkpoint_path
 from ..config import ConfigError
 from ..image_config import TRAINER_NAMES, load_official_image, method_config, train_config_from_official
 from ..image_prompt import prompt_settings, read_prompt_checkpoint
 from ..io import save_json
-from .official import RESULT_FILE
+from .official import RESULT_FILE, train_logged
 
 log = logging.getLogger("zipfast.paper")
 
@@ -114,25 +113,8 @@ def run(args, build_run) -> int:
                  f"{', the best candidate seen' if method == 'bptvlm' else ''})")
             pred, true, _ = trainer.test_predictions(w)
         else:
-            src = args.resume or (str(Path(out) / CHECKPOINT_NAME) if out and (Path(out) / CHECKPOINT_NAME).is_file()
-                                  else "")
-            if src:
-                path = resolve_checkpoint_path(src)
-                trainer.load_checkpoint(path)
-                dlog(f"Resumed from {path} at {trainer.queries} queries")
-            if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
-                from .hooks import EvalEvery
-
-                hook = EvalEvery(args.eval_every, out)
-                hook.start(trainer)
-                trainer.step_hooks.append(hook)
-            report = trainer.fit()
-            queries = report["queries"]
-            dlog(f"Reach the maximum number of API calls: {queries} queries in {report['steps']} steps "
-                 f"({report['queries_per_s']} queries/s)")
-            dlog("Finish training")
-            dlog("Deploy the last-epoch model" if method != "bptvlm" else
-                 "Deploy the best prompt (lowest training loss)")
+            queries = train_logged(trainer, args, out, dlog, "Deploy the last-epoch model" if method != "bptvlm"
+                                   else "Deploy the best prompt (lowest training loss)")
             pred, true, _ = trainer.test_predictions()
         dlog("Evaluate on the *test* set")
         text, acc = result_block(pred, true)
