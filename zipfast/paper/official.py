@@ -179,7 +179,7 @@ def run(args, build_run, match_image_size) -> int:
     from .. import ZIPTrainer
     from ..image_prompt import refuse_image_checkpoint
     from ..trainer import read_checkpoint
-    from .dassl_log import DasslLog, result_block
+    from .dassl_log import DasslLog
 
     cfg, kind, spec, subsample = official_config(args)
     sd = None
@@ -234,20 +234,29 @@ def run(args, build_run, match_image_size) -> int:
         else:
             queries = train_logged(trainer, args, out, dlog, "Deploy the last-epoch model")
             pred, true = trainer.test_predictions()
-        dlog("Evaluate on the *test* set")
-        text, acc = result_block(pred, true)
-        dlog(text)
-        if args.eval_only:
-            dlog(f"Test acc: {acc:.2f}")
-        else:
-            dlog.elapsed()
-        if out:
-            save_json({"trainer": kind, "dataset": spec.name, "subsample": subsample, "seed": cfg.seed,
-                       "shots": cfg.shots, "accuracy": acc, "queries": queries, "n_classes": len(classnames),
-                       "fewshot_source": getattr(data, "fewshot_source", None)}, Path(out) / RESULT_FILE)
+        write_result(dlog, pred, true, args.eval_only, out, trainer=kind, dataset=spec.name, subsample=subsample,
+                     seed=cfg.seed, shots=cfg.shots, queries=queries, n_classes=len(classnames),
+                     fewshot_source=getattr(data, "fewshot_source", None))
         return 0
     finally:
         dlog.close()
+
+
+def write_result(dlog, pred, true, eval_only: bool, out, **fields) -> float:
+    """Dassl's end of a run: the result block (then "Test acc" for --eval-only, else the elapsed
+    time) and result.json (`fields` + the accuracy) in `out`; returns the accuracy (%)."""
+    from .dassl_log import result_block
+
+    dlog("Evaluate on the *test* set")
+    text, acc = result_block(pred, true)
+    dlog(text)
+    if eval_only:
+        dlog(f"Test acc: {acc:.2f}")
+    else:
+        dlog.elapsed()
+    if out:
+        save_json({**fields, "accuracy": acc}, Path(out) / RESULT_FILE)
+    return acc
 
 
 def train_logged(trainer, args, out, dlog, deployed: str) -> int:
