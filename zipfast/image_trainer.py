@@ -185,15 +185,34 @@ class ImagePromptTrainer(BudgetedRun):
         cand = self.optimizer.ask(remaining // self.cost)
         if cand.shape[0] == 0:
             return 0, None
+        before = self._evaluation_state()
         losses, accs = self.evaluate_candidates(cand)
         self._tick()
-        raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint,
-                           f"after {self.queries} queries", f"{self.queries} queries")
+        if not bool(torch.isfinite(losses).all()):
+            self._restore_evaluation_state(before)  # the checkpoint below is the state before this step
+            raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint,
+                               f"after {self.queries} queries", f"{self.queries} queries")
+        step = self.optimizer.step
         info = self.optimizer.tell(losses.cpu())
         spent = cand.shape[0] * self.cost
         self.queries += spent
-        return spent, {"step": self.optimizer.step, "queries": self.queries, **info,
-                       "train_acc": float(accs.mean()), "time_s": round(self._tick(), 4)}
+        rec = {"step": self.optimizer.step, "queries": self.queries, **info}
+        if self.optimizer.step == step:
+            # BPT-VLM's last generation of a budget, evaluated in part and never told (as officially):
+            # its record is step s + 1, marked partial, so no two records share a step number.
+            rec.update(step=step + 1, partial=True)
+        return spent, {**rec, "train_acc": float(accs.mean()), "time_s": round(self._tick(), 4)}
+
+    def _evaluation_state(self):
+        """What evaluating candidates changes outside the optimiser: the minibatch counter and
+        BlackVIP's BatchNorm running statistics (BAR's frame and BPT-VLM's projections are fixed)."""
+        running = [(m.clone(), v.clone()) for m, v in self.space.running] if self.method == "blackvip" else None
+        return self.batches, running
+
+    def _restore_evaluation_state(self, state) -> None:
+        self.batches, running = state
+        if running is not None:
+            self.space.running = running
 
     # ------------------------------------------------------------------ evaluation
 
