@@ -98,6 +98,34 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
     return (method, shared, mc, node) if return_node else (method, shared, mc)
 
 
+def paper_opts(method: str) -> list:
+    """KEY VALUE pairs setting the values the paper ran (configs/trainers/<TRAINER>/vit_b16.yaml;
+    the method configs' defaults) over train.py's defaults: what `bench-paper` passes for an
+    image-side method when no --config-dir is given."""
+    d, sec = method_config(method), f"TRAINER.{SECTION[method]}."
+    if method == "bptvlm":
+        pairs = {"TOKENS_L": d.tokens_l, "TOKENS_V": d.tokens_v, "INTRINSIC_DIM_L": d.intrinsic_dim_l,
+                 "INTRINSIC_DIM_V": d.intrinsic_dim_v, "SIGMA": d.sigma, "POP_SIZE": d.pop_size}
+        return [x for k, v in pairs.items() for x in (sec + k, _literal(v))]
+    if method == "bar":
+        pairs = {"FRAME_SIZE": d.frame_size, "SMOOTH": d.smooth, "SIMGA": d.sigma, "LRS": list(d.lrs),
+                 "DECAYING": d.decaying, "FOCAL_G": d.focal_g}
+        inner = d.frame_size * 194 // 224  # the image inside the frame: INPUT.SIZE (194, 194) at 224
+        extra = ["INPUT.SIZE", f"({inner}, {inner})", "TRAINER.BASIC.SP_AVG", str(d.q)]
+    else:
+        pairs = {"PT_BACKBONE": d.backbone, "SRC_DIM": d.src_dim, "SPSA_PARAMS": list(d.spsa_params),
+                 "MOMS": d.moms, "P_EPS": d.p_eps}
+        extra = ["TRAINER.BASIC.SP_AVG", str(d.sp_avg), "TRAINER.BASIC.OPT_TYPE", d.opt_type]
+    return [x for k, v in pairs.items() for x in (sec + k, _literal(v))] + extra
+
+
+def _literal(v) -> str:
+    """A KEY VALUE value as the yaml would write it (1 for 1.0: integral settings are ints there)."""
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_literal, v)) + "]"
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
 def train_config_from_official(shared: dict, **flags) -> TrainConfig:
     if shared["budget"] == 0 and flags.get("budget") is None:
         raise ConfigError("TRAINER.BASIC.MAX_API_CALLS is 0 (the official 'no limit'); zipfast stops on a query "

@@ -20,6 +20,7 @@ import torch
 
 from .optim import SPSA
 from .optim.protocol import Optimizer, empty
+from .errors import UserError
 
 
 # ------------------------------------------------------------------------------ BAR
@@ -40,7 +41,7 @@ class BARGradientFree(Optimizer):
     def __init__(self, w0: torch.Tensor, q: int = 5, beta: float = 0.01, sigma: float = 1.0,
                  lrs=(10.0, 0.1), decay: float = 0.9, total_steps: int = 1000, seed: int = 0):
         if q < 1 or beta <= 0 or sigma <= 0 or decay <= 0 or total_steps < 1:
-            raise ValueError(f"BAR needs q ≥ 1, SMOOTH > 0, SIMGA > 0, DECAYING > 0 and total steps ≥ 1; got "
+            raise UserError(f"BAR needs q ≥ 1, SMOOTH > 0, SIMGA > 0, DECAYING > 0 and total steps ≥ 1; got "
                              f"q={q}, SMOOTH={beta}, SIMGA={sigma}, DECAYING={decay}, total steps={total_steps}")
         self._own_point(w0.reshape(-1), seed)
         self.q, self.beta, self.sigma = int(q), float(beta), float(sigma)
@@ -102,7 +103,7 @@ class SPSAGC(Optimizer):
     def __init__(self, w0: torch.Tensor, sp_avg: int = 5, spsa_params=(1.0, 0.01, 0.01, 0.4, 0.1),
                  moms: float = 0.8, seed: int = 0, opt_type: str = "spsa-gc"):
         if opt_type not in ("spsa-gc", "spsa"):
-            raise ValueError(f"TRAINER.BASIC.OPT_TYPE {opt_type!r}: BlackVIP runs 'spsa-gc' or 'spsa'")
+            raise UserError(f"TRAINER.BASIC.OPT_TYPE {opt_type!r}: BlackVIP runs 'spsa-gc' or 'spsa'")
         self.spsa = SPSA(w0.detach().clone().float(), opt_type, sp_avg, spsa_params, moms, seed=seed)
         self.dim = self.spsa.dim
         self._order = None

@@ -267,7 +267,6 @@ def train_logged(trainer, args, out, dlog, deployed: str) -> int:
     _resume(trainer, args, out, dlog)
     if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
         hook = EvalEvery(args.eval_every, out)
-        hook.start(trainer)
         trainer.step_hooks.append(hook)
     report = trainer.fit()
     dlog(f"Reach the maximum number of API calls: {report['queries']} queries in {report['steps']} steps "
