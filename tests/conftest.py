@@ -35,6 +35,17 @@ def tiny_image_folder(tmp_path_factory):
     return write_tiny_image_folder(tmp_path_factory.mktemp("tiny_image_folder"))
 
 
+@pytest.fixture(scope="module")
+def planted_task():
+    """(model, tokenizer, task): the planted task at test size (4 context tokens, 4 shots, 5 test images per class)."""
+    from zipfast.data.planted import make_planted_task, planted_model
+    from zipfast.text import TextTower
+
+    model, tokenizer = planted_model(0)
+    task = make_planted_task(TextTower(model), tokenizer, n_ctx=4, shots=4, test_per_class=5, seed=0)
+    return model, tokenizer, task
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -12,9 +12,7 @@ from zipfast.checkpoint import CheckpointError
 from zipfast.cli import main
 from zipfast.config import ConfigError, TrainConfig
 from zipfast.data.imagefolder import DatasetError, FewShotImageFolder
-from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.models import ModelLoadError, load_clip
-from zipfast.text import TextTower
 from zipfast.trainer import CheckpointMismatchError, NonFiniteLossError, read_checkpoint
 
 TINY = ["--model", "zipfast-tiny", "--pretrained", "none", "--shots", "2", "--batch-size", "4",
@@ -146,13 +144,6 @@ def test_invalid_hyper_parameters(overrides, field):
 # ------------------------------------------------------------------------------ checkpoints and training
 
 
-@pytest.fixture(scope="module")
-def planted():
-    model, tokenizer = planted_model(0)
-    task = make_planted_task(TextTower(model), tokenizer, n_ctx=4, shots=4, test_per_class=5, seed=0)
-    return model, tokenizer, task
-
-
 def _planted_cfg(**kw):
     values = dict(model="zipfast-planted", pretrained="none", dataset="planted", budget=40, n_ctx=4,
                   intrinsic_dim=40, rank=2, batch_size=16, device="cpu", backend="auto")
@@ -160,31 +151,31 @@ def _planted_cfg(**kw):
     return TrainConfig(**values)
 
 
-def _planted_trainer(planted, cfg, output_dir=None):
-    model, tokenizer, task = planted
+def _planted_trainer(planted_task, cfg, output_dir=None):
+    model, tokenizer, task = planted_task
     return ZIPTrainer(model, task.classnames, cfg, task, tokenizer=tokenizer, output_dir=output_dir,
                       progress=False)
 
 
-def test_checkpoint_from_another_configuration(planted, tmp_path):
+def test_checkpoint_from_another_configuration(planted_task, tmp_path):
     out = tmp_path / "run"
-    trainer = _planted_trainer(planted, _planted_cfg(budget=20), out)
+    trainer = _planted_trainer(planted_task, _planted_cfg(budget=20), out)
     trainer.fit()
     ckpt = out / "checkpoint.safetensors"
     assert ckpt.is_file()
 
-    other = _planted_trainer(planted, _planted_cfg(budget=20, rank=4))
+    other = _planted_trainer(planted_task, _planted_cfg(budget=20, rank=4))
     with pytest.raises(CheckpointMismatchError, match=r"another configuration.*\brank=2 \(checkpoint\) vs 4"):
         other.load_checkpoint(ckpt)
     assert other.step == 0 and other.queries == 0  # nothing was half-loaded
 
-    same = _planted_trainer(planted, _planted_cfg(budget=20))
+    same = _planted_trainer(planted_task, _planted_cfg(budget=20))
     same.load_checkpoint(ckpt)
     assert (same.step, same.queries) == (2, 20)
 
 
-def test_not_a_checkpoint(planted, tmp_path):
-    trainer = _planted_trainer(planted, _planted_cfg())
+def test_not_a_checkpoint(planted_task, tmp_path):
+    trainer = _planted_trainer(planted_task, _planted_cfg())
     path = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError, match="not a zipfast checkpoint"):
@@ -200,9 +191,9 @@ def test_not_a_checkpoint_cli(tmp_path, capsys):
     assert "not a zipfast checkpoint" in capsys.readouterr().err
 
 
-def test_non_finite_loss(planted, tmp_path, monkeypatch):
+def test_non_finite_loss(planted_task, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    trainer = _planted_trainer(planted, _planted_cfg(checkpoint_every=1), out)
+    trainer = _planted_trainer(planted_task, _planted_cfg(checkpoint_every=1), out)
     real = trainer.engine.losses
     calls = []
 
@@ -227,7 +218,7 @@ def test_non_finite_loss(planted, tmp_path, monkeypatch):
     assert leftovers == []
 
     # The checkpoint resumes cleanly: the log keeps steps 1 and 2 only.
-    resumed = _planted_trainer(planted, _planted_cfg(checkpoint_every=1), out)
+    resumed = _planted_trainer(planted_task, _planted_cfg(checkpoint_every=1), out)
     resumed.load_checkpoint(out / "checkpoint.safetensors")
     assert (resumed.step, resumed.queries) == (2, 20)
     assert torch.equal(resumed.w.cpu(), sd["w"])

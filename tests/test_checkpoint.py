@@ -16,15 +16,6 @@ from zipfast.checkpoint import (CHECKPOINT_NAME, LEGACY_FORMAT, CheckpointError,
 from zipfast.cli import main
 from zipfast.config import TrainConfig
 from zipfast.errors import OutputDirError
-from zipfast.data.planted import make_planted_task, planted_model
-from zipfast.text import TextTower
-
-
-@pytest.fixture(scope="module")
-def planted():
-    model, tokenizer = planted_model(0)
-    task = make_planted_task(TextTower(model), tokenizer, n_ctx=4, shots=4, test_per_class=5, seed=0)
-    return model, tokenizer, task
 
 
 def _cfg(**kw):
@@ -34,16 +25,16 @@ def _cfg(**kw):
     return TrainConfig(**values)
 
 
-def _trainer(planted, out=None, **kw):
-    model, tokenizer, task = planted
+def _trainer(planted_task, out=None, **kw):
+    model, tokenizer, task = planted_task
     return ZIPTrainer(model, task.classnames, _cfg(**kw), task, tokenizer=tokenizer, output_dir=out, progress=False)
 
 
 @pytest.fixture(scope="module")
-def run_ckpt(planted, tmp_path_factory):
+def run_ckpt(planted_task, tmp_path_factory):
     """A finished 3-step run's checkpoint file (opt spsa-gc, so momentum is a tensor too)."""
     out = tmp_path_factory.mktemp("ckpt_run")
-    tr = _trainer(planted, out, opt_type="spsa-gc")
+    tr = _trainer(planted_task, out, opt_type="spsa-gc")
     tr.fit()
     return out / CHECKPOINT_NAME, tr
 
@@ -71,14 +62,14 @@ def test_trainer_state_round_trips_exactly(run_ckpt):
     ("sharpzo", {"dim": 16, "popsize": 4, "change_point": 2, "grad_dirs": 1, "prune_interval": 3}),
     ("zsclip", {}),
 ])
-def test_every_method_state_fits_the_format_and_resumes_exactly(planted, tmp_path, method, options):
+def test_every_method_state_fits_the_format_and_resumes_exactly(planted_task, tmp_path, method, options):
     """The optimisers' states (SharpZO's CMA-ES stage included) go through checkpoint.safetensors
     and a 12 + 12-query run equals a 24-query run (for SharpZO: across its stage switch)."""
     kw = dict(method=method, method_options=options)
-    full = _trainer(planted, tmp_path / "full", budget=24, **kw)
+    full = _trainer(planted_task, tmp_path / "full", budget=24, **kw)
     full.fit()
-    _trainer(planted, tmp_path / "half", budget=12, **kw).fit()
-    resumed = _trainer(planted, tmp_path / "half", budget=24, **kw)
+    _trainer(planted_task, tmp_path / "half", budget=12, **kw).fit()
+    resumed = _trainer(planted_task, tmp_path / "half", budget=24, **kw)
     resumed.load_checkpoint(tmp_path / "half" / CHECKPOINT_NAME)
     resumed.fit()
     assert resumed.queries == full.queries
@@ -171,12 +162,12 @@ def test_malicious_pickle_is_refused_and_never_runs(run_ckpt, tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_legacy_pt_checkpoint_loads_through_weights_only(planted, run_ckpt, tmp_path):
+def test_legacy_pt_checkpoint_loads_through_weights_only(planted_task, run_ckpt, tmp_path):
     """A format-1 file (torch.save of the state dict, as zipfast 0.1.0 wrote) still resumes."""
     path, tr = run_ckpt
     legacy = tmp_path / "checkpoint.pt"
     torch.save({**tr.state_dict(), "format": LEGACY_FORMAT, "fingerprint": tr.fingerprint()}, legacy)
-    other = _trainer(planted, opt_type="spsa-gc")
+    other = _trainer(planted_task, opt_type="spsa-gc")
     other.load_checkpoint(legacy)
     assert read_checkpoint(legacy).format_version == 1
     assert torch.equal(other.w.cpu(), tr.w.cpu()) and other.step == 3
@@ -257,12 +248,12 @@ def test_a_directory_resolves_to_its_checkpoint(run_ckpt):
 
 
 @pytest.mark.parametrize("umask, mode", [(0o027, 0o640)])  # neither mkstemp's 0600 nor a fixed 0644
-def test_files_follow_the_umask_also_after_resume(planted, tmp_path, umask, mode):
+def test_files_follow_the_umask_also_after_resume(planted_task, tmp_path, umask, mode):
     old = os.umask(umask)
     try:
         out = tmp_path / "run"
-        _trainer(planted, out, budget=20).fit()
-        resumed = _trainer(planted, out, budget=30)
+        _trainer(planted_task, out, budget=20).fit()
+        resumed = _trainer(planted_task, out, budget=30)
         resumed.load_checkpoint(out / CHECKPOINT_NAME)
         resumed.fit()
     finally:

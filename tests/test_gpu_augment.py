@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -48,13 +50,52 @@ def test_batched_views_match_the_per_image_reference(images, size):
     boxes = sample_boxes(store.heights[idx], store.widths[idx], u)
     out = crop_resize_flip_batched(store, idx, boxes, size, CLIP_MEAN, CLIP_STD, chunk=4)
     assert out.shape == (len(idx), 3, size, size) and bool(torch.isfinite(out).all())
-    on_cpu = crop_resize_flip(store, idx, boxes, size, CLIP_MEAN, CLIP_STD)  # the CPU choice: per view
     for b, i in enumerate(idx.tolist()):
         box = tuple(int(t[b]) for t in boxes[:4])
         ref = crop_resize_flip_reference(store.image(i), box, bool(boxes[4][b]), size, CLIP_MEAN, CLIP_STD)
         err = ((out[b] - ref).abs().max() / ref.abs().max()).item()
         assert err <= 1e-5, (b, box, err)
-        assert torch.equal(on_cpu[b], ref)
+
+
+def _per_view_logged(caplog) -> int:
+    return sum("one F.interpolate per view" in r.getMessage() for r in caplog.records)
+
+
+def test_the_cpu_choice_is_per_view_and_says_so_once(images, caplog):
+    """crop_resize_flip on CPU images takes the per-view path (one log line per process) and agrees
+    with the batched gathers, a different implementation, within fp32 rounding."""
+    from zipfast import env
+
+    store = DecodedImages.decode(images, max_side=1000)
+    idx = torch.tensor([6, 0, 3, 3, 5, 1])
+    u = torch.rand(len(idx), N_UNIFORMS, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    boxes = sample_boxes(store.heights[idx], store.widths[idx], u)
+    env._logged.discard("augment-per-view")
+    with caplog.at_level(logging.INFO, logger="zipfast"):
+        on_cpu = crop_resize_flip(store, idx, boxes, 13, CLIP_MEAN, CLIP_STD)
+        crop_resize_flip(store, idx, boxes, 13, CLIP_MEAN, CLIP_STD)
+    assert _per_view_logged(caplog) == 1
+    batched = crop_resize_flip_batched(store, idx, boxes, 13, CLIP_MEAN, CLIP_STD, chunk=4)
+    assert bool(torch.isfinite(on_cpu).all())
+    assert float((on_cpu - batched).abs().max() / batched.abs().max()) <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_gpu_choice_is_the_batched_gathers(images, caplog):
+    from zipfast import env
+
+    store = DecodedImages.decode(images, max_side=1000)
+    idx = torch.tensor([6, 0, 3, 3, 5, 1, 2])
+    u = torch.rand(len(idx), N_UNIFORMS, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    boxes = sample_boxes(store.heights[idx], store.widths[idx], u)
+    env._logged.discard("augment-per-view")
+    with caplog.at_level(logging.INFO, logger="zipfast"):
+        on_gpu = crop_resize_flip(store.to("cuda"), idx, boxes, 13, CLIP_MEAN, CLIP_STD)
+    assert on_gpu.device.type == "cuda" and _per_view_logged(caplog) == 0
+    for b, i in enumerate(idx.tolist()):  # against the per-image definition, computed on the CPU
+        box = tuple(int(t[b]) for t in boxes[:4])
+        ref = crop_resize_flip_reference(store.image(i), box, bool(boxes[4][b]), 13, CLIP_MEAN, CLIP_STD)
+        assert float((on_gpu[b].cpu() - ref).abs().max() / ref.abs().max()) <= 1e-5
 
 
 def test_decode_caps_the_shorter_side_and_the_bytes(images):

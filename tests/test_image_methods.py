@@ -177,6 +177,7 @@ def test_bptvlm_queries_per_candidate_are_minibatches_per_epoch(models, folder, 
     tr.fit()
     recs = records(tmp_path)
     assert [r["queries"] for r in recs] == [15, 30, 39]  # the last generation: 3 of 5 candidates, never told
+    assert [r["step"] for r in recs] == [1, 2, 3] and recs[-1]["partial"] and recs[-1]["evaluated"] == 3
     assert tr.optimizer.step == 2 and tr.batches == 39
 
 

@@ -276,3 +276,21 @@ def test_bench_paper_base2new_with_bar_end_to_end(cli, tmp_path, capsys):
     assert Path(summary["plot"]).read_bytes()[:4] == b"\x89PNG"
     h = 0.0 if b + n == 0 else 2 * b * n / (b + n)
     assert f"| EuroSAT | {b:.1f} ± 0.0 | {n:.1f} ± 0.0 | {h:.1f} |" in (out / "tables/base2new.md").read_text()
+
+
+def test_without_config_dir_the_image_trainers_run_the_papers_values(tmp_path):
+    from zipfast.image_config import TRAINER_NAMES, load_official_image, method_config
+    from zipfast.image_options import config_to_dict
+
+    p = Plan("few-shot", tmp_path, tmp_path / "out", datasets=["eurosat"], seeds=(1,), methods=("zip", "bar", "blackvip"))
+    jobs = {j.meta["method"]: j.argv for j in p.stages()[0]}
+    assert "--config-file" not in jobs["bar"] and "TRAINER.BAR.LRS" not in jobs["zip"]
+    for name, method in TRAINER_NAMES.items():  # the built-in pairs load to the paper's (yaml) values
+        argv = jobs.get(method) or Plan("few-shot", tmp_path, tmp_path / "o", datasets=["eurosat"], seeds=(1,),
+                                        methods=(method,)).stages()[0][0].argv
+        opts = argv[argv.index("DATASET.NAME"):]
+        _, shared, mc = load_official_image(None, opts, trainer=name)
+        assert config_to_dict(mc) == config_to_dict(method_config(method)), name
+        assert shared["image_size"] == (194 if method == "bar" else 224)
+    train_py = load_official_image(None, [], trainer="BAR")[2]
+    assert train_py.lrs != method_config("bar").lrs  # without the pairs: train.py's defaults differ

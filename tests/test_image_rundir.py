@@ -141,16 +141,24 @@ def test_cli_eval_of_an_image_checkpoint_gives_the_runs_test_accuracy(method, op
     report = json.loads((out / "report.json").read_text())
     assert got["queries"] == 12 and got["step"] == report["steps"]
     assert got["test_acc"] == pytest.approx(report["test_acc"], abs=1e-3)
-    from zipfast.cli import build_run
-    from zipfast.config import TrainConfig
-    from zipfast.image_trainer import trainer_for_checkpoint
-    from zipfast.trainer import read_checkpoint as read_state
+    # the overrides the command offers: a cap on test images, another dataset with other classes
+    assert main(["eval", str(out / CHECKPOINT_NAME), "--test-per-class", "1", "--no-progress"]) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert one["queries"] == 12 and 0 <= one["test_acc"] <= 100
+    from conftest import write_tiny_image_folder
 
-    sd = read_state(out / CHECKPOINT_NAME)
-    tr = trainer_for_checkpoint(sd, TrainConfig.from_dict(sd["config"]), build_run)
-    trained = sd["optimizer"]["w" if method == "bar" else "best_x"]
-    assert torch.equal(tr.optimizer.point, trained.float()) and tr.template == (None if method == "bptvlm" else
-                                                                         "a photo of a {}.")
+    other = write_tiny_image_folder(tmp_path / "other", classes=("a", "b", "c", "d"), per_class=6)
+    assert main(["eval", str(out / CHECKPOINT_NAME), "--data", str(other), "--no-progress"]) == 0
+    acc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_acc"]
+    assert any(abs(acc - 100 * k / 8) < 1e-3 for k in range(9))  # 4 classes × (6 − 4 shots) test images
+
+
+def test_cli_bad_image_method_settings_exit_2(folder, tmp_path, capsys):
+    assert main(["train", "--data", str(folder.root), "--budget", "6", *CLI[:-4], "--method-opt", "frame_size=30",
+                 "--checkpoint-every", "100"]) == 2
+    assert "set it to 32" in capsys.readouterr().err
+    assert main(["train", "--data", str(folder.root), "--budget", "6", *CLI, "--backend", "torch"]) == 2
+    assert "unknown image backend 'torch'" in capsys.readouterr().err
 
 
 def test_eval_every_curve_restarts_with_overwrite_and_is_cut_back_on_resume(folder, tmp_path, capsys, monkeypatch):
@@ -190,8 +198,21 @@ def test_cli_config_changes_of_an_image_method_are_in_its_report(folder, tmp_pat
     assert main(["train", "--data", str(folder.root), "--budget", "6", *cli, "--output-dir", str(out),
                  "INPUT.TRANSFORMS", "('random_resized_crop', 'normalize')"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["adjustments"] == [
-        "image_size 224 -> 32 (the model's input size)",
+    assert report["adjustments"] == [  # no image_size note: BAR's is derived from the frame
         "augment tensor -> pil (INPUT.TRANSFORMS ['random_resized_crop', 'normalize'] runs on the PIL path only)",
         "BAR: frame size 224 -> 32 (the model's input size)"]
     assert report["method_config"]["frame_size"] == 32 and report["config"]["image_size"] == 26
+
+
+def test_eval_every_records_the_final_point_whatever_the_step_size(folder, tmp_path, capsys):
+    """BPT-VLM: 3 minibatches (queries) per candidate, population 4: the run stops at 12 of 14 queries."""
+    out = tmp_path / "run"
+    cli = [a for a in CLI if a not in ("--method-opt", "frame_size=32")]
+    cli[cli.index("bar")], cli[cli.index("--batch-size") + 1] = "bptvlm", "4"
+    assert main(["train", "--data", str(folder.root), "--budget", "14", *cli, "--method-opt", "pop_size=4",
+                 "--method-opt", "intrinsic_dim_l=20", "--method-opt", "intrinsic_dim_v=20",
+                 "--output-dir", str(out), "--eval-every", "13"]) == 0
+    curve = [json.loads(x) for x in (out / "curve.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    assert report["queries"] == 12 and [p["queries"] for p in curve] == [0, 12]
+    assert curve[-1]["test_acc"] == pytest.approx(report["test_acc"], abs=1e-3)

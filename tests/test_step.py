@@ -148,3 +148,60 @@ def test_trainer_uses_the_fused_step_when_asked(monkeypatch, tmp_path):
         runs[mode] = (tr.w.clone(), report["queries"], tr.step)
     assert runs["0"][1:] == runs["1"][1:] == (34, 4)  # 3 fused steps of 10 queries, then a plain one of 4
     assert rel(runs["1"][0], runs["0"][0]) <= 1e-4
+
+
+def test_fused_step_logs_checkpoints_and_resumes_like_the_plain_rounds(monkeypatch, tmp_path):
+    """With an output directory (log_every 2, checkpoint_every 3, budget 64 = 6 steps of 10 queries
+    and a last one of 4): the fused run logs and checkpoints the steps the plain run does, and
+    resuming from its step-3 checkpoint reaches the plain run's final point."""
+    import json
+    import shutil
+
+    from zipfast import ZIPTrainer
+    from zipfast.checkpoint import CHECKPOINT_NAME
+    from zipfast.config import TrainConfig
+
+    model, tok = planted_model(0)
+    task = make_planted_task(TextTower(model), tok, n_ctx=4, shots=4, test_per_class=5, seed=0)
+    cfg = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", n_ctx=4, intrinsic_dim=40,
+                      rank=2, batch_size=16, budget=64, seed=3, checkpoint_every=3, precision="fp32", log_every=2)
+
+    def trainer(mode, out):
+        monkeypatch.setenv("ZIPFAST_FUSED_STEP", mode)
+        return ZIPTrainer(model, task.classnames, cfg, task, tokenizer=tok, progress=False, output_dir=out)
+
+    def log(out):
+        return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+    runs = {}
+    for mode in ("0", "1"):
+        out = tmp_path / f"fused{mode}"
+        tr = trainer(mode, out)
+        saved, save = [], tr.save_checkpoint
+
+        def save_and_keep(path, tr=tr, saved=saved, save=save, out=out):
+            save(path)
+            saved.append(tr.step)
+            shutil.copy(path, out.parent / f"{out.name}-step{tr.step}.safetensors")
+
+        tr.save_checkpoint = save_and_keep
+        tr.fit()
+        assert (tr._fused is not None) == (mode == "1")
+        runs[mode] = tr.w.clone(), log(out), saved
+    (w0, log0, saved0), (w1, log1, saved1) = runs["0"], runs["1"]
+    assert [r["step"] for r in log0] == [r["step"] for r in log1] == [2, 4, 6, 7]
+    assert [r["queries"] for r in log0] == [r["queries"] for r in log1] == [20, 40, 60, 64]
+    for a, b in zip(log0, log1):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"]), (a, b)
+    assert saved0 == saved1 == [3, 6, 7]  # periodic, then the final checkpoint
+    assert rel(w1, w0) <= 1e-4
+
+    out = tmp_path / "fused1"
+    shutil.copy(tmp_path / "fused1-step3.safetensors", out / CHECKPOINT_NAME)  # as if it had died after step 3
+    resumed = trainer("1", out)
+    resumed.load_checkpoint(out / CHECKPOINT_NAME)
+    assert resumed.step == 3 and resumed.queries == 30
+    resumed.fit()
+    assert resumed._fused is not None and resumed.step == 7 and resumed.queries == 64
+    assert rel(resumed.w, w0) <= 1e-4
+    assert [(r["step"], r["queries"]) for r in log(out)] == [(2, 20), (4, 40), (6, 60), (7, 64)]  # cut back, continued

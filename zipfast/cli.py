@@ -146,7 +146,6 @@ def cmd_train(args) -> int:
                 from .paper.hooks import EvalEvery
 
                 hook = EvalEvery(args.eval_every, out or None)
-                hook.start(trainer)
                 trainer.step_hooks.append(hook)
             report = trainer.fit()
     finally:
@@ -160,7 +159,7 @@ def cmd_eval(args) -> int:
     from . import ZIPTrainer
     from .config import TrainConfig, merge_flags
     from .env import resolve_device
-    from .image_trainer import CHECKPOINT_FORMAT as IMAGE_CHECKPOINT_FORMAT, trainer_for_checkpoint
+    from .image_trainer import CHECKPOINT_FORMAT as IMAGE_CHECKPOINT_FORMAT, evaluate_checkpoint
     from .trainer import read_checkpoint
 
     sd = read_checkpoint(args.checkpoint)
@@ -168,14 +167,14 @@ def cmd_eval(args) -> int:
                       device=args.device, backend=args.backend, test_per_class=args.test_per_class)
     resolve_device(cfg.device)
     if sd.get("format") == IMAGE_CHECKPOINT_FORMAT:  # BPT-VLM, BAR, BlackVIP
-        trainer = trainer_for_checkpoint(sd, cfg, build_run)
+        acc = evaluate_checkpoint(sd, cfg, build_run)
     else:
         model, tokenizer, classnames, data = build_run(cfg)
         trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False)
         trainer.load_checkpoint(sd["path"], sd)
-    acc = trainer.evaluate()
-    print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": trainer.step,
-                      "queries": trainer.queries, "test_acc": round(acc, 4)}))
+        acc = trainer.evaluate()
+    print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": sd.get("step"),
+                      "queries": int(sd["queries"]), "test_acc": round(acc, 4)}))
     return 0
 
 

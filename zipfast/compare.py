@@ -136,19 +136,14 @@ def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bo
 
 
 def _image_trainer(cfg: TrainConfig, model, tokenizer, classnames, data, progress: bool, cache: dict):
-    """An ImagePromptTrainer set up as `zipfast train --method` sets it up: the model's input size,
-    BAR's image inside its frame, the dataset's hand-written template for BAR/BlackVIP's text."""
-    from .image_config import fit_bar_sizes
-    from .image_trainer import ImagePromptTrainer
+    """An ImagePromptTrainer set up as `zipfast train --method` sets it up (image_trainer.fit_to_model:
+    the model's input size, BAR's image inside its frame), with the dataset's hand-written template
+    for BAR/BlackVIP's text."""
+    from .image_trainer import ImagePromptTrainer, fit_to_model
     from .methods import resolve_options
-    from .trainer import adapt_config
     from .zeroshot import template_for
 
-    mcfg = resolve_options(cfg.method, cfg.method_options)
-    cfg, notes = adapt_config(cfg, model, encodes_images=True)
-    if cfg.method == "bar":
-        cfg, mcfg, bar_notes = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
-        notes += bar_notes
+    cfg, mcfg, notes = fit_to_model(cfg, resolve_options(cfg.method, cfg.method_options), model)
     encoder = coordinator_encoder(cfg, mcfg, cache) if cfg.method == "blackvip" else None
     return ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer, encoder=encoder,
                               template=template_for(cfg.dataset), progress=progress, adjustments=notes)

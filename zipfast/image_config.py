@@ -98,11 +98,17 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
     return (method, shared, mc, node) if return_node else (method, shared, mc)
 
 
+def bar_image_size(frame_size: int) -> int:
+    """BAR's image size inside a frame: 194/224 of it, rounded down to even (the official INPUT.SIZE
+    194 inside FRAME_SIZE 224)."""
+    inner = frame_size * 194 // 224
+    return inner - inner % 2
+
+
 def fit_bar_sizes(cfg: TrainConfig, mcfg, frame_given: bool) -> tuple[TrainConfig, Any, list[str]]:
     """BAR's sizes for a model whose input size is cfg.image_size: the frame is that size (unless
-    `frame_given`) and the image inside it 194/224 of the frame (rounded down to even), as the official
-    INPUT.SIZE 194 inside FRAME_SIZE 224. Returns (cfg, mcfg, adjustments): a changed frame size is
-    logged and listed for the run report."""
+    `frame_given`) and the image inside it `bar_image_size(frame)`. Returns (cfg, mcfg, adjustments):
+    a changed frame size is logged and listed for the run report."""
     import dataclasses
     import logging
 
@@ -111,8 +117,35 @@ def fit_bar_sizes(cfg: TrainConfig, mcfg, frame_given: bool) -> tuple[TrainConfi
         notes.append(f"BAR: frame size {mcfg.frame_size} -> {cfg.image_size} (the model's input size)")
         logging.getLogger("zipfast.image").info("%s", notes[-1])
         mcfg = dataclasses.replace(mcfg, frame_size=cfg.image_size)
-    inner = mcfg.frame_size * 194 // 224
-    return dataclasses.replace(cfg, image_size=inner - inner % 2).validate(), mcfg, notes
+    return dataclasses.replace(cfg, image_size=bar_image_size(mcfg.frame_size)).validate(), mcfg, notes
+
+
+def paper_opts(method: str) -> list:
+    """KEY VALUE pairs setting the values the paper ran (configs/trainers/<TRAINER>/vit_b16.yaml;
+    the method configs' defaults) over train.py's defaults: what `bench-paper` passes for an
+    image-side method when no --config-dir is given."""
+    d, sec = method_config(method), f"TRAINER.{SECTION[method]}."
+    if method == "bptvlm":
+        pairs = {"TOKENS_L": d.tokens_l, "TOKENS_V": d.tokens_v, "INTRINSIC_DIM_L": d.intrinsic_dim_l,
+                 "INTRINSIC_DIM_V": d.intrinsic_dim_v, "SIGMA": d.sigma, "POP_SIZE": d.pop_size}
+        return [x for k, v in pairs.items() for x in (sec + k, _literal(v))]
+    if method == "bar":
+        pairs = {"FRAME_SIZE": d.frame_size, "SMOOTH": d.smooth, "SIMGA": d.sigma, "LRS": list(d.lrs),
+                 "DECAYING": d.decaying, "FOCAL_G": d.focal_g}
+        inner = bar_image_size(d.frame_size)  # the image inside the frame: INPUT.SIZE (194, 194) at 224
+        extra = ["INPUT.SIZE", f"({inner}, {inner})", "TRAINER.BASIC.SP_AVG", str(d.q)]
+    else:
+        pairs = {"PT_BACKBONE": d.backbone, "SRC_DIM": d.src_dim, "SPSA_PARAMS": list(d.spsa_params),
+                 "MOMS": d.moms, "P_EPS": d.p_eps}
+        extra = ["TRAINER.BASIC.SP_AVG", str(d.sp_avg), "TRAINER.BASIC.OPT_TYPE", d.opt_type]
+    return [x for k, v in pairs.items() for x in (sec + k, _literal(v))] + extra
+
+
+def _literal(v) -> str:
+    """A KEY VALUE value as the yaml would write it (1 for 1.0: integral settings are ints there)."""
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_literal, v)) + "]"
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
 def train_config_from_official(shared: dict, **flags) -> TrainConfig:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from .engine import PRECISIONS, autocast_for, resolve_precision
 from .image_tower import ImageTower
 
@@ -38,7 +39,7 @@ class ImageEngine:
 
     def __init__(self, tower: ImageTower, precision: str = "fp32"):
         if precision not in PRECISIONS and precision != "auto":
-            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.tower = tower
         self.device = next(tower.visual.parameters()).device
         self.precision = resolve_precision(precision, self.device)
@@ -157,7 +158,7 @@ def make_image_engine(backend: str, tower: ImageTower, precision: str = "fp32", 
         return ReferenceImageEngine(tower, precision)
     if name == "image-batched":
         return BatchedImageEngine(tower, precision, **options)
-    raise ValueError(f"unknown image backend {backend!r}; choose auto or one of {', '.join(IMAGE_BACKENDS)}")
+    raise UserError(f"unknown image backend {backend!r}; choose auto or one of {', '.join(IMAGE_BACKENDS)}")
 
 
 # ------------------------------------------------------------------------------ logits and losses

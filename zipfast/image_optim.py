@@ -20,6 +20,7 @@ import torch
 
 from .optim import SPSA
 from .optim.protocol import Optimizer, empty
+from .errors import UserError
 
 
 # ------------------------------------------------------------------------------ BAR
@@ -40,7 +41,7 @@ class BARGradientFree(Optimizer):
     def __init__(self, w0: torch.Tensor, q: int = 5, beta: float = 0.01, sigma: float = 1.0,
                  lrs=(10.0, 0.1), decay: float = 0.9, total_steps: int = 1000, seed: int = 0):
         if q < 1 or beta <= 0 or sigma <= 0 or decay <= 0 or total_steps < 1:
-            raise ValueError(f"BAR needs q ≥ 1, SMOOTH > 0, SIMGA > 0, DECAYING > 0 and total steps ≥ 1; got "
+            raise UserError(f"BAR needs q ≥ 1, SMOOTH > 0, SIMGA > 0, DECAYING > 0 and total steps ≥ 1; got "
                              f"q={q}, SMOOTH={beta}, SIMGA={sigma}, DECAYING={decay}, total steps={total_steps}")
         self._own_point(w0.reshape(-1), seed)
         self.q, self.beta, self.sigma = int(q), float(beta), float(sigma)
@@ -56,6 +57,7 @@ class BARGradientFree(Optimizer):
         q = min(self.q, allowance - 1)
         if q < 1:
             return empty(self.dim)
+        self._ask_rng = self.generator.get_state()  # discard() rewinds the draw
         u = torch.randn(q, self.dim, generator=self.generator) * self.sigma
         u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
         self._pending = u
@@ -73,7 +75,7 @@ class BARGradientFree(Optimizer):
         g = (self.dim / q) * ((losses[1:] - losses[0]) / self.beta) @ u
         ak = self.lr(k)
         self.w = self.w - ak * g
-        self.step, self._pending = k, None
+        self.step, self._pending, self._ask_rng = k, None, None
         return {"loss": float(losses[0]), "lr": ak, "grad_norm": float(torch.linalg.vector_norm(g)), "q": q}
 
     def state_dict(self) -> dict:
@@ -84,6 +86,7 @@ class BARGradientFree(Optimizer):
     def load_state_dict(self, sd: dict, device="cpu") -> None:
         self._check_settings(sd, self.state_dict(), ("kind", "q", "beta", "sigma", "lrs", "decay", "total_steps"))
         self.w, self.step = sd["w"].clone().float(), int(sd["step"])
+        self._pending = self._ask_rng = None
         self.generator.set_state(sd["generator"])
 
 
@@ -100,7 +103,7 @@ class SPSAGC(Optimizer):
     def __init__(self, w0: torch.Tensor, sp_avg: int = 5, spsa_params=(1.0, 0.01, 0.01, 0.4, 0.1),
                  moms: float = 0.8, seed: int = 0, opt_type: str = "spsa-gc"):
         if opt_type not in ("spsa-gc", "spsa"):
-            raise ValueError(f"TRAINER.BASIC.OPT_TYPE {opt_type!r}: BlackVIP runs 'spsa-gc' or 'spsa'")
+            raise UserError(f"TRAINER.BASIC.OPT_TYPE {opt_type!r}: BlackVIP runs 'spsa-gc' or 'spsa'")
         self.spsa = SPSA(w0.detach().clone().float(), opt_type, sp_avg, spsa_params, moms, seed=seed)
         self.dim = self.spsa.dim
         self._order = None

@@ -11,13 +11,17 @@ dataset's hand-written template, BPT-VLM puts its text context before each class
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .checkpoint import Checkpoint, CheckpointMismatchError, read_checkpoint
+from .image_config import TRAINER_NAMES
 from .image_optim import point_from_state
 
 CHECKPOINT_FORMAT = "zipfast-image-checkpoint-v1"
-TRAINER_OF = {"bptvlm": "BPTVLM", "bar": "BAR", "blackvip": "BlackVIP"}  # method → official TRAINER.NAME
+log = logging.getLogger("zipfast.image")
+TRAINER_OF = {method: name for name, method in TRAINER_NAMES.items()}  # method → official TRAINER.NAME
 # TrainConfig fields that shape a prompt (the frame's and the clipping's normalisation, the
 # model whose towers it feeds): they must agree, and the checkpoint's win in eval-only runs.
 PROMPT_SETTINGS = ("model", "pretrained", "image_size", "pixel_mean", "pixel_std")
@@ -80,13 +84,25 @@ def check_prompt_settings(ck: Checkpoint, method: str, config: dict, method_conf
             for k in PROMPT_SETTINGS if fp.get(k) != config[k]]
     diff += [f"{k}={theirs_m.get(k)!r} (checkpoint) vs {method_config[k]!r} (this run)"
              for k in PROMPT_METHOD_SETTINGS[method] if theirs_m.get(k) != method_config[k]]
-    if method == "blackvip" and str(method_config.get("encoder", "")).lower() in ("none", "random") \
-            and fp.get("seed") != config["seed"]:  # a random-weight encoder is seeded by SEED
-        diff.append(f"seed={fp.get('seed')!r} (checkpoint) vs {config['seed']!r} (this run), which seeds BlackVIP's "
-                    f"random-weight encoder (encoder 'none')")
+    if method == "blackvip":  # the decoder was trained on this encoder's features
+        mine, theirs = str(method_config.get("encoder", "")), str(theirs_m.get("encoder", ""))
+        if _random_encoder(mine) != _random_encoder(theirs):
+            diff.append(f"BlackVIP encoder {theirs or 'the hub weights'!r} (checkpoint) vs {mine or 'the hub weights'!r} "
+                        "(this run): a decoder trained on random encoder weights does not fit pretrained ones, or the "
+                        "reverse; pass --blackvip-encoder as the training run did")
+        elif _random_encoder(mine) and fp.get("seed") != config["seed"]:  # a random-weight encoder is seeded by SEED
+            diff.append(f"seed={fp.get('seed')!r} (checkpoint) vs {config['seed']!r} (this run), which seeds "
+                        f"BlackVIP's random-weight encoder (encoder 'none')")
+        elif mine != theirs:
+            log.warning("BlackVIP encoder %r differs from the training run's %r: the prompt is evaluated with the "
+                        "weights given now", mine or "the hub weights", theirs or "the hub weights")
     if diff:
         raise CheckpointMismatchError(f"the prompt in {str(ck.path)!r} was shaped by other settings: "
                                       + "; ".join(diff))
+
+
+def _random_encoder(source: str) -> bool:
+    return source.lower() in ("none", "random")
 
 
 def prompt_point(ck: Checkpoint) -> torch.Tensor:

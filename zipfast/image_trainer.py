@@ -20,9 +20,11 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from . import __version__
 from .batched import make_engine
 from .config import TrainConfig
+from .data.transforms import DEFAULT_CHOICES
 from .data.pixels import build_pixel_source
 from .data.sources import batch_indices, derive_seed
 from .image_config import fit_bar_sizes, method_config
@@ -56,7 +58,7 @@ class ImagePromptTrainer(BudgetedRun):
                  encoder=None, template: str = DEFAULT_TEMPLATE, output_dir=None, progress: bool = True,
                  overwrite: bool = False, adjustments=()):
         if method not in METHODS:
-            raise ValueError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
+            raise UserError(f"unknown image method {method!r}; choose one of {', '.join(METHODS)}")
         config.validate()
         self.method, self.config, self.progress = method, config, progress
         self.template = template if method != "bptvlm" else None  # BPT-VLM learns its text context
@@ -84,7 +86,7 @@ class ImagePromptTrainer(BudgetedRun):
                                                            progress)
         self.adjustments = [*adjustments, *notes]  # the caller's changes to the config, then the data path's
         if len(data.classnames) != len(self.classnames):
-            raise ValueError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
+            raise UserError(f"{len(self.classnames)} class names for a dataset of {len(data.classnames)} classes")
         self.steps_per_epoch = max(1, self.source.n_train // c.batch_size)
         g_space = torch.Generator().manual_seed(derive_seed(seed, _SEED_SPACE))
         g_params = torch.Generator().manual_seed(derive_seed(seed, _SEED_PARAMS))
@@ -133,7 +135,7 @@ class ImagePromptTrainer(BudgetedRun):
         want = self.mcfg.frame_size if self.method == "bar" else c.image_size
         key = "TRAINER.BAR.FRAME_SIZE" if self.method == "bar" else "INPUT.SIZE (image_size)"
         if size is not None and want != size:
-            raise ValueError(f"{key} is {want} but the model's image tower takes {size} px; set it to {size}")
+            raise UserError(f"{key} is {want} but the model's image tower takes {size} px; set it to {size}")
 
     def _fixed_text(self, tokenizer, template: str) -> torch.Tensor:
         """The hand-written prompt's text features [1, C, E] (normalised), computed once."""
@@ -185,15 +187,34 @@ class ImagePromptTrainer(BudgetedRun):
         cand = self.optimizer.ask(remaining // self.cost)
         if cand.shape[0] == 0:
             return 0, None
+        before = self._evaluation_state()
         losses, accs = self.evaluate_candidates(cand)
         self._tick()
-        raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint,
-                           f"after {self.queries} queries", f"{self.queries} queries")
+        if not bool(torch.isfinite(losses).all()):
+            self._restore_evaluation_state(before)  # the checkpoint below is the state before this step
+            raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint,
+                               f"after {self.queries} queries", f"{self.queries} queries")
+        step = self.optimizer.step
         info = self.optimizer.tell(losses.cpu())
         spent = cand.shape[0] * self.cost
         self.queries += spent
-        return spent, {"step": self.optimizer.step, "queries": self.queries, **info,
-                       "train_acc": float(accs.mean()), "time_s": round(self._tick(), 4)}
+        rec = {"step": self.optimizer.step, "queries": self.queries, **info}
+        if self.optimizer.step == step:
+            # BPT-VLM's last generation of a budget, evaluated in part and never told (as officially):
+            # its record is step s + 1, marked partial, so no two records share a step number.
+            rec.update(step=step + 1, partial=True)
+        return spent, {**rec, "train_acc": float(accs.mean()), "time_s": round(self._tick(), 4)}
+
+    def _evaluation_state(self):
+        """What evaluating candidates changes outside the optimiser: the minibatch counter and
+        BlackVIP's BatchNorm running statistics (BAR's frame and BPT-VLM's projections are fixed)."""
+        running = [(m.clone(), v.clone()) for m, v in self.space.running] if self.method == "blackvip" else None
+        return self.batches, running
+
+    def _restore_evaluation_state(self, state) -> None:
+        self.batches, running = state
+        if running is not None:
+            self.space.running = running
 
     # ------------------------------------------------------------------ evaluation
 
@@ -247,7 +268,13 @@ class ImagePromptTrainer(BudgetedRun):
     def fingerprint(self) -> dict:
         cfg = self.config.to_dict()
         return {"method": self.method, **{k: cfg[k] for k in _TRAJECTORY}, "method_config": config_to_dict(self.mcfg),
-                "classnames": self.classnames}
+                "classnames": self.classnames, "template": self.template}
+
+    def _implied(self) -> dict:
+        """Trajectory settings added to the fingerprint after the first image checkpoints, with the
+        values those checkpoints ran (so a resume names the flag to pass instead of failing)."""
+        return {"augment": "pil", "transforms": list(DEFAULT_CHOICES),
+                "template": None if self.method == "bptvlm" else DEFAULT_TEMPLATE}
 
     def state_dict(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "step": self.step,
@@ -266,7 +293,7 @@ class ImagePromptTrainer(BudgetedRun):
         if sd.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointMismatchError(f"{ck.path} is not a checkpoint of an image-side method "
                                           f"({CHECKPOINT_FORMAT}); it holds {sd.get('format')!r}")
-        mine, theirs = self.fingerprint(), ck.fingerprint
+        mine, theirs = self.fingerprint(), {**self._implied(), **ck.fingerprint}
         diff = [f"{k}={theirs.get(k)!r} (checkpoint) vs {mine[k]!r} (this run)" for k in mine if theirs.get(k) != mine[k]]
         if diff:
             raise CheckpointMismatchError(f"checkpoint {ck.path} is from another configuration: " + "; ".join(diff))
@@ -298,18 +325,40 @@ class ImagePromptTrainer(BudgetedRun):
         return prompt_point(ck)
 
 
-def trainer_for_checkpoint(sd: dict, config: TrainConfig, build_run) -> ImagePromptTrainer:
-    """The trainer of an image-method checkpoint `sd` (its state dict, with "fingerprint" and "path",
-    as `trainer.read_checkpoint` returns it), rebuilt for `config` (the checkpoint's, with the
-    caller's overrides) and loaded: what `zipfast eval` evaluates. BAR/BlackVIP classify with the
-    template the run trained with."""
+def evaluate_checkpoint(sd: dict, config: TrainConfig, build_run) -> float:
+    """Test accuracy (%) of an image-method checkpoint's prompt (`sd`: its state dict with
+    "fingerprint" and "path", as `trainer.read_checkpoint` returns it) on `config`'s data: the
+    checkpoint's config with the caller's overrides (another dataset, test_per_class, weights
+    path…). Only the method and the prompt-shaping settings must agree (`load_prompt`); no
+    training image is decoded. BAR/BlackVIP classify with the template the run trained with."""
+    import dataclasses
+
     method = sd["fingerprint"]["method"]
     mcfg = method_config(method, **sd["fingerprint"]["method_config"])
     model, tokenizer, classnames, data = build_run(config)
+    data = dataclasses.replace(data, train=[])  # nothing trains
     trainer = ImagePromptTrainer(method, model, classnames, config, data, mcfg, tokenizer=tokenizer,
                                  template=sd.get("template") or DEFAULT_TEMPLATE, progress=False)
-    trainer.load_checkpoint(sd["path"])
-    return trainer
+    return trainer.evaluate(trainer.load_prompt(sd["path"]))
+
+
+def fit_to_model(cfg: TrainConfig, mcfg, model) -> tuple[TrainConfig, object, list[str]]:
+    """(cfg, mcfg, adjustments) of an image-method run on `model`: the image size is the model's
+    input size (trainer.adapt_config), and for BAR the frame is that size and the image inside it
+    194/224 of it (image_config.fit_bar_sizes). Every change is logged and listed."""
+    import dataclasses
+
+    from .trainer import adapt_config
+
+    if cfg.method == "bar":  # its INPUT.SIZE is the image inside the frame: set below from the frame, not adapted
+        from .models import model_image_size
+
+        cfg = dataclasses.replace(cfg, image_size=model_image_size(model) or cfg.image_size)
+    cfg, notes = adapt_config(cfg, model, encodes_images=True)
+    if cfg.method == "bar":  # the image sits inside the frame: 194 px in 224 (INPUT.SIZE of the official yaml)
+        cfg, mcfg, bar_notes = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
+        notes += bar_notes
+    return cfg, mcfg, notes
 
 
 def train_image_method(cfg: TrainConfig, args, build_run, run=None, resume=None) -> dict:
@@ -334,12 +383,7 @@ def train_image_method(cfg: TrainConfig, args, build_run, run=None, resume=None)
     if not isinstance(data, FewShotImageFolder):
         raise ConfigError(f"--method {cfg.method} acts on the image tower and needs images: pass --data an image "
                           f"folder (got {cfg.dataset!r})")
-    from .trainer import adapt_config
-
-    cfg, notes = adapt_config(cfg, model, encodes_images=True)
-    if cfg.method == "bar":  # the image sits inside the frame: 194 px in 224 (INPUT.SIZE of the official yaml)
-        cfg, mcfg, bar_notes = fit_bar_sizes(cfg, mcfg, "frame_size" in cfg.method_options)
-        notes += bar_notes
+    cfg, mcfg, notes = fit_to_model(cfg, mcfg, model)
     trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
                                  output_dir=run, progress=not args.no_progress, adjustments=notes)
     if resume is not None:
@@ -349,6 +393,5 @@ def train_image_method(cfg: TrainConfig, args, build_run, run=None, resume=None)
         from .paper.hooks import EvalEvery
 
         hook = EvalEvery(args.eval_every, run.path if run is not None else None)
-        hook.start(trainer)
         trainer.step_hooks.append(hook)
     return trainer.fit()

@@ -50,7 +50,8 @@ def as_run_dir(output_dir, overwrite: bool) -> RunDir | None:
 class BudgetedRun:
     """Mixin of the trainers. The trainer sets: config (TrainConfig), run_dir (RunDir | None),
     progress, queries, elapsed, last_record, step_hooks, and defines `step`, `_round`,
-    `save_checkpoint`, `evaluate` and `report`; `_prepare_rounds` is optional."""
+    `save_checkpoint`, `evaluate` and `report`; `_prepare_rounds` is optional. step_hooks:
+    callables hook(trainer, record) after every round, optionally with on_start / on_end."""
 
     loop_label = "run"
 
@@ -105,6 +106,7 @@ class BudgetedRun:
         unlogged = None
         stop = StopSignals("the current step").install()
         try:
+            self._call_hooks("on_start")
             self._prepare_rounds()
             while (remaining := c.budget - self.queries) > 0:
                 spent, rec = self._round(remaining)
@@ -125,6 +127,8 @@ class BudgetedRun:
                     self.save_checkpoint(ckpt)
             if log is not None and unlogged is not None:  # the last round is always logged
                 log.write(unlogged)
+            if stop.requested is None:
+                self._call_hooks("on_end")
         finally:
             stop.restore()
             bar.close()
@@ -138,6 +142,14 @@ class BudgetedRun:
         if self.run_dir is not None:
             save_json(report, self.run_dir.report)
         return report
+
+    def _call_hooks(self, name: str) -> None:
+        """Step hooks may also have on_start(trainer) (called once the run directory is held, before
+        the first round) and on_end(trainer) (after the last round of a run not stopped by a signal)."""
+        for hook in self.step_hooks:
+            method = getattr(hook, name, None)
+            if method is not None:
+                method(self)
 
     def _tick(self) -> float:
         """Training time so far (s), excluding time before a resume's fit()."""

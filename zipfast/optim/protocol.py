@@ -63,8 +63,12 @@ class Optimizer:
         raise NotImplementedError
 
     def discard(self) -> None:
-        """Forget the last ask() (its losses were unusable); the state is unchanged."""
+        """Forget the last ask() (its losses were unusable): the state is as before it, its
+        generator included (an ask that draws from it saves `_ask_rng` first)."""
         self._pending = None
+        if getattr(self, "_ask_rng", None) is not None:
+            self.generator.set_state(self._ask_rng)
+            self._ask_rng = None
 
     def state_dict(self) -> dict:
         raise NotImplementedError

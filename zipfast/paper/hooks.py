@@ -18,7 +18,9 @@ CURVE_FILE = "curve.jsonl"
 
 
 class EvalEvery:
-    """A trainer step hook: evaluate when the query count crosses a multiple of `every`."""
+    """A trainer step hook: evaluate at the start, when the query count crosses a multiple of
+    `every`, and at the end. The run loop (run_loop.BudgetedRun) calls `on_start` once it holds
+    the run directory and `on_end` when the budget is spent."""
 
     def __init__(self, every: int, output_dir=None):
         if every < 1:
@@ -38,7 +40,7 @@ class EvalEvery:
             with open(self.path, "a") as f:
                 f.write(json.dumps(point) + "\n")
 
-    def start(self, trainer) -> None:
+    def on_start(self, trainer) -> None:
         """The point before training (0 queries, or the resumed count). The file starts afresh on a
         fresh run and is cut back to the resumed step on a resume, like log.jsonl."""
         if self.path is not None and self.path.exists():
@@ -51,8 +53,13 @@ class EvalEvery:
 
     def __call__(self, trainer, record: dict) -> None:
         bucket = trainer.queries // self.every
-        if bucket > self._bucket or trainer.queries + 2 > trainer.config.budget:
+        if bucket > self._bucket:
             self._bucket = bucket
+            self._record(trainer)
+
+    def on_end(self, trainer) -> None:
+        """The final point (whatever the method's last step size), unless just recorded."""
+        if not self.points or self.points[-1]["queries"] != trainer.queries:
             self._record(trainer)
 
 

@@ -179,8 +179,7 @@ def run(args, build_run, match_image_size) -> int:
     from .. import ZIPTrainer
     from ..image_prompt import refuse_image_checkpoint
     from ..trainer import read_checkpoint
-    from .dassl_log import DasslLog, result_block
-    from .hooks import EvalEvery
+    from .dassl_log import DasslLog
 
     cfg, kind, spec, subsample = official_config(args)
     sd = None
@@ -233,32 +232,48 @@ def run(args, build_run, match_image_size) -> int:
             dlog(f"Loading prompt from {ckpt} ({queries} queries, step {sd.get('step')})")
             pred, true = trainer.test_predictions()
         else:
-            _resume(trainer, args, out, dlog)
-            if args.eval_every:
-                hook = EvalEvery(args.eval_every, out)
-                hook.start(trainer)
-                trainer.step_hooks.append(hook)
-            report = trainer.fit()
-            queries = report["queries"]
-            dlog(f"Reach the maximum number of API calls: {queries} queries in {report['steps']} steps "
-                 f"({report['queries_per_s']} queries/s)")
-            dlog("Finish training")
-            dlog("Deploy the last-epoch model")
+            queries = train_logged(trainer, args, out, dlog, "Deploy the last-epoch model")
             pred, true = trainer.test_predictions()
-        dlog("Evaluate on the *test* set")
-        text, acc = result_block(pred, true)
-        dlog(text)
-        if args.eval_only:
-            dlog(f"Test acc: {acc:.2f}")
-        else:
-            dlog.elapsed()
-        if out:
-            save_json({"trainer": kind, "dataset": spec.name, "subsample": subsample, "seed": cfg.seed,
-                       "shots": cfg.shots, "accuracy": acc, "queries": queries, "n_classes": len(classnames),
-                       "fewshot_source": getattr(data, "fewshot_source", None)}, Path(out) / RESULT_FILE)
+        write_result(dlog, pred, true, args.eval_only, out, trainer=kind, dataset=spec.name, subsample=subsample,
+                     seed=cfg.seed, shots=cfg.shots, queries=queries, n_classes=len(classnames),
+                     fewshot_source=getattr(data, "fewshot_source", None))
         return 0
     finally:
         dlog.close()
+
+
+def write_result(dlog, pred, true, eval_only: bool, out, **fields) -> float:
+    """Dassl's end of a run: the result block (then "Test acc" for --eval-only, else the elapsed
+    time) and result.json (`fields` + the accuracy) in `out`; returns the accuracy (%)."""
+    from .dassl_log import result_block
+
+    dlog("Evaluate on the *test* set")
+    text, acc = result_block(pred, true)
+    dlog(text)
+    if eval_only:
+        dlog(f"Test acc: {acc:.2f}")
+    else:
+        dlog.elapsed()
+    if out:
+        save_json({**fields, "accuracy": acc}, Path(out) / RESULT_FILE)
+    return acc
+
+
+def train_logged(trainer, args, out, dlog, deployed: str) -> int:
+    """Resume (as Dassl), add the --eval-every hook, fit, and write Dassl's end-of-training lines
+    (`deployed`: which prompt is tested); returns the queries spent. Any trainer of zipfast."""
+    from .hooks import EvalEvery
+
+    _resume(trainer, args, out, dlog)
+    if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
+        hook = EvalEvery(args.eval_every, out)
+        trainer.step_hooks.append(hook)
+    report = trainer.fit()
+    dlog(f"Reach the maximum number of API calls: {report['queries']} queries in {report['steps']} steps "
+         f"({report['queries_per_s']} queries/s)")
+    dlog("Finish training")
+    dlog(deployed)
+    return report["queries"]
 
 
 def _resume(trainer, args, out, dlog) -> None:

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
-from ..checkpoint import CHECKPOINT_NAME, resolve_checkpoint_path
 from ..config import ConfigError
 from ..image_config import TRAINER_NAMES, load_official_image, method_config, train_config_from_official
 from ..image_prompt import prompt_settings, read_prompt_checkpoint
-from ..io import save_json
-from .official import RESULT_FILE
+from .official import train_logged, write_result
 
 log = logging.getLogger("zipfast.paper")
 
@@ -81,7 +78,7 @@ def run(args, build_run) -> int:
     classnames, data) is the CLI's (passed in: this module sits below the CLI)."""
     from ..image_trainer import ImagePromptTrainer
     from ..trainer import adapt_config
-    from .dassl_log import DasslLog, result_block
+    from .dassl_log import DasslLog
 
     method, cfg, mc, spec, subsample, ck = official_image_config(args)
     out = cfg.output_dir or None
@@ -114,37 +111,12 @@ def run(args, build_run) -> int:
                  f"{', the best candidate seen' if method == 'bptvlm' else ''})")
             pred, true, _ = trainer.test_predictions(w)
         else:
-            src = args.resume or (str(Path(out) / CHECKPOINT_NAME) if out and (Path(out) / CHECKPOINT_NAME).is_file()
-                                  else "")
-            if src:
-                path = resolve_checkpoint_path(src)
-                trainer.load_checkpoint(path)
-                dlog(f"Resumed from {path} at {trainer.queries} queries")
-            if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
-                from .hooks import EvalEvery
-
-                hook = EvalEvery(args.eval_every, out)
-                hook.start(trainer)
-                trainer.step_hooks.append(hook)
-            report = trainer.fit()
-            queries = report["queries"]
-            dlog(f"Reach the maximum number of API calls: {queries} queries in {report['steps']} steps "
-                 f"({report['queries_per_s']} queries/s)")
-            dlog("Finish training")
-            dlog("Deploy the last-epoch model" if method != "bptvlm" else
-                 "Deploy the best prompt (lowest training loss)")
+            queries = train_logged(trainer, args, out, dlog, "Deploy the last-epoch model" if method != "bptvlm"
+                                   else "Deploy the best prompt (lowest training loss)")
             pred, true, _ = trainer.test_predictions()
-        dlog("Evaluate on the *test* set")
-        text, acc = result_block(pred, true)
-        dlog(text)
-        if args.eval_only:
-            dlog(f"Test acc: {acc:.2f}")
-        else:
-            dlog.elapsed()
-        if out:
-            save_json({"trainer": method, "dataset": spec.name, "subsample": subsample, "seed": cfg.seed,
-                       "shots": cfg.shots, "accuracy": acc, "queries": queries, "n_classes": len(classnames),
-                       "fewshot_source": fewshot_source}, Path(out) / RESULT_FILE)
+        write_result(dlog, pred, true, args.eval_only, out, trainer=method, dataset=spec.name, subsample=subsample,
+                     seed=cfg.seed, shots=cfg.shots, queries=queries, n_classes=len(classnames),
+                     fewshot_source=fewshot_source)
         return 0
     finally:
         dlog.close()

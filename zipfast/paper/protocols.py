@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..datasets import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, get_spec
-from ..image_config import TRAINER_NAMES
+from ..image_config import TRAINER_NAMES, paper_opts
 from .sweep import Job, LocalRunner, RayRunner, run_stages
 from .tables import Table, average_row, curve_points, fmt, fmt_avg, harmonic, mean_std, plot_curves, read_accuracy
 
@@ -63,8 +63,8 @@ class Plan:
                 raise ConfigError(f"--config-dir {str(self.config_dir)!r} has no {METHODS[m]} config: looked for "
                                   f"{path!r} (the official configs/trainers/<TRAINER>/{CFG}.yaml)")
             if not path and m not in ZIP_SIDE:
-                log.info("%s runs without a config file: train.py's defaults, not the paper's yaml values "
-                         "(pass --config-dir configs/trainers)", METHODS[m])
+                log.info("%s runs without a config file: with the paper's values (%s)", METHODS[m],
+                         " ".join(paper_opts(m)))
 
     def config_for(self, method: str) -> str:
         """The trainer yaml a method's runs read ("" = none)."""
@@ -105,8 +105,9 @@ class Plan:
         if train and self.eval_every and method != "zsclip":
             argv += ["--eval-every", str(self.eval_every)]
         argv += ["--no-progress", *self.flags, *self.method_flags.get(method, ())]
+        paper = paper_opts(method) if method not in ZIP_SIDE and not self.config_for(method) else []
         return argv + ["DATASET.NAME", get_spec(dataset).name, "DATASET.SUBSAMPLE_CLASSES", subsample,
-                       "DATASET.NUM_SHOTS", str(self.shots), *self.opts]
+                       "DATASET.NUM_SHOTS", str(self.shots), *paper, *self.opts]
 
     def _job(self, method, dataset, seed, out, role, **kw) -> Job:
         return Job(self._argv(method, dataset, seed, out, **kw), str(out),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -23,7 +25,7 @@ class ReprogrammingFrame:
 
     def __init__(self, frame_size: int = 224, image_size: int = 194, mean=CLIP_MEAN, std=CLIP_STD):
         if image_size % 2 or not 0 < image_size < frame_size:
-            raise ValueError(f"BAR needs an even input size smaller than the frame (INPUT.SIZE {image_size}, "
+            raise UserError(f"BAR needs an even input size smaller than the frame (INPUT.SIZE {image_size}, "
                              f"TRAINER.BAR.FRAME_SIZE {frame_size}): the official code centres "
                              f"2·(S // 2) pixels inside the frame")
         self.frame_size, self.image_size = frame_size, image_size

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bar import CLIP_MEAN, CLIP_STD
+from ..errors import UserError
 
 log = logging.getLogger("zipfast.blackvip")
 
@@ -142,7 +143,7 @@ class Decoder(nn.Module):
     def __init__(self, z_dim: int, src_dim: int):
         super().__init__()
         if src_dim % 49 or src_dim <= z_dim:
-            raise ValueError(f"TRAINER.BLACKVIP.SRC_DIM {src_dim} must be a multiple of 7·7 = 49 and larger than "
+            raise UserError(f"TRAINER.BLACKVIP.SRC_DIM {src_dim} must be a multiple of 7·7 = 49 and larger than "
                              f"the encoder's feature size {z_dim}")
         self.z_dim, self.src_dim, self.src_c = z_dim, src_dim, src_dim // 49
         self.p_trigger = nn.Parameter(torch.empty(1, src_dim - z_dim).uniform_(0.0, 0.1))
@@ -176,7 +177,7 @@ class CoordinatorPrompter:
         self.shapes = [(n, tuple(p.shape)) for n, p in self.template.named_parameters()]
         self.dim = sum(p.numel() for p in self.template.parameters())
         if image_size != 7 * 32:
-            raise ValueError(f"BlackVIP's decoder produces 224 px prompts; the image size is {image_size}")
+            raise UserError(f"BlackVIP's decoder produces 224 px prompts; the image size is {image_size}")
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)

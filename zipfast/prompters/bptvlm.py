@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
+
 _CONV_SCALE = 3072  # the official constant in the vision projection's mean and std
 
 
@@ -49,9 +51,9 @@ class BPTVLMSpace:
         for name, v in (("TOKENS_L", n_tokens_l), ("TOKENS_V", n_tokens_v), ("INTRINSIC_DIM_L", dim_l),
                         ("INTRINSIC_DIM_V", dim_v)):
             if not isinstance(v, int) or v < 1:
-                raise ValueError(f"TRAINER.BPTVLM.{name} must be a positive integer, got {v!r}")
+                raise UserError(f"TRAINER.BPTVLM.{name} must be a positive integer, got {v!r}")
         if not sigma > 0:
-            raise ValueError(f"TRAINER.BPTVLM.SIGMA must be > 0, got {sigma!r}")
+            raise UserError(f"TRAINER.BPTVLM.SIGMA must be > 0, got {sigma!r}")
         s = cls.projection_stats(token_embedding, conv1, dim_l, dim_v, sigma)
         D, W = token_embedding.shape[1], conv1.shape[0]
         g = generator if generator is not None else torch.Generator().manual_seed(0)
