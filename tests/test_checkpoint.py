@@ -260,3 +260,55 @@ def test_files_follow_the_umask_also_after_resume(planted_task, tmp_path, umask,
         os.umask(old)
     for name in (CHECKPOINT_NAME, "log.jsonl", "report.json"):
         assert (out / name).stat().st_mode & 0o777 == mode, name
+
+
+def _same_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("method, options, nan_round", [
+    ("zip", {}, 3),  # with perturbation "official": the ask draws from the optimiser's generator
+    ("zo-sgd", {"pairs": 2}, 3),
+    ("sharpzo", {"dim": 16, "popsize": 4, "change_point": 2, "grad_dirs": 1, "prune_interval": 3}, 3),  # a probe
+    ("sharpzo", {"dim": 16, "popsize": 4, "change_point": 2, "grad_dirs": 1, "prune_interval": 3}, 5),  # the switch
+])
+def test_a_nonfinite_loss_checkpoints_the_optimiser_before_its_round(planted_task, tmp_path, monkeypatch, method,
+                                                                    options, nan_round):
+    """Whatever an ask changed (a generator's draw, SharpZO's stage switch, CMA-ES's population) is
+    undone: the checkpoint holds the state after the previous round, and resuming from it without
+    the fault continues exactly like an uninterrupted run."""
+    from copy import deepcopy
+
+    from zipfast.trainer import NonFiniteLossError
+
+    kw = dict(method=method, method_options=options, perturbation="official", budget=40, checkpoint_every=0)
+    full = _trainer(planted_task, tmp_path / "full", **kw)
+    states = [deepcopy(full.optimizer.state_dict())]
+    full.step_hooks.append(lambda tr, rec: states.append(deepcopy(tr.optimizer.state_dict())))
+    full.fit()
+    assert len(states) > nan_round
+
+    broken = _trainer(planted_task, tmp_path / "run", **kw)
+    real, calls = broken.engine.losses, []
+
+    def losses(ctx, feats, labels):
+        calls.append(1)
+        loss, acc = real(ctx, feats, labels)
+        return (torch.full_like(loss, float("nan")) if len(calls) == nan_round else loss), acc
+
+    monkeypatch.setattr(broken.engine, "losses", losses)
+    with pytest.raises(NonFiniteLossError):
+        broken.fit()
+    saved = read_checkpoint(tmp_path / "run" / CHECKPOINT_NAME).state["optimizer"]
+    assert _same_state(saved, states[nan_round - 1])
+    monkeypatch.undo()
+    resumed = _trainer(planted_task, tmp_path / "run", **kw)
+    resumed.load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
+    resumed.fit()
+    assert torch.equal(resumed.w.cpu(), full.w.cpu()) and resumed.queries == full.queries

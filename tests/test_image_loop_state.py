@@ -8,8 +8,6 @@ import torch
 
 from test_image_methods import folder, make, models, records  # noqa: F401 (fixtures)
 from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from zipfast.image_optim import BARGradientFree
-from zipfast.optim import SPSA
 from zipfast.run_loop import NonFiniteLossError
 
 QUERIES_PER_STEP = {"bar": 6, "blackvip": 4}  # BAR: 1 + q (q = 5); BlackVIP: 2 pairs
@@ -99,18 +97,3 @@ def test_bptvlm_partial_last_generation_is_its_own_step_and_resumes_exactly(mode
     recs = records(tmp_path / "full")
     assert [r["step"] for r in recs] == [1, 2, 3] and "partial" not in recs[-1]
     assert recs[-1]["queries"] == 45 and more.optimizer.step == 3
-
-
-@pytest.mark.parametrize("make_opt", [
-    lambda: BARGradientFree(torch.zeros(7), q=3, seed=5),
-    lambda: SPSA(torch.zeros(7), sp_avg=2, seed=5, perturbation="official"),
-], ids=["bar", "spsa-official"])
-def test_discard_rewinds_the_generator_an_ask_drew_from(make_opt):
-    opt, fresh = make_opt(), make_opt()
-    first = opt.ask(10)
-    opt.discard()
-    assert torch.equal(opt.generator.get_state(), fresh.generator.get_state())
-    assert torch.equal(opt.ask(10), first)  # the same step is asked again
-    opt.tell(torch.arange(len(first), dtype=torch.float32))
-    opt.discard()  # after a tell there is nothing to rewind
-    assert not torch.equal(opt.generator.get_state(), fresh.generator.get_state())

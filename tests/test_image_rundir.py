@@ -216,3 +216,20 @@ def test_eval_every_records_the_final_point_whatever_the_step_size(folder, tmp_p
     report = json.loads((out / "report.json").read_text())
     assert report["queries"] == 12 and [p["queries"] for p in curve] == [0, 12]
     assert curve[-1]["test_acc"] == pytest.approx(report["test_acc"], abs=1e-3)
+
+
+def test_eval_every_curve_keeps_its_points_when_a_partial_generation_is_resumed(folder, tmp_path, capsys):
+    """BPT-VLM, population 4 × 3 queries: budget 20 ends with a partial generation (q 12 → 18, step 1
+    for both); a resume with budget 30 cuts the curve by queries, not by step."""
+    out = tmp_path / "run"
+    cli = [a for a in CLI if a not in ("--method-opt", "frame_size=32")]
+    cli[cli.index("bar")], cli[cli.index("--batch-size") + 1] = "bptvlm", "4"
+    argv = ["train", "--data", str(folder.root), *cli, "--method-opt", "pop_size=4", "--method-opt",
+            "intrinsic_dim_l=20", "--method-opt", "intrinsic_dim_v=20", "--output-dir", str(out), "--eval-every", "6"]
+    assert main([*argv, "--budget", "20"]) == 0
+    curve = lambda: [(p["queries"], p["step"]) for p in  # noqa: E731
+                     map(json.loads, (out / "curve.jsonl").read_text().splitlines())]
+    assert curve() == [(0, 0), (12, 1), (18, 1)]
+    assert main([*argv, "--budget", "30", "--resume", str(out / CHECKPOINT_NAME)]) == 0
+    # the resumed run completes generation 2 (its 2 missing candidates: q 24), then a partial generation 3
+    assert curve() == [(0, 0), (12, 1), (18, 1), (24, 2), (30, 2)]

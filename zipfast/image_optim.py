@@ -57,7 +57,6 @@ class BARGradientFree(Optimizer):
         q = min(self.q, allowance - 1)
         if q < 1:
             return empty(self.dim)
-        self._ask_rng = self.generator.get_state()  # discard() rewinds the draw
         u = torch.randn(q, self.dim, generator=self.generator) * self.sigma
         u = u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
         self._pending = u
@@ -75,7 +74,7 @@ class BARGradientFree(Optimizer):
         g = (self.dim / q) * ((losses[1:] - losses[0]) / self.beta) @ u
         ak = self.lr(k)
         self.w = self.w - ak * g
-        self.step, self._pending, self._ask_rng = k, None, None
+        self.step, self._pending = k, None
         return {"loss": float(losses[0]), "lr": ak, "grad_norm": float(torch.linalg.vector_norm(g)), "q": q}
 
     def state_dict(self) -> dict:
@@ -86,7 +85,7 @@ class BARGradientFree(Optimizer):
     def load_state_dict(self, sd: dict, device="cpu") -> None:
         self._check_settings(sd, self.state_dict(), ("kind", "q", "beta", "sigma", "lrs", "decay", "total_steps"))
         self.w, self.step = sd["w"].clone().float(), int(sd["step"])
-        self._pending = self._ask_rng = None
+        self._pending = None
         self.generator.set_state(sd["generator"])
 
 

@@ -36,7 +36,7 @@ from .image_tower import ImageTower
 from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .models import resolve_device
 from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
-from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite
+from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite, snapshot
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
 
@@ -184,6 +184,7 @@ class ImagePromptTrainer(BudgetedRun):
             self.space.train()  # the official decoder queries in training mode (BatchNorm batch statistics)
 
     def _round(self, remaining: int) -> tuple[int, dict | None]:
+        optimizer_before = snapshot(self.optimizer.state_dict())  # restored if the losses are not finite
         cand = self.optimizer.ask(remaining // self.cost)
         if cand.shape[0] == 0:
             return 0, None
@@ -192,7 +193,7 @@ class ImagePromptTrainer(BudgetedRun):
         self._tick()
         if not bool(torch.isfinite(losses).all()):
             self._restore_evaluation_state(before)  # the checkpoint below is the state before this step
-            raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint,
+            raise_if_nonfinite(losses, self.optimizer, optimizer_before, self.checkpoint_path, self.save_checkpoint,
                                f"after {self.queries} queries", f"{self.queries} queries")
         step = self.optimizer.step
         info = self.optimizer.tell(losses.cpu())

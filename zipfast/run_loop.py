@@ -25,14 +25,27 @@ class NonFiniteLossError(UserError):
     """A loss became NaN/inf; the message says where the last good state is and what to change."""
 
 
-def raise_if_nonfinite(losses: torch.Tensor, optimizer, checkpoint, save, when: str, state: str,
+def snapshot(state):
+    """A deep copy of a state dict (tensors cloned): what `raise_if_nonfinite` restores."""
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {k: snapshot(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(snapshot(v) for v in state)
+    return state
+
+
+def raise_if_nonfinite(losses: torch.Tensor, optimizer, before: dict, checkpoint, save, when: str, state: str,
                        hint: str = "") -> None:
-    """Return when every loss [K] is finite. Otherwise forget the optimiser's ask, write the last
-    good state (`save(checkpoint)`, when there is a checkpoint path) and raise NonFiniteLossError
-    naming the step (`when`), the state saved and the hint."""
+    """Return when every loss [K] is finite. Otherwise put the optimiser back to `before` (its
+    `snapshot(state_dict())` taken before the ask: its point, step, generators, stage…), write
+    that last good state (`save(checkpoint)`, when there is a checkpoint path) and raise
+    NonFiniteLossError naming the step (`when`), the state saved and the hint."""
     if bool(torch.isfinite(losses).all()):
         return
     optimizer.discard()
+    optimizer.load_state_dict(before, getattr(optimizer.point, "device", "cpu"))
     where = ""
     if checkpoint is not None:
         save(checkpoint)

@@ -186,8 +186,9 @@ def clean_temp_files(folder) -> list[str]:
     return removed
 
 
-def truncate_log(path, step: int) -> None:
-    """Keep the records of steps ≤ step (a crash after the checkpoint may have added more).
+def truncate_log(path, step: int, key: str = "step") -> None:
+    """Keep the records whose `key` (the step; or another count that grows with it, such as
+    "queries") is ≤ step (a crash after the checkpoint may have added more).
 
     A torn final line (the process died mid-write) is dropped; an unreadable line elsewhere
     is an error naming the file and line, since silently dropping it would lose history.
@@ -205,7 +206,7 @@ def truncate_log(path, step: int) -> None:
             continue
         try:
             rec = json.loads(line)
-            rec_step = int(rec["step"])
+            rec_step = int(rec[key])
         except (ValueError, KeyError, TypeError):
             if i == len(lines):
                 log.info("dropped a torn last line of %s (line %d)", path, i)

@@ -31,7 +31,7 @@ from . import zeroshot
 from .methods import build as build_method
 from .methods import resolve_options, space_from_state_dict
 from .models import model_image_size
-from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite
+from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, snapshot
 from .space import random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
 
@@ -177,6 +177,7 @@ class ZIPTrainer(BudgetedRun):
             return 0, None
         if self._fused is not None and remaining >= 2 * c.sp_avg:  # the CUDA-graph step (zipfast.step)
             return 2 * c.sp_avg, self._fused_round(self._fused)
+        before = snapshot(self.optimizer.state_dict())  # restored if this round's losses are not finite
         cand = self.optimizer.ask(remaining)
         if len(cand) == 0:
             return 0, None
@@ -189,7 +190,7 @@ class ZIPTrainer(BudgetedRun):
         feats, labels = self.source.train_batch(idx, b, c.seed)
         losses, accs = self.engine.losses(self.space.contexts(cand), feats, labels.to(self.device))
         self._tick()
-        raise_if_nonfinite(losses, self.optimizer, self.checkpoint_path, self.save_checkpoint, f"at step {k}",
+        raise_if_nonfinite(losses, self.optimizer, before, self.checkpoint_path, self.save_checkpoint, f"at step {k}",
                            f"step {self.step}, {self.queries} queries",
                            "Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use "
                            "precision fp32." if c.method == "zip" else

@@ -63,12 +63,10 @@ class Optimizer:
         raise NotImplementedError
 
     def discard(self) -> None:
-        """Forget the last ask() (its losses were unusable): the state is as before it, its
-        generator included (an ask that draws from it saves `_ask_rng` first)."""
+        """Forget the last ask() (its losses were unusable). What the ask changed (a generator's
+        draw, a stage switch…) is undone by the trainer, which restores the state dict it took
+        before the ask (run_loop.raise_if_nonfinite)."""
         self._pending = None
-        if getattr(self, "_ask_rng", None) is not None:
-            self.generator.set_state(self._ask_rng)
-            self._ask_rng = None
 
     def state_dict(self) -> dict:
         raise NotImplementedError

@@ -59,7 +59,6 @@ class SPSA(Optimizer):
             from ..ops.perturb import perturb
 
             return perturb(self.seed, k, pairs, self.dim, device=self.w.device)
-        self._ask_rng = self.generator.get_state()  # discard() rewinds the draw
         return ref.segmented_uniform(pairs, self.dim, self.generator).to(self.w.device, self.w.dtype)
 
     def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
@@ -82,7 +81,7 @@ class SPSA(Optimizer):
             d = g
         self.w = self.w - ak * d
         self.step = k
-        self._pending = self._ask_rng = None
+        self._pending = None
         stats = {"loss": float((losses[q - 1] + losses[2 * q - 1]) / 2)}
         if accs is not None:
             stats["train_acc"] = float((accs[q - 1] + accs[2 * q - 1]) / 2)
@@ -103,4 +102,4 @@ class SPSA(Optimizer):
         self.w = sd["w"].to(device)
         self.momentum = None if sd["momentum"] is None else sd["momentum"].to(device)
         self.generator.set_state(sd["generator"])
-        self._pending = self._ask_rng = None
+        self._pending = None

@@ -47,7 +47,8 @@ class EvalEvery:
             if trainer.queries == 0:
                 save_text("", self.path)
             else:
-                truncate_log(self.path, trainer.step - 1)  # the start point below re-records the resumed step
+                # by queries, not step: BPT-VLM's partial last generation shares its step with the one before
+                truncate_log(self.path, trainer.queries - 1, key="queries")  # the start point re-records it
         self._bucket = trainer.queries // self.every
         self._record(trainer)
 
