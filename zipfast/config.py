@@ -266,7 +266,7 @@ def _validate_strings(cfg: TrainConfig) -> None:
 def _validate_method(cfg: TrainConfig) -> None:
     from .methods import METHODS, MethodOptionError, resolve_options
 
-    if cfg.method not in METHODS:
+    if not isinstance(cfg.method, str) or cfg.method not in METHODS:  # a list is unhashable
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
     if not isinstance(cfg.method_options, dict):
         raise ConfigError(f"method_options must be a mapping of option names to values, got {cfg.method_options!r}")
