@@ -123,7 +123,8 @@ def test_compare_image_method_and_zip_on_the_generated_folder(synthetic_cache, t
 def test_compare_image_run_is_deterministic(synthetic_cache):
     import dataclasses
 
-    from zipfast.compare import run_one, task_method_options
+    from zipfast.compare import run_one
+    from zipfast.image_task import method_options
 
     base = TrainConfig(model="zipfast-tiny224", pretrained="none", dataset="synthetic-images", budget=20, shots=2,
                        test_per_class=6, seed=2, method="blackvip", device="cpu", checkpoint_every=0,
@@ -132,5 +133,5 @@ def test_compare_image_run_is_deterministic(synthetic_cache):
     b = run_one(dataclasses.replace(base), build_run, eval_every=4, progress=False)  # nothing shared
     assert [q for q, _ in a["curve"]] == [0, 4, 8, 12, 16, 20] and a["queries"] == 20
     assert a["curve"] == b["curve"] and a["test_acc"] == b["test_acc"]
-    assert task_method_options("synthetic-images", "bptvlm", {"pop_size": 4}) == \
-        {"intrinsic_dim_l": 200, "intrinsic_dim_v": 200, "pop_size": 4}
+    assert method_options("synthetic-images", "bptvlm", {"pop_size": 4, "intrinsic_dim_v": 9})[0] == \
+        {"intrinsic_dim_l": 200, "intrinsic_dim_v": 9, "pop_size": 4}

@@ -258,7 +258,7 @@ def cmd_compare(args) -> int:
         options.setdefault(method, {})[name] = value
     planted, generated = args.data in PLANTED, args.data == synthetic.NAME
     model = "zipfast-planted" if planted else synthetic.MODEL if generated else "ViT-B-16"
-    base = TrainConfig(model=args.model or model,
+    base = TrainConfig(method=methods[0], model=args.model or model,  # validated as a run that compare makes
                        pretrained=args.pretrained or ("none" if planted or generated else "openai"), dataset=args.data,
                        budget=args.budget, shots=args.shots, batch_size=args.batch_size, device=args.device or "auto",
                        backend=args.backend or "auto", checkpoint_every=0).validate()

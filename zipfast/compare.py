@@ -54,6 +54,9 @@ def check_methods(methods: Sequence[str], dataset: str) -> None:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"--methods: unknown method(s) {bad or list(methods)!r}; choose from {', '.join(METHODS)}")
+    dup = [m for i, m in enumerate(methods) if m in methods[:i]]
+    if dup:
+        raise ConfigError(f"--methods: {', '.join(dict.fromkeys(dup))} given more than once; name each method once")
     image = [m for m in methods if m in IMAGE_METHODS]
     if image and not has_images(dataset):
         raise ConfigError(
@@ -136,48 +139,55 @@ def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bo
 
 
 def _image_trainer(cfg: TrainConfig, model, tokenizer, classnames, data, progress: bool, cache: dict):
-    """An ImagePromptTrainer set up as `zipfast train --method` sets it up (image_trainer.fit_to_model:
-    the model's input size, BAR's image inside its frame), with the dataset's hand-written template
-    for BAR/BlackVIP's text."""
-    from .image_trainer import ImagePromptTrainer, fit_to_model
-    from .methods import resolve_options
-    from .zeroshot import template_for
+    """An ImagePromptTrainer set up as `zipfast train --method` sets it up (image_trainer.prepare_image_run:
+    the task's method defaults and BlackVIP encoder, the model's input size, BAR's image inside its
+    frame, the dataset's template for BAR/BlackVIP's text)."""
+    from .image_trainer import ImagePromptTrainer, prepare_image_run
 
-    cfg, mcfg, notes = fit_to_model(cfg, resolve_options(cfg.method, cfg.method_options), model)
-    encoder = coordinator_encoder(cfg, mcfg, cache) if cfg.method == "blackvip" else None
+    cfg, mcfg, notes, encoder, template = prepare_image_run(cfg, model, cache=cache)
+    kw = {} if template is None else {"template": template}
     return ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer, encoder=encoder,
-                              template=template_for(cfg.dataset), progress=progress, adjustments=notes)
+                              progress=progress, adjustments=notes, **kw)
 
 
-def coordinator_encoder(cfg: TrainConfig, mcfg, cache: dict):
-    """BlackVIP's frozen encoder for a run, or None for the trainer's own (random weights of the
-    backbone's architecture seeded by the run seed, encoder "none").
-
-    On synthetic-images (no encoder set): the task's small ViT-MAE architecture, random weights
-    seeded by the run seed. Pretrained weights (the hub name, or a directory) do not depend on the
-    seed: loaded once and shared by every run.
-    """
-    from .prompters.blackvip import load_coordinator_encoder
-
-    source = mcfg.encoder
-    if cfg.dataset == synthetic.NAME and not source:
-        from transformers import ViTMAEConfig
-
-        return load_coordinator_encoder(mcfg.backbone, "none", seed=cfg.seed,
-                                        config=ViTMAEConfig(**synthetic.COORDINATOR))
-    if source.lower() in ("none", "random"):
-        return None
-    key = ("blackvip-encoder", mcfg.backbone, source)
-    if key not in cache:
-        cache[key] = load_coordinator_encoder(mcfg.backbone, source or None)
-    return cache[key]
+def check_seeds(seeds: Sequence[int]) -> None:
+    """ConfigError unless the seeds are at least one, each once."""
+    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if not seeds or dup:
+        raise ConfigError(f"--seeds: {'repeated seed(s) ' + ', '.join(map(str, dup)) if dup else 'no seed given'}; "
+                          f"give each seed once, e.g. --seeds 1,2,3")
 
 
-def task_method_options(dataset: str, method: str, given: dict | None) -> dict:
-    """The method options of a run: the task's own defaults (synthetic-images reduces what does not
-    fit its tiny model), then the user's."""
-    base = synthetic.METHOD_DEFAULTS.get(method, {}) if dataset == synthetic.NAME else {}
-    return {**base, **(given or {})}
+def check_data(base: TrainConfig) -> None:
+    """The image folder of a run with images exists and holds classes (DatasetError naming it), and
+    synthetic-images is generated, before any model or encoder loads."""
+    if base.dataset == synthetic.NAME:
+        synthetic.folder()
+    elif has_images(base.dataset) and not base.dataset.startswith("paper:"):
+        from .data.imagefolder import FewShotImageFolder
+
+        FewShotImageFolder.from_root(base.dataset, base.shots, base.seed, base.test_per_class)
+
+
+def probe_encoder(cfg: TrainConfig, cache: dict) -> None:
+    """Load BlackVIP's encoder of `cfg` into the cache before any run; a failure names compare's option."""
+    from . import image_task
+    from .methods import resolve_options
+    from .prompters.blackvip import BACKBONES, EncoderLoadError
+
+    options, _ = image_task.method_options(cfg.dataset, "blackvip", cfg.method_options)
+    mcfg = resolve_options("blackvip", options)
+    try:
+        image_task.coordinator_encoder(cfg, mcfg, cache)
+    except EncoderLoadError as e:
+        cause = e.__cause__
+        reason = f"{type(cause).__name__}: {str(cause)[:200]}" if cause is not None else str(e)
+        hub = BACKBONES.get(mcfg.backbone, mcfg.backbone)
+        raise ConfigError(
+            f"--methods blackvip: could not load BlackVIP's encoder {mcfg.encoder or hub!r} ({reason}). Without "
+            f"internet access, download {hub!r} on another machine (huggingface-cli download {hub} --local-dir DIR) "
+            f"and pass --method-opt blackvip.encoder=DIR, or --method-opt blackvip.encoder=none for random weights "
+            f"of its architecture") from e
 
 
 def compare(base: TrainConfig, build_run: Callable, methods: Sequence[str] | None = None,
@@ -190,17 +200,15 @@ def compare(base: TrainConfig, build_run: Callable, methods: Sequence[str] | Non
     """
     methods = list(default_methods(base.dataset) if methods is None else methods)
     check_methods(methods, base.dataset)
+    check_seeds(seeds)
     EvalCurve(eval_every)  # checks eval_every before any run
     method_options = method_options or {}
-    cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="",
-                                method_options=task_method_options(base.dataset, m, method_options.get(m))).validate()
+    cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="", method_options=method_options.get(m) or {}).validate()
             for m in methods for s in seeds]
+    check_data(cfgs[0])  # a missing folder is named before any model or encoder loads
     runs, cache = [], {}
     if "blackvip" in methods:  # a pretrained encoder that cannot load fails here, before any run
-        from .methods import resolve_options
-
-        probe = next(c for c in cfgs if c.method == "blackvip")
-        coordinator_encoder(probe, resolve_options("blackvip", probe.method_options), cache)
+        probe_encoder(next(c for c in cfgs if c.method == "blackvip"), cache)
     for i, cfg in enumerate(cfgs, 1):
         if progress:
             print(f"[{i}/{len(cfgs)}] {cfg.method} seed {cfg.seed}", flush=True)

@@ -261,6 +261,7 @@ class ImagePromptTrainer(BudgetedRun):
                 "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
                 "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
                 "precision": self.engine.precision, "precision_substitution": self.precision_note,
+                "template": self.template,
                 "adjustments": list(self.adjustments),
                 "device": str(self.device), "zipfast": __version__}
 
@@ -362,6 +363,42 @@ def fit_to_model(cfg: TrainConfig, mcfg, model) -> tuple[TrainConfig, object, li
     return cfg, mcfg, notes
 
 
+def prepare_image_run(cfg: TrainConfig, model, encoder_source: str | None = None, cache: dict | None = None):
+    """(cfg, mcfg, adjustments, encoder, template) of an image-method run on `model`, the same for
+    `zipfast train` and `zipfast compare`: the task's method defaults then cfg.method_options
+    (zipfast.image_task), BlackVIP's encoder (`encoder_source` overrides the option), the model
+    fitting (fit_to_model) and BAR/BlackVIP's template (the dataset's; None for BPT-VLM)."""
+    import dataclasses
+
+    from . import image_task
+    from .methods import resolve_options
+
+    options, notes = image_task.method_options(cfg.dataset, cfg.method, cfg.method_options)
+    mcfg = resolve_options(cfg.method, options)  # parses KEY=VALUE strings, validates
+    if encoder_source and cfg.method == "blackvip":
+        mcfg = dataclasses.replace(mcfg, encoder=encoder_source)
+    cfg, mcfg, fit_notes = fit_to_model(cfg, mcfg, model)
+    encoder = image_task.coordinator_encoder(cfg, mcfg, cache) if cfg.method == "blackvip" else None
+    template = None if cfg.method == "bptvlm" else image_task.template(cfg.dataset)
+    return cfg, mcfg, [*notes, *fit_notes], encoder, template
+
+
+def resume_template(path, method: str, template: str | None) -> tuple[str | None, list[str]]:
+    """(template, notes) a resume from the checkpoint at `path` continues with: the checkpoint's
+    (DEFAULT_TEMPLATE for image checkpoints written before the template was recorded), so the
+    trajectory stays the one it started; a difference from this run's rule is logged and noted."""
+    if method == "bptvlm":
+        return template, []
+    ck = read_checkpoint(path)
+    theirs = ck.fingerprint.get("template", DEFAULT_TEMPLATE)
+    if theirs is None or theirs == template:
+        return template, []
+    note = (f"template: the checkpoint {ck.path} trained {method} with {theirs!r}; a fresh run on "
+            f"{ck.fingerprint.get('dataset')!r} would use {template!r}; the resume keeps {theirs!r}")
+    log.warning(note)
+    return theirs, [note]
+
+
 def train_image_method(cfg: TrainConfig, args, build_run, run=None, resume=None) -> dict:
     """`zipfast train --method bptvlm|bar|blackvip --data FOLDER [--method-opt KEY=VALUE …]` → the report.
 
@@ -370,23 +407,22 @@ def train_image_method(cfg: TrainConfig, args, build_run, run=None, resume=None)
     the config (image size, augmentation path, BAR's frame) is logged and listed in the report's
     "adjustments".
     """
-    import dataclasses
-
     from .config import ConfigError
     from .data.imagefolder import FewShotImageFolder
-
     from .methods import resolve_options
 
-    mcfg = resolve_options(cfg.method, cfg.method_options)  # parses KEY=VALUE strings, validates
-    if getattr(args, "blackvip_encoder", None) and cfg.method == "blackvip":
-        mcfg = dataclasses.replace(mcfg, encoder=args.blackvip_encoder)
+    resolve_options(cfg.method, cfg.method_options)  # bad settings fail before the model loads
     model, tokenizer, classnames, data = build_run(cfg)
     if not isinstance(data, FewShotImageFolder):
         raise ConfigError(f"--method {cfg.method} acts on the image tower and needs images: pass --data an image "
                           f"folder (got {cfg.dataset!r})")
-    cfg, mcfg, notes = fit_to_model(cfg, mcfg, model)
+    cfg, mcfg, notes, encoder, template = prepare_image_run(cfg, model, getattr(args, "blackvip_encoder", None))
+    if resume is not None:
+        template, resume_notes = resume_template(resume, cfg.method, template)
+        notes += resume_notes
     trainer = ImagePromptTrainer(cfg.method, model, classnames, cfg, data, mcfg, tokenizer=tokenizer,
-                                 output_dir=run, progress=not args.no_progress, adjustments=notes)
+                                 encoder=encoder, template=template or DEFAULT_TEMPLATE, output_dir=run,
+                                 progress=not args.no_progress, adjustments=notes)
     if resume is not None:
         trainer.load_checkpoint(resume)
         print(f"resumed from {resume} at step {trainer.step} ({trainer.queries} queries)")

@@ -40,25 +40,42 @@ def cache_dir() -> Path:
 
 
 def folder() -> Path:
-    """The generated image folder (root/<class>/*.png), written on first use."""
+    """The generated image folder (root/<class>/*.png), written on first use.
+
+    UserError naming the cache directory and ZIPFAST_CACHE when it cannot be written."""
+    from ..errors import UserError
     from .pixels import write_synthetic_image_folder
 
-    root = cache_dir() / f"{NAME}-v{VERSION}"
+    cache = cache_dir()
+    root = cache / f"{NAME}-v{VERSION}"
     if root.is_dir():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    tmp = None
     try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
         write_synthetic_image_folder(tmp, **FOLDER)
+        tmp.chmod(_dir_mode())  # mkdtemp makes it 0700: the shared cache folder gets an ordinary folder's mode
         try:
             tmp.rename(root)  # atomic: a reader sees the whole folder or none
         except OSError:
             if not root.is_dir():  # not a concurrent writer that finished first
                 raise
+    except OSError as e:
+        raise UserError(f"cannot write the {NAME} image folder under the cache directory {str(cache)!r} "
+                        f"({e.strerror or e}): set ZIPFAST_CACHE to a writable directory "
+                        f"(default ~/.cache/zipfast)") from e
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _dir_mode() -> int:
+    """The mode the process umask gives a new directory (0o777 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def model():
