@@ -92,6 +92,9 @@ class Greedy(Optimizer):
     def ask(self, remaining):
         return torch.zeros(remaining + 1, self.dim)
 
+    def state_dict(self):  # the protocol's checkpoint contract (the trainer snapshots it before each ask)
+        return {"step": self.step}
+
 
 def test_trainer_never_spends_more_than_the_budget(planted, small_task):
     tr = trainer(planted, small_task, budget=20)
