@@ -233,3 +233,16 @@ def test_eval_every_curve_keeps_its_points_when_a_partial_generation_is_resumed(
     assert main([*argv, "--budget", "30", "--resume", str(out / CHECKPOINT_NAME)]) == 0
     # the resumed run completes generation 2 (its 2 missing candidates: q 24), then a partial generation 3
     assert curve() == [(0, 0), (12, 1), (18, 1), (24, 2), (30, 2)]
+
+
+def test_a_resume_with_nothing_left_keeps_the_partial_generations_record(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    cli = [a for a in CLI if a not in ("--method-opt", "frame_size=32")]
+    cli[cli.index("bar")], cli[cli.index("--batch-size") + 1] = "bptvlm", "4"
+    argv = ["train", "--data", str(folder.root), *cli, "--method-opt", "pop_size=4", "--method-opt",
+            "intrinsic_dim_l=20", "--method-opt", "intrinsic_dim_v=20", "--output-dir", str(out), "--budget", "20"]
+    assert main(argv) == 0
+    before = (out / "log.jsonl").read_text()
+    assert json.loads(before.splitlines()[-1])["partial"] is True
+    assert main([*argv, "--resume", str(out / CHECKPOINT_NAME)]) == 0  # the same budget: nothing to run
+    assert records(out) == [json.loads(x) for x in before.splitlines()]

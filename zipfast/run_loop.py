@@ -116,7 +116,7 @@ class BudgetedRun:
         bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
                    dynamic_ncols=True, desc=self.loop_label)
         self._start = time.perf_counter() - self.elapsed
-        unlogged = None
+        unlogged, rounds = None, 0
         stop = StopSignals("the current step").install()
         try:
             self._call_hooks("on_start")
@@ -125,6 +125,7 @@ class BudgetedRun:
                 spent, rec = self._round(remaining)
                 if spent == 0:
                     break
+                rounds += 1
                 bar.update(spent)
                 if rec is not None:
                     self.last_record = unlogged = rec
@@ -140,6 +141,11 @@ class BudgetedRun:
                     self.save_checkpoint(ckpt)
             if log is not None and unlogged is not None:  # the last round is always logged
                 log.write(unlogged)
+            last = self.last_record
+            if log is not None and rounds == 0 and last is not None and last.get("step", 0) > self.step:
+                # a resume with nothing left to run: the record past the checkpoint's step that the
+                # cut-back dropped (BPT-VLM's partial last generation) is still the run's last word
+                log.write(last)
             if stop.requested is None:
                 self._call_hooks("on_end")
         finally:
