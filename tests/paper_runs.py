@@ -29,6 +29,15 @@ def official_configs(root: Path) -> Path:
     return root
 
 
+def image_trainer_configs(root: Path, yamls: dict) -> Path:
+    """root/configs/trainers/<TRAINER>/vit_b16.yaml for each {TRAINER: yaml text}; returns root."""
+    for name, text in yamls.items():
+        p = root / "configs" / "trainers" / name / "vit_b16.yaml"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return root
+
+
 def register_random_openai_weights(monkeypatch, folder: Path) -> Path:
     """A randomly initialised zipfast-tiny checkpoint served for pretrained="openai" (offline)."""
     import open_clip

@@ -12,7 +12,7 @@ import torch
 
 import paper_data
 from image_fixtures import tiny_clip
-from paper_runs import official_configs, register_random_openai_weights
+from paper_runs import image_trainer_configs, official_configs, register_random_openai_weights
 from test_image_methods import make
 from zipfast.checkpoint import CheckpointMismatchError
 from zipfast.cli import main
@@ -48,10 +48,7 @@ def workdir(tmp_path_factory):
     paper_data.eurosat(root / "DATA")
     paper_data.imagenet(root / "DATA")
     official_configs(root)
-    for name, text in (("BAR", BAR_TINY_YAML), ("BPTVLM", BPTVLM_TINY_YAML), ("BlackVIP", BLACKVIP_TINY_YAML)):
-        p = root / "configs" / "trainers" / name / "vit_b16.yaml"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+    image_trainer_configs(root, {"BAR": BAR_TINY_YAML, "BPTVLM": BPTVLM_TINY_YAML, "BlackVIP": BLACKVIP_TINY_YAML})
     return root
 
 
@@ -189,10 +186,8 @@ def test_eval_only_refuses_a_checkpoint_of_another_trainer(cli, trained, capsys,
 
 
 def test_plan_stages_for_the_image_trainers(tmp_path):
-    configs = official_configs(tmp_path) / "configs" / "trainers"
-    for name in ("BAR", "BPTVLM", "BlackVIP"):
-        (configs / name).mkdir(parents=True, exist_ok=True)
-        (configs / name / "vit_b16.yaml").write_text("{}\n")
+    official_configs(tmp_path)
+    configs = image_trainer_configs(tmp_path, dict.fromkeys(("BAR", "BPTVLM", "BlackVIP"), "{}\n")) / "configs" / "trainers"
     out = tmp_path / "out"
 
     def stages(protocol, datasets):

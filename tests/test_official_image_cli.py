@@ -7,7 +7,7 @@ import json
 import pytest
 
 import paper_data
-from paper_runs import official_configs, register_random_openai_weights
+from paper_runs import image_trainer_configs, official_configs, register_random_openai_weights
 from test_image_methods import BAR_YAML, BLACKVIP_YAML, BPTVLM_YAML
 from zipfast.cli import main
 
@@ -17,10 +17,7 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("official_image")
     paper_data.eurosat(root / "DATA")
     official_configs(root)
-    for name, text in (("BAR", BAR_YAML), ("BPTVLM", BPTVLM_YAML), ("BlackVIP", BLACKVIP_YAML)):
-        p = root / "configs" / "trainers" / name / "vit_b16.yaml"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+    image_trainer_configs(root, {"BAR": BAR_YAML, "BPTVLM": BPTVLM_YAML, "BlackVIP": BLACKVIP_YAML})
     return root
 
 

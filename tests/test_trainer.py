@@ -139,3 +139,35 @@ def test_partial_last_step_uses_fewer_pairs():
     with pytest.raises(ValueError, match="expected 4 losses"):
         opt.tell(torch.zeros(10))
     assert opt.ask(1).shape == (0, 5)  # no pair fits: K = 0
+
+
+def test_hook_time_is_not_training_time_and_the_final_point_reuses_the_final_evaluation(planted):
+    import time
+
+    class SlowHook:
+        """A step hook that takes 0.4 s at the start, after each round and at the end."""
+
+        def __init__(self):
+            self.calls, self.end_acc = 0, None
+
+        def on_start(self, trainer):
+            time.sleep(0.4)
+
+        def __call__(self, trainer, rec):
+            self.calls += 1
+            time.sleep(0.4)
+
+        def on_end(self, trainer, test_acc):
+            self.end_acc = test_acc
+            time.sleep(0.4)
+
+    tr = small_trainer(planted, budget=30)
+    hook = SlowHook()
+    tr.step_hooks.append(hook)
+    evaluations = []
+    real = tr.evaluate
+    tr.evaluate = lambda *a: evaluations.append(1) or real(*a)
+    report = tr.fit()
+    assert hook.calls == report["steps"] >= 3  # ≥ 1.6 s of hooks in all
+    assert report["wall_time_s"] < 0.8, report["wall_time_s"]
+    assert hook.end_acc == report["test_acc"] and len(evaluations) == 1  # on_end gets it, not a second pass

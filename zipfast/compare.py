@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,6 +31,7 @@ from .config import ConfigError, TrainConfig
 from .data import synthetic
 from .data.classnames import PLANTED_TASKS
 from .image_options import METHODS as IMAGE_METHODS
+from .paper.hooks import EvalEvery
 
 TEXT_METHODS = ("zip", "sharpzo", "zo-sgd", "zsclip")
 ALL_METHODS = TEXT_METHODS + IMAGE_METHODS
@@ -65,44 +65,6 @@ def check_methods(methods: Sequence[str], dataset: str) -> None:
             f"folder with a random tiny CLIP) or --data FOLDER (an image folder), or leave them out")
 
 
-class EvalCurve:
-    """Step hook: (queries, test accuracy %) at 0 and each time `every` more queries are spent.
-
-    eval_s: seconds spent evaluating in all; in_fit [(queries, seconds)]: the evaluations the
-    hook ran during training (to take out of the training time)."""
-
-    def __init__(self, every: int):
-        if every < 1:
-            raise ConfigError(f"--eval-every must be at least 1 query, got {every}")
-        self.every, self.points, self.eval_s, self.in_fit = every, [], 0.0, []
-        self._next = every
-
-    def start(self, trainer) -> None:
-        self._eval(trainer, 0)
-
-    def _eval(self, trainer, queries: int) -> float:
-        t = time.perf_counter()
-        self.points.append((queries, trainer.evaluate()))
-        dt = time.perf_counter() - t
-        self.eval_s += dt
-        return dt
-
-    def __call__(self, trainer, rec: dict) -> None:
-        if rec["queries"] >= self._next:
-            self.in_fit.append((rec["queries"], self._eval(trainer, rec["queries"])))
-            while self._next <= rec["queries"]:
-                self._next += self.every
-
-    def finish(self, trainer, final_acc: float) -> None:
-        if not self.points or self.points[-1][0] != trainer.queries:
-            self.points.append((trainer.queries, final_acc))
-
-    def train_seconds(self, wall_s: float, queries: int) -> float:
-        """A trainer's wall time (measured after its last step, before that step's hooks) less the
-        evaluations this hook ran inside it."""
-        return max(wall_s - sum(s for q, s in self.in_fit if q < queries), 0.0)
-
-
 def first_reach(points, target: float):
     """Queries of the first evaluation with accuracy ≥ target, or None."""
     return next((q for q, acc in points if acc >= target), None)
@@ -126,14 +88,12 @@ def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bo
         from .trainer import ZIPTrainer
 
         trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=progress)
-    curve = EvalCurve(eval_every)
-    curve.start(trainer)
+    curve = EvalEvery(eval_every)  # at 0, every eval_every queries and at the end; not training time
     trainer.step_hooks.append(curve)
     report = trainer.fit()
-    curve.finish(trainer, report["test_acc"])
     return {"method": cfg.method, "seed": cfg.seed, "test_acc": report["test_acc"], "queries": report["queries"],
-            "steps": report["steps"], "train_s": round(curve.train_seconds(report["wall_time_s"], report["queries"]), 3),
-            "curve": curve.points,
+            "steps": report["steps"], "train_s": report["wall_time_s"],
+            "curve": [(p["queries"], p["test_acc"]) for p in curve.points],
             "report": {k: report.get(k) for k in ("param_dim", "backend", "precision", "device", "template",
                                                   "method_config", "precision_substitution", "adjustments")}}
 
@@ -201,7 +161,7 @@ def compare(base: TrainConfig, build_run: Callable, methods: Sequence[str] | Non
     methods = list(default_methods(base.dataset) if methods is None else methods)
     check_methods(methods, base.dataset)
     check_seeds(seeds)
-    EvalCurve(eval_every)  # checks eval_every before any run
+    EvalEvery(eval_every)  # checks eval_every before any run
     method_options = method_options or {}
     cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="", method_options=method_options.get(m) or {}).validate()
             for m in methods for s in seeds]

@@ -115,11 +115,11 @@ class BudgetedRun:
         log = self.run_dir.open_log() if self.run_dir is not None else None
         bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
                    dynamic_ncols=True, desc=self.loop_label)
-        self._start = time.perf_counter() - self.elapsed
         unlogged, rounds = None, 0
         stop = StopSignals("the current step").install()
         try:
             self._call_hooks("on_start")
+            self._start = time.perf_counter() - self.elapsed  # training time: hooks' evaluations excluded
             self._prepare_rounds()
             while (remaining := c.budget - self.queries) > 0:
                 spent, rec = self._round(remaining)
@@ -129,8 +129,10 @@ class BudgetedRun:
                 bar.update(spent)
                 if rec is not None:
                     self.last_record = unlogged = rec
+                    t = time.perf_counter()
                     for hook in self.step_hooks:
                         hook(self, rec)
+                    self._start += time.perf_counter() - t
                     if log is not None and rec["step"] % c.log_every == 0:
                         log.write(rec)
                         unlogged = None
@@ -146,8 +148,6 @@ class BudgetedRun:
                 # a resume with nothing left to run: the record past the checkpoint's step that the
                 # cut-back dropped (BPT-VLM's partial last generation) is still the run's last word
                 log.write(last)
-            if stop.requested is None:
-                self._call_hooks("on_end")
         finally:
             stop.restore()
             bar.close()
@@ -157,18 +157,21 @@ class BudgetedRun:
             self.save_checkpoint(ckpt)
         if stop.requested is not None:
             raise RunInterrupted(stop.requested, self.step, self.queries, ckpt)
-        report = self.report(test_acc=self.evaluate())
+        test_acc = self.evaluate()
+        self._call_hooks("on_end", test_acc)
+        report = self.report(test_acc=test_acc)
         if self.run_dir is not None:
             save_json(report, self.run_dir.report)
         return report
 
-    def _call_hooks(self, name: str) -> None:
+    def _call_hooks(self, name: str, *args) -> None:
         """Step hooks may also have on_start(trainer) (called once the run directory is held, before
-        the first round) and on_end(trainer) (after the last round of a run not stopped by a signal)."""
+        the first round) and on_end(trainer, test_acc) (with the final test accuracy, % , of a run
+        not stopped by a signal). Their time is not training time."""
         for hook in self.step_hooks:
             method = getattr(hook, name, None)
             if method is not None:
-                method(self)
+                method(self, *args)
 
     def _tick(self) -> float:
         """Training time so far (s), excluding time before a resume's fit()."""

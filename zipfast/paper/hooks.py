@@ -1,8 +1,9 @@
-"""Periodic test evaluation during training (`--eval-every N` queries).
+"""Periodic test evaluation during training (`--eval-every N` queries; `zipfast compare`'s curves).
 
-Test image features are encoded once and cached by the data source, so one evaluation is one
-text-tower pass for the current prompt plus a matmul. Points go to `<output dir>/curve.jsonl`
-as {"queries", "step", "test_acc"}; evaluations cost no queries (they are not training signal).
+For ZIP's trainer the test image features are encoded once and cached by the data source, so
+one evaluation is one text-tower pass plus a matmul; the image-side trainers put the test
+images through the prompted image tower. Points go to `<output dir>/curve.jsonl` (when given)
+as {"queries", "step", "test_acc"}; evaluations cost no queries and no training time.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config import ConfigError
 from ..io import save_text
 from ..rundir import truncate_log
 
@@ -24,16 +26,15 @@ class EvalEvery:
 
     def __init__(self, every: int, output_dir=None):
         if every < 1:
-            raise ValueError(f"--eval-every must be a positive number of queries, got {every}")
+            raise ConfigError(f"--eval-every must be at least 1 query, got {every}")
         self.every = every
         self.path = Path(output_dir) / CURVE_FILE if output_dir else None
         self.points: list[dict] = []
         self._bucket = 0
 
-    def _record(self, trainer) -> None:
-        pred, true = trainer.test_predictions()[:2]  # the image trainers also return the test loss
-        point = {"queries": trainer.queries, "step": trainer.step,
-                 "test_acc": round(100.0 * float((pred == true).float().mean()), 4)}
+    def _record(self, trainer, test_acc: float | None = None) -> None:
+        acc = trainer.evaluate() if test_acc is None else test_acc
+        point = {"queries": trainer.queries, "step": trainer.step, "test_acc": round(acc, 4)}
         self.points.append(point)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,10 +59,11 @@ class EvalEvery:
             self._bucket = bucket
             self._record(trainer)
 
-    def on_end(self, trainer) -> None:
-        """The final point (whatever the method's last step size), unless just recorded."""
+    def on_end(self, trainer, test_acc: float) -> None:
+        """The final point (whatever the method's last step size) from the run's final evaluation,
+        unless just recorded."""
         if not self.points or self.points[-1]["queries"] != trainer.queries:
-            self._record(trainer)
+            self._record(trainer, test_acc)
 
 
 def read_curve(output_dir) -> list[dict]:

@@ -50,23 +50,15 @@ ZF_HD float fsqrt(float a) {
   return std::sqrt(a);
 #endif
 }
-ZF_HD int32_t float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_int(x);
-#else
-  int32_t i;
-  std::memcpy(&i, &x, 4);
-  return i;
-#endif
+// Bit casts: std::memcpy is the portable bit cast in host and device code.
+template <class To, class From>
+ZF_HD To bit_cast(From x) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs equal sizes");
+  To y;
+  std::memcpy(&y, &x, sizeof(To));
+  return y;
 }
-ZF_HD float bits_float(int32_t i) {
-#if defined(__CUDA_ARCH__)
-  return __int_as_float(i);
-#else
-  float x;
-  std::memcpy(&x, &i, 4);
-  return x;
-#endif
-}
+ZF_HD int32_t float_bits(float x) { return bit_cast<int32_t>(x); }
+ZF_HD float bits_float(int32_t i) { return bit_cast<float>(i); }
 
 }  // namespace zipfast

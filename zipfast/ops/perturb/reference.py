@@ -120,6 +120,12 @@ def rademacher(r1: torch.Tensor) -> torch.Tensor:
     return 1.0 - 2.0 * (r1 >> 31).to(torch.float32)
 
 
+def _horner(x: torch.Tensor, coeffs) -> torch.Tensor:
+    """c0 + x·(c1 + x·(… + x·c_n)) in float32, in this order (the kernels round in the same order)."""
+    p = coeffs[-1]
+    for c in reversed(coeffs[:-1]):
+        p = c + x * p
+    return p
 def log_unit(u: torch.Tensor) -> torch.Tensor:
     """ln u for float32 u ∈ (0, 1] by the fixed polynomial (see the module docstring)."""
     bits = u.view(torch.int32)
@@ -129,13 +135,7 @@ def log_unit(u: torch.Tensor) -> torch.Tensor:
     m = torch.where(big, m * 0.5, m)                           # m ∈ [√½, √2]
     e = torch.where(big, e + 1, e).to(torch.float32)
     s = _div_rn(m - 1.0, m + 1.0)
-    s2 = s * s
-    p = INV9 + s2 * INV11
-    p = INV7 + s2 * p
-    p = INV5 + s2 * p
-    p = INV3 + s2 * p
-    p = 1.0 + s2 * p
-    lnm = (s + s) * p
+    lnm = (s + s) * _horner(s * s, (1.0, INV3, INV5, INV7, INV9, INV11))
     return e * LN2_HI + (e * LN2_LO + lnm)
 
 
@@ -149,16 +149,8 @@ def cos_2pi(u: torch.Tensor) -> torch.Tensor:
     x = torch.where(sw, 0.25 - b, b)                     # cos(2πb) = sin(2π(1/4 − b))
     th = x * TWO_PI
     t2 = th * th
-    c = C8 + t2 * C10
-    c = C6 + t2 * c
-    c = C4 + t2 * c
-    c = C2 + t2 * c
-    c = 1.0 + t2 * c
-    s = S7 + t2 * S9
-    s = S5 + t2 * s
-    s = S3 + t2 * s
-    s = 1.0 + t2 * s
-    s = th * s
+    c = _horner(t2, (1.0, C2, C4, C6, C8, C10))
+    s = th * _horner(t2, (1.0, S3, S5, S7, S9))
     return sgn * torch.where(sw, s, c)
 
 
