@@ -34,7 +34,7 @@ from .image_optim import BARGradientFree, PyCMA, SPSAGC
 from .image_prompt import CHECKPOINT_FORMAT
 from .image_tower import ImageTower
 from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
-from .models import resolve_device
+from .env import resolve_device
 from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
 from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite, snapshot
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
