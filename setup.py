@@ -58,7 +58,9 @@ setup(
     install_requires=[
         "torch>=2.3",
         "torchvision",
-        "open_clip_torch>=2.24",
+        # the tested range (README, "The official backbone: QuickGELU"): tests/test_models.py passes on
+        # 3.0.0 and 3.3.0; 2.x lists no "openai" tag for the -quickgelu configs the official backbones map to
+        "open_clip_torch>=3.0,<3.4",
         "numpy",
         "pillow",
         "pyyaml",

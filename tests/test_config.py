@@ -13,6 +13,7 @@ from zipfast.config import (
     default_cfg,
     load_official,
     merge_flags,
+    official_backbone,
     official_model_name,
 )
 
@@ -59,7 +60,7 @@ def test_official_yaml_and_few_shot_script_map_to_paper_settings(official_yaml, 
     assert cfg.DATASET.NAME == "EuroSAT"
 
     tc = cfg_to_train_config(cfg, dataset="/data", seed=2, output_dir="out/seed2")
-    assert tc.model == "ViT-B-16"
+    assert tc.model == "ViT-B-16-quickgelu"  # OpenAI's network (tests/test_models.py)
     assert tc.pretrained == "openai"
     assert tc.n_ctx == 8
     assert tc.ctx_init == ""
@@ -130,9 +131,12 @@ def test_flags_override_yaml(official_yaml):
 
 
 def test_model_names():
-    assert official_model_name("ViT-B/16") == "ViT-B-16"
-    assert official_model_name("ViT-L/14@336px") == "ViT-L-14-336"
-    assert official_model_name("RN50") == "RN50"
+    # OpenAI's spelling names OpenAI's network (QuickGELU); open_clip names stay open_clip's
+    assert official_model_name("ViT-B/16") == "ViT-B-16-quickgelu"
+    assert official_model_name("ViT-L/14@336px") == "ViT-L-14-336-quickgelu"
+    assert official_model_name("RN50") == "RN50" and official_model_name("ViT-B-16") == "ViT-B-16"
+    assert official_backbone("RN50") == "RN50-quickgelu"  # an official MODEL.BACKBONE.NAME is always OpenAI's
+    assert official_backbone("zipfast-tiny") == "zipfast-tiny"
 
 
 # ------------------------------------------------------------------------------ official errors

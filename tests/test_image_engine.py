@@ -171,3 +171,36 @@ def test_pixel_prompts_refuse_per_candidate_images(tiny):
     frame = ReprogrammingFrame(32, 26)
     with pytest.raises(ValueError, match="one minibatch"):
         BatchedImageEngine(tower).features(frame, torch.zeros(2, frame.dim), images(2, 26, K=2))
+
+
+def test_a_query_precision_covers_the_whole_query(tiny224):
+    # The official BlackVIP wraps every query in autocast: encoder, decoder and image tower. CPU bf16
+    # stands in for CUDA fp16 here; the engine itself stays fp32 (its test predictions).
+    _, tower = tiny224
+    p_ref, p_run, p_fp32 = tiny_coordinator(), tiny_coordinator(), tiny_coordinator()
+    w = torch.stack([p_ref.init_params(torch.Generator().manual_seed(i)) for i in range(3)])
+    x = images(2, 224, seed=5)
+    seen = []
+    prepare = p_run.prepare
+    p_run.prepare = lambda imgs: seen.append(torch.is_autocast_enabled("cpu")) or prepare(imgs)
+    engine = BatchedImageEngine(tower)
+    out = engine.features(p_run, w, x, precision="bf16")
+    assert seen == [True] and engine.precision == "fp32"
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):  # the official structure, by hand
+        prompted = p_ref.apply(p_ref.prepare(x), w)
+        ref = torch.nn.functional.normalize(tower.encode_pixels(prompted.flatten(0, 1)).float(), dim=-1)
+    assert rel_err(out.flatten(0, 1), ref) < TOL
+    fp32 = engine.features(p_fp32, w, x)
+    assert rel_err(fp32, out) > 1e-4  # the precision did change the query
+
+
+def test_blackvip_official_autocast_applies_to_cuda_queries_only():
+    from zipfast.image_config import load_official_image
+    from zipfast.image_options import method_config
+    from zipfast.image_trainer import query_precision
+
+    official = load_official_image(None, [], trainer="BlackVIP")[2]
+    assert official.autocast == "official" and method_config("blackvip").autocast == "prec"
+    assert query_precision("blackvip", official, torch.device("cuda")) == "fp16"
+    assert query_precision("blackvip", official, torch.device("cpu")) is None  # torch.cuda.amp.autocast: a no-op
+    assert query_precision("blackvip", method_config("blackvip"), torch.device("cuda")) is None

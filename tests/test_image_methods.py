@@ -347,3 +347,77 @@ def test_cli_image_method_refuses_the_planted_task(capsys):
 
     assert main(["train", "--data", "planted", "--budget", "12", "--method", "blackvip", "--no-progress"]) == 2
     assert "needs images" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the official trainers' behaviours
+
+
+@pytest.mark.parametrize("best,kept,best_f", [("epoch", 1, 1.8), ("running", 0, 0.5)])
+def test_bptvlm_best_prompt_rule_on_scripted_losses(best, kept, best_f):
+    # Candidate 0: minibatch losses 0.5 then 3.5 (fitness 2.00); candidate 1: 1.8 twice (fitness 1.80).
+    # The official run_epoch compares the running mean after each minibatch, so it keeps candidate 0.
+    opt = PyCMA(4, popsize=2, seed=3, cma_budget=100, best=best)
+    cand = opt.ask(2)
+    opt.tell(torch.tensor([[0.5, 3.5], [1.8, 1.8]]))
+    assert torch.equal(opt.point, cand[kept]) and opt.best_f == pytest.approx(best_f)
+    assert opt.history == [[2.0, pytest.approx(1.8)]]  # pycma is told the full-epoch fitness either way
+    restored = PyCMA(4, popsize=2, seed=3, cma_budget=100, best=best)
+    restored.load_state_dict(opt.state_dict())
+    assert torch.equal(restored.point, opt.point)
+    with pytest.raises(ValueError, match="best"):  # a state of the other rule is refused by name
+        PyCMA(4, popsize=2, seed=3, cma_budget=100, best="epoch" if best == "running" else "running"
+              ).load_state_dict(opt.state_dict())
+
+
+def test_bptvlm_official_surface_keeps_the_running_mean_best(models, folder, monkeypatch):
+    from zipfast.image_config import load_official_image
+
+    assert load_official_image(None, [], trainer="BPTVLM")[2].best == "running"
+    assert method_config("bptvlm").best == "epoch"
+    tr = make("bptvlm", models, folder, budget=8 * 5, batch_size=4, best="running")  # 3 minibatches per candidate
+    assert tr.optimizer.best == "running" and tr.cost == 3
+    seen = []
+    real = tr.optimizer.tell
+    monkeypatch.setattr(tr.optimizer, "tell", lambda losses, *a: seen.append(losses.clone()) or real(losses, *a))
+    tr.fit()
+    assert seen and all(s.shape[1] == tr.cost for s in seen)  # every minibatch loss reaches the rule
+    running = torch.cat(seen).cumsum(1) / torch.arange(1, tr.cost + 1)
+    assert tr.optimizer.best_f == pytest.approx(float(running.min()))
+
+
+def test_an_older_bptvlm_checkpoint_resumes_with_the_lowest_fitness_rule(models, folder, tmp_path):
+    from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
+
+    tr = make("bptvlm", models, folder, budget=10, output_dir=tmp_path)
+    tr.fit()
+    ck = read_checkpoint(tmp_path / CHECKPOINT_NAME)
+    # as main wrote it before `best` was a setting: no such key in the fingerprint nor the optimiser state
+    assert ck.fingerprint["method_config"].pop("best") == ck.state["optimizer"].pop("best") == "epoch"
+    write_checkpoint(tmp_path / CHECKPOINT_NAME, ck.state, ck.fingerprint)
+    again = make("bptvlm", models, folder, budget=10, output_dir=tmp_path)
+    again.load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert torch.equal(again.optimizer.point, tr.optimizer.point) and again.queries == tr.queries
+    with pytest.raises(Exception, match="best"):  # the running rule is another trajectory: refused by name
+        make("bptvlm", models, folder, budget=10, output_dir=tmp_path, best="running").load_checkpoint(
+            tmp_path / CHECKPOINT_NAME)
+
+
+def test_blackvip_trainer_runs_its_queries_at_the_query_precision(models, folder, monkeypatch):
+    # On CUDA the official surface asks fp16 (query_precision); CPU bf16 stands in for it here.
+    import zipfast.image_trainer as it
+
+    plain = make("blackvip", models, folder, budget=8)
+    plain.fit()
+    monkeypatch.setattr(it, "query_precision", lambda method, mcfg, device: "bf16")
+    tr = make("blackvip", models, folder, budget=8, autocast="official")
+    asked = []
+    real = tr.engine.features
+    monkeypatch.setattr(tr.engine, "features", lambda *a, **k: asked.append(k.get("precision")) or real(*a, **k))
+    tr.fit()
+    assert asked[:tr.step] == ["bf16"] * tr.step and tr.step == 2
+    report = tr.report()
+    assert report["query_precision"] == "bf16" and report["precision"] == "fp32"
+    assert not torch.equal(tr.optimizer.point, plain.optimizer.point)
+    asked.clear()
+    tr.test_predictions()
+    assert asked and set(asked) == {None}  # the test split at the run's precision, as the official test()

@@ -187,3 +187,26 @@ def test_short_planted_run_improves_over_its_start(planted, method, opts, budget
     before = tr.evaluate()
     after = tr.fit()["test_acc"]
     assert before < 15 and after > floor, (before, after)
+
+
+def test_sharpzo_released_preset_starts_from_a_photo_of_a(planted, small_task):
+    # The release's context: the token embeddings of its 4 words (not zipfast's random N_CTX tokens).
+    from zipfast.data.sources import FeatureSource
+    from zipfast.text import init_context_from_text
+
+    model, tok = planted
+    t = small_task
+    data = FeatureSource(t.train_features, t.train_labels, t.test_features, t.test_labels)
+    cfg = dict(model="zipfast-planted", pretrained="none", dataset="features", n_ctx=8, batch_size=16, budget=60,
+               seed=3, checkpoint_every=0, method="sharpzo")
+    released = ZIPTrainer(model, t.classnames, TrainConfig(**cfg, method_options={"preset": "released", "dim": 24}),
+                          data, tokenizer=tok, progress=False)
+    want = init_context_from_text(TextTower(model), tok, "a photo of a")
+    assert released.n_ctx == 4 and torch.equal(released.space.ctx0.cpu(), want)
+    paper = ZIPTrainer(model, t.classnames, TrainConfig(**cfg, method_options={"dim": 24}), data, tokenizer=tok,
+                       progress=False)
+    assert paper.n_ctx == 8 and not torch.equal(paper.space.ctx0[:4].cpu(), want)
+    own = ZIPTrainer(model, t.classnames, TrainConfig(**cfg, ctx_init="a satellite photo of",
+                                                     method_options={"preset": "released", "dim": 24}),
+                     data, tokenizer=tok, progress=False)
+    assert own.n_ctx == 4 and not torch.equal(own.space.ctx0.cpu(), want)  # TRAINER.ZIP.CTX_INIT wins

@@ -49,6 +49,9 @@ def test_official_script_line_trains_and_logs(workdir, trainer, extra, queries):
     log = (workdir / out / "log.txt").read_text()
     assert "* accuracy:" in log and "Finish training" in log
     assert (workdir / out / "checkpoint.safetensors").is_file() and (workdir / out / "log.jsonl").is_file()
+    report = json.loads((workdir / out / "report.json").read_text())
+    if trainer == "BPTVLM":  # the official trainer's choice of the best prompt
+        assert report["method_config"]["best"] == "running"
 
 
 def test_blackvip_without_weights_names_the_encoder(workdir, capsys):

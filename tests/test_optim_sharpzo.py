@@ -179,3 +179,54 @@ def test_load_refuses_other_settings():
     other = SharpZO(torch.zeros(4), popsize=6, seed=0)
     with pytest.raises(ValueError, match="popsize"):
         other.load_state_dict(opt.state_dict())
+
+
+# ------------------------------------------------------------------ the release's [popsize, d] stage-2 parameter
+
+
+def released_stage2(theta, g_c, f, popsize, mu, lr, steps, gen):
+    """The released main_sharpzo.py's stage 2 (prompt_trainer zo), written out: its parameter P is
+    theta [d] at the first step; grad_tmp G starts as the [popsize, d] coordinate-gradient copy
+    (identical rows g_c) and is never reset; each step draws z of P's shape, queries the row mean
+    of P ± μz, adds g·z to G (broadcast) and sets P ← P − lr·G. Returns the row means of P."""
+    P, G, means = theta.clone(), g_c.expand(popsize, -1).clone(), []
+    for _ in range(steps):
+        z = torch.randn(P.shape, generator=gen)
+        plus, minus = (P + mu * z).reshape(-1, theta.numel()).mean(0), (P - mu * z).reshape(-1, theta.numel()).mean(0)
+        g = (f(plus) - f(minus)) / (2 * mu)
+        G = G + g * z
+        P = P - lr * G
+        means.append(P.reshape(-1, theta.numel()).mean(0))
+    return means
+
+
+@pytest.mark.parametrize("rows", [True, False])
+def test_stage2_row_mean_perturbation_equals_the_release(rows):
+    d, popsize, target = 6, 5, torch.linspace(-1, 1, 6)
+    f = quad(target)
+    opt = SharpZO(torch.zeros(d), popsize=popsize, sigma0=0.3, rho=0.05, change_point=1, grad_estimator="cge",
+                  grad_mu=1e-3, mu=1e-2, lr=0.05, prune=False, accumulate=True, popsize_rows=rows, seed=2)
+    run_rounds(opt, f, 2)  # one generation: its probe (2d queries) and its population; the next ask switches
+    theta, g_c = opt.point.clone(), opt.g_last.clone()  # the stage-1 mean and the last coordinate gradient
+    gen = torch.Generator()
+    gen.set_state(opt.generator.get_state())
+    want = released_stage2(theta, g_c, f, popsize, 1e-2, 0.05, 6, gen)
+    ours = []
+    for _ in range(6):
+        opt.tell(f(opt.ask(10**6)))
+        assert opt.stage == 2
+        ours.append(opt.w.clone())
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ours, want))
+    assert same == rows  # one Gaussian row per step is not what the release computes from the second step on
+    assert torch.allclose(ours[0], want[0], rtol=1e-5, atol=1e-6)  # the first step draws one row either way
+
+
+def test_released_preset_sets_the_release_behaviours():
+    from zipfast.methods import SHARPZO_RELEASED, resolve_options
+
+    o = resolve_options("sharpzo", {"preset": "released"})
+    assert o.popsize_rows and o.init_text == "a photo of a" and o.accumulate and o.grad_estimator == "cge"
+    assert {k: getattr(o, k) for k in SHARPZO_RELEASED} == SHARPZO_RELEASED
+    paper = resolve_options("sharpzo", {})
+    assert not paper.popsize_rows and paper.init_text == ""
+    assert resolve_options("sharpzo", {"preset": "released", "popsize_rows": False}).popsize_rows is False

@@ -257,7 +257,7 @@ def cmd_compare(args) -> int:
                               f"{', '.join(methods)}; got {key!r}")
         options.setdefault(method, {})[name] = value
     planted, generated = args.data in PLANTED, args.data == synthetic.NAME
-    model = "zipfast-planted" if planted else synthetic.MODEL if generated else "ViT-B-16"
+    model = "zipfast-planted" if planted else synthetic.MODEL if generated else TrainConfig.model
     base = TrainConfig(method=methods[0], model=args.model or model,  # validated as a run that compare makes
                        pretrained=args.pretrained or ("none" if planted or generated else "openai"), dataset=args.data,
                        budget=args.budget, shots=args.shots, batch_size=args.batch_size, device=args.device or "auto",
@@ -314,7 +314,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--config-file", default=None, help="official ZIP yaml (configs/trainers/ZIP/vit_b16.yaml)")
     t.add_argument("--data", default=None, help="image-folder root, planted / planted-cifar100, or synthetic-images "
                    "(a generated 4-class image folder with a random tiny CLIP)")
-    t.add_argument("--model", default=None, help="open_clip model name (ViT-B-16; ViT-B/16 accepted)")
+    t.add_argument("--model", default=None, help="open_clip model name (default ViT-B-16-quickgelu; OpenAI "
+                   "spellings such as ViT-B/16 name the same network)")
     t.add_argument("--pretrained", default=None, help="open_clip tag, local checkpoint path, or none")
     t.add_argument("--budget", type=int, default=None, help="query budget (TRAINER.BASIC.MAX_API_CALLS)")
     t.add_argument("--shots", type=int, default=None, help="images per class (DATASET.NUM_SHOTS)")
@@ -402,7 +403,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=128, help="training minibatch of every method (default 128, "
                    "the official configs')")
     c.add_argument("--model", default=None, help="open_clip model (default: zipfast-planted on planted data, "
-                   "zipfast-tiny224 on synthetic-images, else ViT-B-16)")
+                   "zipfast-tiny224 on synthetic-images, else ViT-B-16-quickgelu)")
     c.add_argument("--pretrained", default=None)
     c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")

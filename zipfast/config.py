@@ -79,7 +79,7 @@ OFFICIAL_KEYS: dict[str, str] = {
 class TrainConfig:
     """The flat settings the trainer uses; defaults are the paper's few-shot setting."""
 
-    model: str = "ViT-B-16"
+    model: str = "ViT-B-16-quickgelu"  # OpenAI's ViT-B/16, the paper's backbone (config.OPENAI_BACKBONES)
     pretrained: str = "openai"
     n_ctx: int = 8
     ctx_init: str = ""
@@ -478,13 +478,29 @@ def _coerce(key: str, old: Any, new: Any, raw: Any, source: str) -> Any:
 
 # ------------------------------------------------------------------------------ official → TrainConfig
 
-# OpenAI CLIP names whose open_clip name is not just "/" -> "-".
-_MODEL_ALIASES = {"ViT-L/14@336px": "ViT-L-14-336"}
+# OpenAI's CLIP models (clip.available_models(), the official MODEL.BACKBONE.NAME values) → the
+# open_clip config of the same network. OpenAI's CLIP uses QuickGELU in every MLP (clip/model.py);
+# open_clip's plain configs (ViT-B-16, RN50, …) use nn.GELU, so the -quickgelu configs are the match.
+OPENAI_BACKBONES = {
+    "RN50": "RN50-quickgelu", "RN101": "RN101-quickgelu", "RN50x4": "RN50x4-quickgelu",
+    "RN50x16": "RN50x16-quickgelu", "RN50x64": "RN50x64-quickgelu", "ViT-B/32": "ViT-B-32-quickgelu",
+    "ViT-B/16": "ViT-B-16-quickgelu", "ViT-L/14": "ViT-L-14-quickgelu", "ViT-L/14@336px": "ViT-L-14-336-quickgelu",
+}
 
 
 def official_model_name(name: str) -> str:
-    """The open_clip name of an official (OpenAI CLIP) backbone name: "ViT-B/16" -> "ViT-B-16"."""
-    return _MODEL_ALIASES.get(name, name.replace("/", "-"))
+    """The open_clip name of a --model value: OpenAI's spelling of its CLIP models ("ViT-B/16",
+    "ViT-L/14@336px") names OpenAI's network, i.e. the -quickgelu config ("ViT-B-16-quickgelu");
+    any other name is open_clip's own (a stray "/" read as "-")."""
+    if "/" in name or "@" in name:
+        return OPENAI_BACKBONES.get(name, name.replace("/", "-"))
+    return name
+
+
+def official_backbone(name: str) -> str:
+    """The open_clip name of an official MODEL.BACKBONE.NAME: the official trainer always builds
+    OpenAI's CLIP, so "RN50" is "RN50-quickgelu" there too."""
+    return OPENAI_BACKBONES.get(name, official_model_name(name))
 
 
 def cfg_to_train_config(cfg: "CfgNode", **flag_overrides: Any) -> TrainConfig:
@@ -520,7 +536,7 @@ def _values_from_cfg(cfg: "CfgNode") -> dict[str, Any]:
         raise ConfigError(f"INPUT.SIZE (image_size) must be a square (S, S), got {size!r}")
     values = {field: _get(cfg, key) for field, key in OFFICIAL_KEYS.items()}
     values.update(
-        model=official_model_name(_get(cfg, "MODEL.BACKBONE.NAME")),
+        model=official_backbone(_get(cfg, "MODEL.BACKBONE.NAME")),
         pretrained="openai",  # the official trainer always loads OpenAI's CLIP weights
         image_size=size[0],
         # DATASET.ROOT is a path; without one, a dataset config's NAME is the best name we have.

@@ -41,6 +41,9 @@ _OFFICIAL_DEFAULTS = {
     "BLACKVIP": {"METHOD": "coordinator", "PT_BACKBONE": "vit-mae-base", "SRC_DIM": 1568, "E_OUT_DIM": 0,
                  "SPSA_PARAMS": [1.0, 0.005, 0.01, 0.4, 0.2], "MOMS": 0.9, "P_EPS": 1.0, "PREC": "fp32"},
 }
+# Where the official trainer computes otherwise than zipfast's default, the official surface follows it:
+# BPT-VLM's running-mean choice of the best prompt, BlackVIP's fp16 autocast of every query on CUDA.
+OFFICIAL_BEHAVIOUR = {"bptvlm": {"best": "running"}, "bar": {}, "blackvip": {"autocast": "official"}}
 _FIXED = {"TRAINER.BPTVLM.OPT_TYPE": "shallow_cma", "TRAINER.BAR.METHOD": "reprogramming",
           "TRAINER.BLACKVIP.METHOD": "coordinator"}
 
@@ -49,7 +52,9 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
                         dataset_config_file: str | os.PathLike | None = None, trainer: str | None = None,
                         return_node: bool = False):
     """Official yaml + KEY VALUE pairs → (method, TrainConfig fields dict, method config)
-    (+ the merged yacs node when return_node).
+    (+ the merged yacs node when return_node). The method config computes as the official trainer
+    does (OFFICIAL_BEHAVIOUR): BPT-VLM keeps its best prompt by the running-mean rule, BlackVIP
+    runs its queries under fp16 autocast on CUDA.
 
     trainer: the official --trainer name (BPTVLM | BAR | BlackVIP); else TRAINER.NAME decides.
     """
@@ -85,16 +90,18 @@ def load_official_image(config_file: str | os.PathLike | None = None, opts: Sequ
     if method == "bptvlm":
         mc = method_config(method, tokens_l=s.TOKENS_L, tokens_v=s.TOKENS_V, intrinsic_dim_l=s.INTRINSIC_DIM_L,
                            intrinsic_dim_v=s.INTRINSIC_DIM_V, sigma=float(s.SIGMA), pop_size=s.POP_SIZE,
-                           cma_budget=s.BUDGET, bound=float(s.BOUND))
+                           cma_budget=s.BUDGET, bound=float(s.BOUND), **OFFICIAL_BEHAVIOUR[method])
     elif method == "bar":
         mc = method_config(method, frame_size=s.FRAME_SIZE, smooth=s.SMOOTH, sigma=s.SIMGA, lrs=tuple(s.LRS),
-                           decaying=s.DECAYING, focal_g=s.FOCAL_G, q=basic.SP_AVG, max_epoch=node.OPTIM.MAX_EPOCH)
+                           decaying=s.DECAYING, focal_g=s.FOCAL_G, q=basic.SP_AVG, max_epoch=node.OPTIM.MAX_EPOCH,
+                           **OFFICIAL_BEHAVIOUR[method])
     else:
         if s.E_OUT_DIM != 0:
             raise ConfigError("TRAINER.BLACKVIP.E_OUT_DIM is read only by the 'coordinator_init' method, which "
                               "zipfast does not implement; leave it at 0")
         mc = method_config(method, backbone=s.PT_BACKBONE, src_dim=s.SRC_DIM, spsa_params=tuple(s.SPSA_PARAMS),
-                           moms=s.MOMS, p_eps=s.P_EPS, sp_avg=basic.SP_AVG, opt_type=basic.OPT_TYPE)
+                           moms=s.MOMS, p_eps=s.P_EPS, sp_avg=basic.SP_AVG, opt_type=basic.OPT_TYPE,
+                           **OFFICIAL_BEHAVIOUR[method])
     return (method, shared, mc, node) if return_node else (method, shared, mc)
 
 

@@ -44,8 +44,11 @@ class ImageEngine:
         self.device = next(tower.visual.parameters()).device
         self.precision = resolve_precision(precision, self.device)
 
-    def features(self, prompter, w: torch.Tensor, images: torch.Tensor, out: torch.Tensor | None = None):
-        """out: optional preallocated [K, B, E] float32 tensor that every chunk writes into."""
+    def features(self, prompter, w: torch.Tensor, images: torch.Tensor, out: torch.Tensor | None = None,
+                 precision: str | None = None):
+        """out: optional preallocated [K, B, E] float32 tensor that every chunk writes into.
+        precision: this call's (default: the engine's). The whole query, prompter included
+        (BlackVIP's encoder and decoder), runs under its autocast, as an official query does."""
         K, B = w.shape[0], images.shape[-4]
         if out is None:
             out = torch.empty(K, B, self.tower.output_dim, device=self.device)
@@ -58,16 +61,18 @@ class ImageEngine:
         elif images.dim() != 4:
             raise ValueError(f"pixel prompts take one minibatch [B, 3, H, W] for all candidates, "
                              f"got {tuple(images.shape)}")
-        with torch.no_grad():
+        precision = self.precision if precision is None else resolve_precision(precision, self.device)
+        with torch.no_grad(), autocast_for(self.device, precision):
             self._features(prompter, w, images.to(self.device), out)
         return out
 
     def _features(self, prompter, w, images, out):
+        """Runs under the query's autocast (set by `features`)."""
         raise NotImplementedError
 
-    def _tower(self, fn, x):
-        with autocast_for(self.device, self.precision):
-            return F.normalize(fn(x).float(), dim=-1)
+    @staticmethod
+    def _tower(fn, x):
+        return F.normalize(fn(x).float(), dim=-1)
 
 
 class ReferenceImageEngine(ImageEngine):
@@ -83,8 +88,7 @@ class ReferenceImageEngine(ImageEngine):
             else:
                 imgs = images[k] if images.dim() == 5 else images
                 tokens = prompter.visual_tokens(w[k:k + 1]).to(self.device)
-                with autocast_for(self.device, self.precision):
-                    emb = self.tower.embed(imgs)
+                emb = self.tower.embed(imgs)
                 x = torch.cat([emb, tokens.expand(emb.shape[0], -1, -1).to(emb.dtype)], 1)
                 out[k] = self._tower(self.tower.encode_tokens, x)
 
@@ -138,9 +142,7 @@ class BatchedImageEngine(ImageEngine):
             self._rows(self.tower.encode_tokens, x.flatten(0, 1), rows, out[k0:k0 + k_chunk].view(-1, out.shape[-1]))
 
     def _embed(self, images, rows):
-        with autocast_for(self.device, self.precision):
-            parts = [self.tower.embed(images[i:i + rows]) for i in range(0, images.shape[0], rows)]
-        return torch.cat(parts)
+        return torch.cat([self.tower.embed(images[i:i + rows]) for i in range(0, images.shape[0], rows)])
 
     def _rows(self, fn, x, rows, out):
         """The tower on x [N, ...] in slices of at most `rows` images, written into out [N, E]."""

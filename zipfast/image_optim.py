@@ -164,6 +164,9 @@ class _NumpyRNG:
         np.random.set_state(self._outer)
 
 
+BEST_RULES = ("epoch", "running")
+
+
 class PyCMA(Optimizer):
     """CMA-ES (pycma) from mean 0 with σ0 = SIGMA and population POP_SIZE, options as the
     official shallow_cma: seed = SEED, maxiter = BUDGET / POP_SIZE, bounds ±BOUND if BOUND > 0.
@@ -171,17 +174,26 @@ class PyCMA(Optimizer):
     A generation's candidates may be asked in several parts (the last one of a budget is
     evaluated in part and never told, as officially). `point` is the best candidate seen
     (the official BPT-VLM tests its best prompt), `mean` the distribution mean.
+
+    Which candidate is best (`best`): "epoch" keeps the lowest fitness (mean loss over the
+    candidate's epoch of minibatches); "running" is the official trainer's rule (ZIP's
+    trainers/bptvlm.py `run_epoch`): after each minibatch the running mean so far is compared
+    with the lowest value seen, so a candidate whose first minibatches were lucky can win over
+    one whose full-epoch fitness is lower. Both tell pycma the full-epoch fitness; ties keep
+    the earlier candidate.
     """
 
     name = "pycma"
 
     def __init__(self, dim: int, popsize: int = 15, sigma: float = 1.0, seed: int = 1, cma_budget: int = 6000,
-                 bound: float = 0.0):
+                 bound: float = 0.0, best: str = "epoch"):
         if popsize < 2 or sigma <= 0 or cma_budget < popsize:
             raise ValueError(f"CMA-ES needs POP_SIZE ≥ 2, SIGMA > 0 and BUDGET ≥ POP_SIZE; got POP_SIZE={popsize}, "
                              f"SIGMA={sigma}, BUDGET={cma_budget}")
+        if best not in BEST_RULES:
+            raise ValueError(f"best {best!r}: choose one of {', '.join(BEST_RULES)}")
         self.dim, self.popsize, self.sigma, self.seed = int(dim), int(popsize), float(sigma), int(seed)
-        self.cma_budget, self.bound = int(cma_budget), float(bound)
+        self.cma_budget, self.bound, self.best = int(cma_budget), float(bound), best
         self.history: list[list[float]] = []  # fitnesses of every told generation
         self.best_x = torch.zeros(self.dim, dtype=torch.float64)
         self.best_f: float | None = None
@@ -239,15 +251,28 @@ class PyCMA(Optimizer):
         self._asked = len(self._fitness)
 
     def tell(self, losses: torch.Tensor, accs: torch.Tensor | None = None) -> dict:
-        losses = [float(v) for v in losses.detach().double().cpu()]
+        """losses: [K] fitnesses, or [K, b] the losses of each candidate's b minibatches (in the
+        order evaluated; the fitness is their mean, and the "running" rule reads their prefix means)."""
+        per_batch = losses.detach().float().cpu()
+        per_batch = per_batch.unsqueeze(1) if per_batch.dim() == 1 else per_batch
+        nb = per_batch.shape[1]
+        fit = per_batch[:, 0]
+        for b in range(1, nb):  # float32, in minibatch order: the fitness pycma has always been told
+            fit = fit + per_batch[:, b]
+        losses = [float(v) for v in (fit / nb).double()]
         n = self._asked - len(self._fitness)
         if len(losses) != n:
             raise ValueError(f"expected {n} losses, got {len(losses)}")
+        # the values compared with the best so far, per candidate: the fitness, or every running mean
+        # (in float64, as the official trainer's AverageMeter sums Python floats)
+        prefix = per_batch.double().cumsum(1) / torch.arange(1, nb + 1, dtype=torch.float64)
+        seen = [[f] for f in losses] if self.best == "epoch" else prefix.tolist()
         start = len(self._fitness)
-        for i, f in enumerate(losses):
-            if self.best_f is None or f < self.best_f:
-                self.best_f = f
-                self.best_x = torch.from_numpy(self._solutions[start + i].copy())
+        for i, row in enumerate(seen):
+            for f in row:
+                if self.best_f is None or f < self.best_f:
+                    self.best_f = f
+                    self.best_x = torch.from_numpy(self._solutions[start + i].copy())
         self._fitness += losses
         info = {"loss": min(losses), "mean_loss": sum(losses) / len(losses), "best_loss": self.best_f,
                 "generation": len(self.history) + 1, "evaluated": len(self._fitness)}
@@ -261,7 +286,7 @@ class PyCMA(Optimizer):
 
     def state_dict(self) -> dict:
         return {"kind": "pycma", "dim": self.dim, "popsize": self.popsize, "sigma": self.sigma, "seed": self.seed,
-                "cma_budget": self.cma_budget, "bound": self.bound,
+                "cma_budget": self.cma_budget, "bound": self.bound, "best": self.best,
                 "history": torch.tensor(self.history, dtype=torch.float64).view(-1, self.popsize),
                 "partial": torch.tensor(self._fitness if self._solutions is not None else [], dtype=torch.float64),
                 "best_x": self.best_x.clone(), "best_f": self.best_f}
@@ -269,7 +294,9 @@ class PyCMA(Optimizer):
     def load_state_dict(self, sd: dict, device="cpu") -> None:
         """Rebuild pycma by replaying every told generation (pycma is deterministic given its seed
         and the fitnesses), then re-ask a partly evaluated generation."""
-        self._check_settings(sd, self.state_dict(), ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound"))
+        sd = {"best": "epoch", **sd}  # checkpoints from before the rule was a setting kept the lowest fitness
+        self._check_settings(sd, self.state_dict(), ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound",
+                                                     "best"))
         self._start()
         self.history = []
         for row in sd["history"].tolist():

@@ -29,6 +29,9 @@ class BPTVLMConfig:
     pop_size: int = 15  # POP_SIZE
     cma_budget: int = 6000  # BUDGET: only sets pycma's maxiter = BUDGET / POP_SIZE
     bound: float = 0.0  # BOUND: > 0 bounds the search to ±BOUND
+    # which candidate is tested: "epoch" (lowest fitness) or "running" (the official trainer's rule:
+    # lowest running mean after any minibatch; zipfast.image_optim.PyCMA). --trainer BPTVLM: "running"
+    best: str = "epoch"
 
 
 @dataclass
@@ -53,6 +56,9 @@ class BlackVIPConfig:
     p_eps: float = 1.0  # P_EPS
     sp_avg: int = 5  # TRAINER.BASIC.SP_AVG
     opt_type: str = "spsa-gc"  # TRAINER.BASIC.OPT_TYPE
+    # "prec": queries run at the run's precision (PREC); "official": under fp16 autocast on CUDA whatever
+    # PREC says, as the official trainer (tests stay at PREC; no effect off CUDA). --trainer BlackVIP: "official"
+    autocast: str = "prec"
 
 
 CONFIGS = {"bptvlm": BPTVLMConfig, "bar": BARConfig, "blackvip": BlackVIPConfig}
@@ -92,6 +98,9 @@ def validate(method: str, c):
             raise ImageOptionError(f"{sec}.POP_SIZE must be at least 2, got {c.pop_size}")
         pos("sigma", f"{sec}.SIGMA")
         pos("bound", f"{sec}.BOUND", allow_zero=True)
+        if c.best not in ("epoch", "running"):
+            raise ImageOptionError(f"bptvlm option best {c.best!r}: choose epoch (lowest fitness) or running "
+                                   "(the official trainer's running-mean rule)")
     elif method == "bar":
         c.lrs = tuple(c.lrs)
         pos_int("frame_size", f"{sec}.FRAME_SIZE")
@@ -116,6 +125,9 @@ def validate(method: str, c):
         if len(c.spsa_params) != 5 or not all(isinstance(v, (int, float)) for v in c.spsa_params) \
                 or c.spsa_params[1] <= 0 or c.spsa_params[2] <= 0:
             raise ImageOptionError(f"{sec}.SPSA_PARAMS must be [o, c, a, alpha, gamma] with c, a > 0, got {c.spsa_params!r}")
+        if c.autocast not in ("prec", "official"):
+            raise ImageOptionError(f"blackvip option autocast {c.autocast!r}: choose prec (the run's precision) or "
+                                   "official (fp16 autocast on CUDA, as the official trainer)")
         if not 0 <= c.moms < 1:
             raise ImageOptionError(f"{sec}.MOMS must be in [0, 1), got {c.moms!r}")
     return c

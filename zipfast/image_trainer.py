@@ -33,6 +33,7 @@ from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
 from .image_prompt import CHECKPOINT_FORMAT
 from .image_tower import ImageTower
+from .models import activation, load_notes
 from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .env import resolve_device
 from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
@@ -79,6 +80,10 @@ class ImagePromptTrainer(BudgetedRun):
             log.info("BAR: precision auto -> fp32 (its loss differences are below bf16/fp16 resolution)")
         self.precision_note = "BAR: auto -> fp32" if precision != config.precision else None
         self.engine = make_image_engine(config.backend, self.tower, precision)
+        self.query_precision = query_precision(method, self.mcfg, self.device)
+        if self.query_precision:
+            log.info("%s: training queries under %s autocast (the official trainer's), tests in %s", method,
+                     self.query_precision, self.engine.precision)
         self._check_sizes()
         c, seed = config, config.seed
         self.source, notes = build_pixel_source(data, c.image_size, c.pixel_mean, c.pixel_std,
@@ -102,7 +107,7 @@ class ImagePromptTrainer(BudgetedRun):
                                             m.tokens_v, m.intrinsic_dim_l, m.intrinsic_dim_v, m.sigma, g_space
                                             ).to(self.device)
             # pycma is seeded with SEED itself, as the official shallow_cma
-            self.optimizer = PyCMA(self.space.dim, m.pop_size, m.sigma, seed, m.cma_budget, m.bound)
+            self.optimizer = PyCMA(self.space.dim, m.pop_size, m.sigma, seed, m.cma_budget, m.bound, m.best)
             self.cost = self.steps_per_epoch  # queries per candidate
         else:
             self.text_features = self._fixed_text(tokenizer, template)
@@ -151,25 +156,27 @@ class ImagePromptTrainer(BudgetedRun):
         return self.source.train_batch(idx, t, c.seed)
 
     def evaluate_candidates(self, cand: torch.Tensor):
-        """cand [K, dim] → (losses [K], accuracies [K]) on the next minibatch(es); advances the
-        minibatch counter. Counts K × cost queries."""
+        """cand [K, dim] → (losses, accuracies [K]) on the next minibatch(es); advances the
+        minibatch counter. Counts K × cost queries. losses: [K], or for BPT-VLM [K, cost], each
+        candidate's loss on each of its minibatches (its fitness is their mean)."""
         K = cand.shape[0]
         if self.method != "bptvlm":
             x, y = self._batch(self.batches + 1)
-            feats = self.engine.features(self.space, cand, x)
+            feats = self.engine.features(self.space, cand, x, precision=self.query_precision)
             logits = image_logits(feats, self.text_features, self.tower.logit_scale.detach())
             self.batches += 1
             return losses_and_accuracy(logits, y, self.mcfg.focal_g if self.method == "bar" else None)
         text = F.normalize(self.text_engine.text_features(self.space.text_ctx(cand)), dim=-1)  # one text pass
-        total_l, total_a = torch.zeros(K), torch.zeros(K)
+        losses, total_a = [], torch.zeros(K)
         for b in range(self.cost):  # candidate k reads minibatches batches + k·cost + b + 1
             pairs = [self._batch(self.batches + k * self.cost + b + 1) for k in range(K)]
             x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-            feats = self.engine.features(self.space, cand, x)
+            feats = self.engine.features(self.space, cand, x, precision=self.query_precision)
             lo, ac = losses_and_accuracy(image_logits(feats, text, self.tower.logit_scale.detach()), y.to(self.device))
-            total_l, total_a = total_l + lo.cpu(), total_a + ac.cpu()
+            losses.append(lo.cpu())
+            total_a = total_a + ac.cpu()
         self.batches += K * self.cost
-        return total_l / self.cost, total_a / self.cost
+        return torch.stack(losses, 1), total_a / self.cost
 
     @property
     def step(self) -> int:
@@ -261,8 +268,9 @@ class ImagePromptTrainer(BudgetedRun):
                 "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
                 "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
                 "precision": self.engine.precision, "precision_substitution": self.precision_note,
+                "query_precision": self.query_precision or self.engine.precision,
                 "template": self.template,
-                "adjustments": list(self.adjustments),
+                "activation": activation(self.model), "adjustments": [*load_notes(self.model), *self.adjustments],
                 "device": str(self.device), "zipfast": __version__}
 
     # ------------------------------------------------------------------ checkpoints
@@ -296,6 +304,8 @@ class ImagePromptTrainer(BudgetedRun):
             raise CheckpointMismatchError(f"{ck.path} is not a checkpoint of an image-side method "
                                           f"({CHECKPOINT_FORMAT}); it holds {sd.get('format')!r}")
         mine, theirs = self.fingerprint(), {**self._implied(), **ck.fingerprint}
+        # method settings added after a checkpoint was written: their defaults are what it ran
+        theirs["method_config"] = {**config_to_dict(type(self.mcfg)()), **theirs.get("method_config", {})}
         diff = [f"{k}={theirs.get(k)!r} (checkpoint) vs {mine[k]!r} (this run)" for k in mine if theirs.get(k) != mine[k]]
         if diff:
             raise CheckpointMismatchError(f"checkpoint {ck.path} is from another configuration: " + "; ".join(diff))
@@ -325,6 +335,15 @@ class ImagePromptTrainer(BudgetedRun):
         elif self.method == "blackvip":
             self.space.load_state_dict(ck.state["space"])
         return prompt_point(ck)
+
+
+def query_precision(method: str, mcfg, device: torch.device) -> str | None:
+    """The precision of the training queries where it is not the run's, else None: BlackVIP with
+    autocast "official" on CUDA runs them under fp16 autocast, as the official trainer wraps every
+    query in `torch.cuda.amp.autocast()` whatever PREC says (off CUDA that autocast does nothing)."""
+    if method == "blackvip" and mcfg.autocast == "official" and device.type == "cuda":
+        return "fp16"
+    return None
 
 
 def evaluate_checkpoint(sd: dict, config: TrainConfig, build_run) -> float:

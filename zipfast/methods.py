@@ -46,8 +46,10 @@ class ZOSGDOptions:
 @dataclass(frozen=True)
 class SharpZOOptions:
     """SharpZO (paper version by default). `dim`: intrinsic dimension d of w; `std`: entry std of the
-    projection A [m·D, d]; the rest as `zipfast.optim.sharpzo.SharpZO`. `preset="released"` starts
-    from the released code's settings instead (explicit options still win)."""
+    projection A [m·D, d]; `init_text`: the words whose token embeddings are the initial context
+    (empty: the run's context, TRAINER.ZIP.CTX_INIT or random N_CTX tokens); the rest as
+    `zipfast.optim.sharpzo.SharpZO`. `preset="released"` starts from the released code's settings
+    instead (explicit options still win)."""
 
     preset: str = "paper"
     dim: int = 512
@@ -68,13 +70,17 @@ class SharpZOOptions:
     mask_end: str = "top"
     accumulate: bool = False
     bound: float = 0.0
+    popsize_rows: bool = False
+    init_text: str = ""
 
 
 # The released code's run script (EuroSAT): coordinate-wise ĝ (2d queries, ε = 1e-3), no pruning
 # (--prompt_trainer zo), accumulated stage-2 direction, bounds ±5, change point 100 generations.
-# Its ε* has norm ρ/√40 (ĝ is normalised over a [40, d] copy); rho below reproduces that.
+# Its ε* has norm ρ/√40 (ĝ is normalised over a [40, d] copy); rho below reproduces that. It starts
+# from the 4 tokens of "a photo of a", and its stage-2 parameter is [popsize, d] from the second step.
 SHARPZO_RELEASED = {"grad_estimator": "cge", "grad_mu": 1e-3, "prune": False, "mask_end": "bottom",
-                    "accumulate": True, "bound": 5.0, "change_point": 100, "rho": 0.1 / 40 ** 0.5}
+                    "accumulate": True, "bound": 5.0, "change_point": 100, "rho": 0.1 / 40 ** 0.5,
+                    "popsize_rows": True, "init_text": "a photo of a"}
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,14 @@ def _check_ranges(method: str, o) -> None:
         need(o.template == "" or "{}" in o.template, "template", 'a text containing "{}"')
 
 
+def init_text(config) -> str:
+    """The words the context starts from: TRAINER.ZIP.CTX_INIT (ctx_init), else the method's own
+    `init_text` option where it has one (SharpZO's released preset: "a photo of a"), else ""."""
+    if config.ctx_init.replace("_", " ").strip():
+        return config.ctx_init
+    return getattr(resolve_options(config.method, config.method_options), "init_text", "")
+
+
 def build(config, ctx0: torch.Tensor, seed_for: Callable[[int], int], tags) -> tuple[Any, Optimizer | None]:
     """(parameter space, optimiser) of config.method starting from ctx0 [m, D]; zsclip → (None, None).
 
@@ -194,7 +208,8 @@ def build(config, ctx0: torch.Tensor, seed_for: Callable[[int], int], tags) -> t
     gen = lambda tag: torch.Generator().manual_seed(seed_for(tag))  # noqa: E731
     if config.method == "sharpzo":
         space = ProjectionSpace.create(ctx0, opts.dim, opts.std, gen(space_tag))
-        kw = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in ("preset", "dim", "std")}
+        kw = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)
+              if f.name not in ("preset", "dim", "std", "init_text")}
         return space, SharpZO(space.init_params(), seed=seed_for(optim_tag), **kw)
     space = ZIPSpace.create(ctx0, config.intrinsic_dim, config.rank, gen(space_tag))
     w0 = space.init_params(gen(params_tag))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import warnings
 from pathlib import Path
 
 
@@ -13,6 +15,7 @@ from .errors import UserError
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
+log = logging.getLogger("zipfast.models")
 
 
 class ModelLoadError(UserError):
@@ -34,7 +37,9 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
 
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", …), a path to a local
     checkpoint file, or "none" for random initialisation (tests, the planted task).
-    Returns (model, tokenizer, preprocess_val).
+    The network gets the activation its weights were trained with (`quick_gelu_rule`): open_clip
+    builds ViT-B-16 with GELU and only warns that the "openai" weights need QuickGELU.
+    Returns (model, tokenizer, preprocess_val); `load_notes(model)` lists what was adjusted.
     """
     import open_clip
 
@@ -56,8 +61,13 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
                 raise ModelLoadError(f"pretrained checkpoint file {tag!r} does not exist")
             raise ModelLoadError(f"{tag!r} is neither a pretrained tag of {name} (known: {', '.join(tags) or 'none'}) "
                                  f"nor an existing checkpoint file")
+    force_quick_gelu, notes = quick_gelu_rule(name, tag)
     try:
-        model, _, preprocess_val = open_clip.create_model_and_transforms(name, pretrained=tag, device=device)
+        with warnings.catch_warnings():
+            # the QuickGELU mismatch warning cannot fire any more (quick_gelu_rule decided); others pass
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
+            model, _, preprocess_val = open_clip.create_model_and_transforms(
+                name, pretrained=tag, device=device, force_quick_gelu=force_quick_gelu)
     except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors on a failed download
         if tag is not None and not os.path.exists(tag):
             raise ModelLoadError(
@@ -67,8 +77,50 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
                 f"--pretrained /path/to/checkpoint (pretrained=path in the Python API)") from e
         raise ModelLoadError(f"could not create {name} with pretrained={tag!r}: {e}") from e
     model.eval().requires_grad_(False)
+    model.zipfast_load_notes = tuple(notes)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer, preprocess_val
+
+
+def quick_gelu_rule(name: str, tag: str | None) -> tuple[bool, list[str]]:
+    """(force QuickGELU?, notes) for open_clip model `name` with pretrained `tag` (None: random).
+
+    A tag's pretrained config says which activation its weights were trained with; when `name`'s
+    config differs, open_clip only warns. Here a tag that needs QuickGELU on a GELU config builds
+    QuickGELU (logged; the note goes to the run report), and a GELU tag on a -quickgelu config is
+    an error. A local file records no activation: `name` decides (the OpenAI spelling "ViT-B/16"
+    and the official configs map to the -quickgelu configs, see config.official_model_name).
+    """
+    import open_clip
+
+    model_quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    if tag is None or os.path.exists(tag):
+        if tag is not None and not model_quick and f"{name}-quickgelu" in open_clip.list_models():
+            log.info("%s builds with GELU; a checkpoint file does not say which activation its weights were "
+                     "trained with: OpenAI's weights need %s-quickgelu", name, name)
+        return False, []
+    tag_quick = bool((open_clip.get_pretrained_cfg(name, tag) or {}).get("quick_gelu", False))
+    if tag_quick == model_quick:
+        return False, []
+    if model_quick:
+        plain = name.removesuffix("-quickgelu")
+        raise ModelLoadError(f"the {tag!r} weights of {name} were trained with GELU but {name} builds QuickGELU; "
+                             f"use --model {plain}")
+    note = f"model {name}: QuickGELU, as the {tag!r} weights were trained (open_clip's {name} config has GELU)"
+    log.info("%s", note)
+    return True, [note]
+
+
+def load_notes(model) -> list[str]:
+    """What `load_clip` changed from the open_clip config to build `model` (for run reports)."""
+    return list(getattr(model, "zipfast_load_notes", ()))
+
+
+def activation(model) -> str:
+    """"quick_gelu" or "gelu": the MLP activation of an open_clip model's text tower."""
+    from open_clip.transformer import QuickGELU
+
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
 
 
 def model_image_size(model) -> int | None:

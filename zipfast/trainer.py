@@ -29,8 +29,9 @@ from .env import resolve_device, versions
 from .config import ConfigError, OFFICIAL_KEYS, TrainConfig, official_model_name
 from . import zeroshot
 from .methods import build as build_method
+from .methods import init_text as method_init_text
 from .methods import resolve_options, space_from_state_dict
-from .models import model_image_size
+from .models import activation, load_notes, model_image_size
 from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, snapshot
 from .space import random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
@@ -80,9 +81,12 @@ class ZIPTrainer(BudgetedRun):
         seed = config.seed
         if ctx0 is None and isinstance(data, PlantedTask):
             ctx0 = data.ctx0
-        if ctx0 is None and config.ctx_init.replace("_", " ").strip():  # blank: no init text (context_tokens)
-            ctx0 = init_context_from_text(self.tower, tokenizer, config.ctx_init)
-            prefix = config.ctx_init.replace("_", " ")
+        words = method_init_text(config)
+        if ctx0 is not None and words.replace("_", " ").strip():
+            log.info("init text %r not used: the run starts from the given context (the planted task's own)", words)
+        if ctx0 is None and words.replace("_", " ").strip():  # blank: no init text (context_tokens)
+            ctx0 = init_context_from_text(self.tower, tokenizer, words)
+            prefix = words.replace("_", " ")
         else:
             prefix = None
         if ctx0 is None:
@@ -273,7 +277,8 @@ class ZIPTrainer(BudgetedRun):
             "template": self.template, "backend": self.engine.name,
             "precision": self.engine.precision,
             "fallbacks": list(getattr(self.engine, "fallbacks", [])),  # every substitution, also logged
-            "device": str(self.device), "versions": versions(), "adjustments": list(self.adjustments),
+            "device": str(self.device), "versions": versions(), "activation": activation(self.model),
+            "adjustments": [*load_notes(self.model), *self.adjustments],
         }
 
     # ------------------------------------------------------------------ checkpoints

@@ -97,6 +97,50 @@ def test_gaussian_polynomials_are_accurate():
     assert float((c - torch.cos(2 * math.pi * v.double())).abs().max()) < 3e-7
 
 
+def _exact_cos_2pi(u: torch.Tensor) -> torch.Tensor:
+    """cos(2π u) in float64 with the argument reduced exactly to |r| ≤ 1/8 (so cos(π/2) is 0, not 6e-17)."""
+    u = u.double()
+    k = torch.round(4 * u)
+    r, k = u - k / 4, k.long() % 4
+    c, s = torch.cos(2 * math.pi * r), torch.sin(2 * math.pi * r)
+    return torch.where(k == 0, c, torch.where(k == 1, -s, torch.where(k == 2, -c, s)))
+
+
+def _ulp(x: torch.Tensor) -> torch.Tensor:
+    """The float32 ulp at |x| (x float64), as float64."""
+    a = x.float().abs()
+    return (torch.nextafter(a, torch.tensor(float("inf"))) - a).double()
+
+
+def test_gaussian_error_bound_holds_for_every_input():
+    # z = fl(R̃·C̃) with R̃ = R(1+a), C̃ = C(1+b), so |z − RC| / ulp(RC) < 2^24 (|a| + |b|) + ½ (+ o(2^-24)).
+    # a and b are checked over all 2^24 values each uniform takes, which bounds all 2^48 pairs.
+    i = torch.arange(2 ** 24, dtype=torch.int64)
+    u1 = (i + 1).to(torch.float32) * 2.0 ** -24
+    exact_r = torch.sqrt(-2 * torch.log(u1.double()))
+    got_r = R._sqrt_rn(-2.0 * R.log_unit(u1)).double()
+    a = torch.where(exact_r > 0, (got_r - exact_r).abs() / exact_r, (got_r != 0).double())
+    u2 = i.to(torch.float32) * 2.0 ** -24
+    exact_c = _exact_cos_2pi(u2)
+    got_c = R.cos_2pi(u2).double()
+    assert torch.equal(got_c[exact_c == 0], torch.zeros_like(got_c[exact_c == 0]))  # cos(π/2), cos(3π/2) exactly 0
+    b = (got_c - exact_c).abs() / exact_c.abs().clamp_min(1e-300)
+    a_max, b_max = float(a.max()) * 2 ** 24, float(b.max()) * 2 ** 24
+    assert a_max <= 2.63 + 5e-3 and b_max <= 2.84 + 5e-3  # the relative errors stated in the reference
+    assert a_max + b_max + 0.5 + 1e-3 < R.GAUSSIAN_MAX_ULP
+
+
+def test_gaussian_sampled_error_against_exact_box_muller():
+    w = R.words(1, 0, 1, 16, 62500)  # 1,000,000 draws
+    z = R.gaussian(w[..., 2], w[..., 3]).double()
+    u1 = (((w[..., 2] >> 8) + 1).double()) * 2.0 ** -24
+    exact = torch.sqrt(-2 * torch.log(u1)) * _exact_cos_2pi(((w[..., 3] >> 8).double() * 2.0 ** -24).float())
+    assert torch.equal(z[exact == 0], exact[exact == 0])
+    ulps = ((z - exact).abs() / _ulp(exact))[exact != 0]
+    assert float(ulps.max()) < R.GAUSSIAN_MAX_ULP
+    assert float(ulps.max()) > 2 and 0.001 < float((ulps > 2).double().mean()) < 0.01  # not "~2 ulp": ≈ 0.6 % above
+
+
 @pytest.mark.parametrize("fn", ["log_unit", "cos_2pi"])
 def test_gaussian_polynomials_bit_identical_on_host_build(fn, host):
     u = torch.rand(4096, generator=torch.Generator().manual_seed(3)).clamp_min(2.0 ** -24)

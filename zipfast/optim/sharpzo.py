@@ -18,6 +18,11 @@ Stage 2, from the stage-1 mean, one round per step (plus a mask round every P st
   step:       z_j ~ N(0, I) ⊙ Ω (j = 1..pairs), ĝ = mean_j (L(w+μz_j) − L(w−μz_j)) / (2μ) · z_j,
               w ← w − η ĝ. With `accumulate` (the released code), the direction is instead a
               running sum of every estimate since the last gradient estimate (no reset).
+              With `popsize_rows` (the released code), from the second stage-2 step on each z_j
+              is the mean of popsize N(0, I) rows (norm ≈ 1/√popsize of one row): the release's
+              parameter becomes [popsize, d] once its [popsize, d] coordinate-gradient copy is
+              broadcast into the first update, every row draws its own z, and the prompt is the
+              row mean — so the loss sees w̄ ± μ·mean_rows(z) and w̄ moves by η·ĝ(mean_rows(z)).
 
 Budget: a generation that no longer fits the remaining queries ends stage 1 early; a mask
 round that does not fit keeps the previous mask (all ones if there is none); the last step
@@ -78,13 +83,13 @@ class SharpZO(Optimizer):
     name = "sharpzo"
     SETTINGS = ("dim", "popsize", "sigma0", "rho", "change_point", "grad_estimator", "grad_dirs", "grad_mu",
                 "mu", "lr", "pairs", "prune", "prune_interval", "keep_fraction", "mask_end", "accumulate", "bound",
-                "seed")
+                "popsize_rows", "seed")
 
     def __init__(self, w0: torch.Tensor, popsize: int = 40, sigma0: float = 0.4, rho: float = 0.1,
                  change_point: int = 50, grad_estimator: str = "rge", grad_dirs: int = 5, grad_mu: float = 1e-3,
                  mu: float = 1e-3, lr: float = 1e-3, pairs: int = 1, prune: bool = True, prune_interval: int = 200,
                  keep_fraction: float = 0.1, mask_end: str = "top", accumulate: bool = False, bound: float = 0.0,
-                 seed: int = 0):
+                 popsize_rows: bool = False, seed: int = 0):
         if grad_estimator not in GRAD_ESTIMATORS:
             raise ValueError(f"grad_estimator {grad_estimator!r}: choose one of {', '.join(GRAD_ESTIMATORS)}")
         if mask_end not in MASK_ENDS:
@@ -96,6 +101,7 @@ class SharpZO(Optimizer):
         self.mu, self.lr, self.pairs = float(mu), float(lr), int(pairs)
         self.prune, self.prune_interval, self.keep_fraction = bool(prune), int(prune_interval), float(keep_fraction)
         self.mask_end, self.accumulate, self.bound, self.seed = mask_end, bool(accumulate), float(bound), int(seed)
+        self.popsize_rows = bool(popsize_rows)
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
         self.logical = 0  # completed generations + stage-2 steps (the minibatch counter)
@@ -193,7 +199,11 @@ class SharpZO(Optimizer):
         q = min(self.pairs, remaining // 2)
         if q < 1:
             return empty(self.dim, self.device)
-        z = torch.randn(q, self.dim, generator=self.generator).to(self.device)
+        if self.popsize_rows and self.j >= 1:  # the release's [popsize, d] parameter, seen through its row mean
+            z = torch.randn(q, self.popsize, self.dim, generator=self.generator).mean(1)
+        else:
+            z = torch.randn(q, self.dim, generator=self.generator)
+        z = z.to(self.device)
         self._pending = ("step", z)
         zm = z if self.mask is None else z * self.mask
         return torch.cat([self.w + self.mu * zm, self.w - self.mu * zm])
@@ -272,6 +282,7 @@ class SharpZO(Optimizer):
                 "w": t(self.w), "mask": t(self.mask), "acc": t(self.acc), "generator": self.generator.get_state()}
 
     def load_state_dict(self, sd: dict, device="cpu") -> None:
+        sd = {"popsize_rows": False, **sd}  # checkpoints from before the setting drew one row
         self._check_settings(sd, self.settings(), self.SETTINGS)
         self.device = torch.device(device)
 

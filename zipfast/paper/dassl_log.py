@@ -1,4 +1,4 @@
-"""`log.txt` in Dassl's format, so CoOp's `parse_test_res.py` aggregates zipfast runs unchanged.
+"""`log.txt` in Dassl's format, so CoOp's and Dassl's `parse_test_res.py` aggregate zipfast runs.
 
 Dassl tees stdout into `<output dir>/log.txt` (a new `log.txt-<time>` when one exists) and its
 classification evaluator prints the block
@@ -10,8 +10,11 @@ classification evaluator prints the block
     * error: 18.8%
     * macro_f1: 80.9%
 
-after "Finish training" for a trained run (parse_test_res.py's default end signal) or alone for
-an --eval-only run (its --test-log mode).
+after "Finish training" for a trained run or alone for an --eval-only run. "Finish training" is
+the official trainer's line (Dassl ≥ 0.6.1) and the end signal of CoOp's parse_test_res.py
+since its commit 859f068 and of Dassl's tools/parse_test_res.py. Older copies of those scripts
+wait for "Finished training" (Dassl ≤ 0.6.0) and find nothing in the official logs or these;
+their --test-log mode (end signal "=> result") reads both kinds of log.
 """
 
 from __future__ import annotations

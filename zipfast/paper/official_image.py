@@ -59,6 +59,8 @@ def official_image_config(args):
         mc = method_config(method, **method_fields)
     elif args.model_dir:
         log.info("--model-dir %s ignored: only --eval-only reads it (as train.py)", args.model_dir)
+    if method == "blackvip" and args.precision and not args.eval_only:  # a precision asked for: all queries run it
+        mc = dataclasses.replace(mc, autocast="prec")
     if getattr(args, "blackvip_encoder", None):
         mc = dataclasses.replace(mc, encoder=args.blackvip_encoder)
     flags = {"dataset": paper_dataset_id(spec.key, subsample, node.DATASET.ROOT), "model": args.model,

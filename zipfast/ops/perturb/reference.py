@@ -27,12 +27,19 @@ segmented-uniform and Rademacher values are identical on every IEEE machine. ln 
 are NOT taken from a math library (libm, CUDA and Triton differ in the last bit): they
 are fixed float32 polynomials below, evaluated with correctly rounded +, −, ×, ÷ and
 sqrt only, in a fixed order and without fused multiply-add, so the Gaussian is
-bit-identical too (max error vs exact math ~2 float32 ulp; see tests/ops/perturb).
+bit-identical too. Its error against exact Box–Muller on the same (u1, u2) is below
+GAUSSIAN_MAX_ULP = 6 float32 ulp of the exact value for every one of the 2^48 pairs: over all
+2^24 values of each, the radius sqrt(−2 ln u1) is within 2.63·2^-24 and cos(2π u2) within
+2.84·2^-24 relative, and the product adds ½ ulp (checked exhaustively in
+tests/ops/test_perturb.py). Sampled, 20,000,000 draws (seed 1, steps 1–20) reach 4.18 ulp;
+0.59 % of draws are above 2 ulp and 0.008 % above 3.
 """
 
 from __future__ import annotations
 
 import torch
+
+GAUSSIAN_MAX_ULP = 6  # proven bound of `gaussian` against exact Box–Muller (module docstring)
 
 MASK32 = 0xFFFFFFFF
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers (Random123)
