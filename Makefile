@@ -30,11 +30,12 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest bench -q --benchmark-json=bench/results/latest.json && $(PY) bench/report.py
 
-# On a machine with a CUDA GPU: build the CUDA kernels (required), then run the GPU tests
-# (compiled Triton, CUDA kernels, CUDA-graph step) and the kernel/step benchmarks.
+# On a machine with a CUDA GPU: build the CUDA kernels (required), then `zipfast verify-gpu`:
+# self-checks, graph vs eager, GPU vs CPU trajectory, figures, the GPU tests and benchmarks,
+# all written to one record (gpu-verify/verify-gpu.{json,md}).
 test-gpu: $(STAMP)
 	ZIPFAST_BUILD_CUDA=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	TRITON_INTERPRET=0 $(PY) -m pytest -q -m gpu tests
+	TRITON_INTERPRET=0 $(VENV)/bin/zipfast verify-gpu --out gpu-verify
 
 bench-gpu: $(STAMP)
 	ZIPFAST_BUILD_CUDA=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e .

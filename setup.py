@@ -74,7 +74,9 @@ setup(
     ],
     extras_require={
         # pybind11/cmake/ninja: the tests (re)build csrc/ (cached) to check the kernels' math and the nvcc compile.
-        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray", "pybind11>=2.10", "cmake>=3.18", "ninja"],
+        # nvidia-cuda-cuobjdump: the compile test lists the SASS/PTX the CUDA module embeds.
+        "test": ["pytest>=7", "pytest-benchmark>=4", "hypothesis", "ray", "pybind11>=2.10", "cmake>=3.18", "ninja",
+                 "nvidia-cuda-cuobjdump>=13.2"],
         "ray": ["ray"],
         "kernels": ["triton"],
     },

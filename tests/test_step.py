@@ -205,3 +205,43 @@ def test_fused_step_logs_checkpoints_and_resumes_like_the_plain_rounds(monkeypat
     assert resumed._fused is not None and resumed.step == 7 and resumed.queries == 64
     assert rel(resumed.w, w0) <= 1e-4
     assert [(r["step"], r["queries"]) for r in log(out)] == [(2, 20), (4, 40), (6, 60), (7, 64)]  # cut back, continued
+
+
+class _FakeGraph:
+    """Stands in for a captured CUDA graph on the CPU: replay() runs the step, optionally wrong."""
+
+    def __init__(self, step, how):
+        self.step, self.how = step, how
+
+    def replay(self):
+        if self.how == "raise":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        self.step.step_fn()
+        if self.how == "wrong":
+            self.step.w[0] += 1e-3
+
+
+@pytest.mark.parametrize("how", ["right", "wrong", "raise"])
+def test_first_graph_replay_is_checked_against_the_eager_step(setup, monkeypatch, how, tmp_path, caplog):
+    import logging
+
+    from zipfast.ops import registry
+
+    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path))
+    registry._reset_for_tests()
+    engine, space, w0, task = setup
+    eager, _ = _fused_steps(engine, space, w0, task, 3, "spsa-clip")
+    fused = FusedZIPStep(space, engine, w0, seed=7, q=3, batch_size=16, feat_dim=task.train_features.shape[1],
+                         spsa_params=PARAMS, opt_type="spsa-clip", use_graph=True)
+    monkeypatch.setattr(fused, "_capture", lambda: setattr(fused, "graph", _FakeGraph(fused, how)))
+    with caplog.at_level(logging.WARNING, logger="zipfast"):
+        for k in range(1, 4):
+            fused(*_batch(task, k))
+    trusted = how == "right"
+    assert fused.use_graph is trusted and (fused.graph is not None) is trusted
+    assert torch.equal(fused.w, eager.w) and int(fused.step) == 3  # the eager result stands either way
+    fb = [f for f in registry.fallbacks() if f["op"] == "fused_step"]
+    assert bool(fb) is not trusted and any("CUDA graph" in r.message for r in caplog.records) is not trusted
+    if fb:
+        assert fb[0]["backend"] == "eager" and "self-check failed" in fb[0]["skipped"]["cuda-graph"]
+    registry._reset_for_tests()

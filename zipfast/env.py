@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -78,6 +79,11 @@ def log_to_stderr(level: int = logging.INFO) -> logging.Handler:
 
 
 # --------------------------------------------------------------------------- machine
+
+
+def cache_dir() -> Path:
+    """zipfast's cache folder: $ZIPFAST_CACHE, default ~/.cache/zipfast (generated data, self-checks)."""
+    return Path(os.environ.get("ZIPFAST_CACHE") or Path.home() / ".cache" / "zipfast").expanduser()
 
 
 def cpu_flags() -> list[str]:

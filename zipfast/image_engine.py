@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .engine import PRECISIONS, autocast_for, resolve_precision
+from .env import precision_substitution
 from .image_tower import ImageTower
 
 
@@ -43,6 +44,9 @@ class ImageEngine:
         self.tower = tower
         self.device = next(tower.visual.parameters()).device
         self.precision = resolve_precision(precision, self.device)
+        why = precision_substitution(precision, self.device)  # e.g. fp16 → bf16 on a CPU: the report lists it
+        self.fallbacks = [{"what": "precision", "requested": precision, "used": self.precision, "why": why}] \
+            if why else []
 
     def features(self, prompter, w: torch.Tensor, images: torch.Tensor, out: torch.Tensor | None = None,
                  precision: str | None = None):

@@ -37,7 +37,7 @@ from .models import activation, load_notes
 from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .env import resolve_device
 from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
-from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite, snapshot
+from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite, run_fallbacks, snapshot
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
 
@@ -269,6 +269,7 @@ class ImagePromptTrainer(BudgetedRun):
                 "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
                 "precision": self.engine.precision, "precision_substitution": self.precision_note,
                 "query_precision": self.query_precision or self.engine.precision,
+                "fallbacks": run_fallbacks(self.engine, getattr(self, "text_engine", None)),
                 "template": self.template,
                 "activation": activation(self.model), "adjustments": [*load_notes(self.model), *self.adjustments],
                 "device": str(self.device), "zipfast": __version__}

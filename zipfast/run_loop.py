@@ -53,6 +53,14 @@ def raise_if_nonfinite(losses: torch.Tensor, optimizer, before: dict, checkpoint
     raise NonFiniteLossError(f"non-finite loss {when} (losses {losses.tolist()}){where}" + (f". {hint}" if hint else ""))
 
 
+def run_fallbacks(*engines) -> list[dict]:
+    """Every substitution of a run, for its report: the engines' (precision, shared-prefix pass …)
+    and the op registry's (a backend unavailable, or one that failed its self-check)."""
+    from .ops import registry
+
+    return [f for e in engines if e is not None for f in getattr(e, "fallbacks", [])] + registry.fallbacks()
+
+
 def as_run_dir(output_dir, overwrite: bool) -> RunDir | None:
     """A RunDir for an output directory given as a path or a RunDir (None: no outputs)."""
     if isinstance(output_dir, RunDir):

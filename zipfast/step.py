@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .env import get_logger
+from .ops import registry, selfcheck
 from .ops.candidates import candidates
 from .ops.clip_loss import clip_loss
 from .ops.spsa_update import STATS, schedules, spsa_update
@@ -97,7 +98,37 @@ class FusedZIPStep:
             return
         if self.graph is None:
             self._capture()
+            if selfcheck.mode() != "0":
+                self._first_replay_checked()  # the graph is trusted only once it equals the eager step
+                return
         self.graph.replay()
+
+    _STATE = ("w", "momentum", "step")
+    _OUTPUTS = ("w", "momentum", "losses", "accs", "stats")
+
+    def _first_replay_checked(self) -> None:
+        """This step twice from the same state: eagerly, then as the graph's first replay. The
+        graph is kept when its outputs equal the eager ones (relative 1e-6); otherwise it is
+        dropped for this step object, the eager results stand, and the fallback is logged and
+        recorded in `zipfast.ops.registry.fallbacks()` (hence in the run report)."""
+        before = {n: getattr(self, n).clone() for n in self._STATE}
+        self.step_fn()
+        eager = {n: getattr(self, n).clone() for n in self._OUTPUTS + ("step",)}
+        for n, t in before.items():
+            getattr(self, n).copy_(t)
+        try:
+            self.graph.replay()
+            problem = selfcheck.first_problem(*(selfcheck.compare(getattr(self, n), eager[n], f"graph replay {n}",
+                                                                  rtol=1e-6) for n in self._OUTPUTS))
+        except Exception as e:  # a replay that fails is as untrustworthy as a wrong one
+            problem = f"replay raised {type(e).__name__}: {e}"
+        if problem is None:
+            return
+        for n, t in eager.items():
+            getattr(self, n).copy_(t)
+        self.graph, self.use_graph = None, False
+        log.warning("the fused ZIP step's CUDA graph disagrees with the eager step (%s); running it eagerly", problem)
+        registry.note_fallback("fused_step", self.device.type, "eager", {"cuda-graph": f"self-check failed: {problem}"})
 
     def record(self) -> dict:
         """The last step's statistics as host values (one synchronisation: call every log_every steps)."""

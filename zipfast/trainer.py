@@ -32,7 +32,7 @@ from .methods import build as build_method
 from .methods import init_text as method_init_text
 from .methods import resolve_options, space_from_state_dict
 from .models import activation, load_notes, model_image_size
-from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, snapshot
+from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, run_fallbacks, snapshot
 from .space import random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
 
@@ -276,7 +276,7 @@ class ZIPTrainer(BudgetedRun):
             "n_classes": len(self.classnames), "param_dim": self.space.dim if self.space else 0,
             "template": self.template, "backend": self.engine.name,
             "precision": self.engine.precision,
-            "fallbacks": list(getattr(self.engine, "fallbacks", [])),  # every substitution, also logged
+            "fallbacks": run_fallbacks(self.engine),  # every substitution, also logged
             "device": str(self.device), "versions": versions(), "activation": activation(self.model),
             "adjustments": [*load_notes(self.model), *self.adjustments],
         }

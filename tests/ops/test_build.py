@@ -34,10 +34,21 @@ def test_nvcc_compiles_cuda_kernels(csrc_build):
     # Every kernel was compiled to SASS for every requested architecture.
     cmds = subprocess.run([build._tool("ninja", "ninja"), "-C", str(csrc_build.directory), "-t", "commands"],
                           capture_output=True, text=True, check=True).stdout
-    for kernel in ("perturb.cu", "candidates.cu", "spsa_update.cu"):
+    for kernel in build.KERNEL_SOURCES:
         line = next(ln for ln in cmds.splitlines() if kernel in ln and "nvcc" in ln)
         for arch in csrc_build.archs:
             assert f"sm_{arch}" in line, line
+
+
+def test_cuda_module_embeds_the_documented_sass_and_ptx(csrc_build):
+    # README/docs, "Running on a GPU": SASS sm_80 and sm_90, PTX for both (newer GPUs JIT the PTX)
+    if not csrc_build.cuda or "_zipfast_cuda" not in csrc_build.modules:
+        pytest.skip("no CUDA module was built here (nvcc not found or ZIPFAST_BUILD_CUDA=0)")
+    if build.find_cuobjdump() is None:
+        pytest.skip("cuobjdump not found (pip install nvidia-cuda-cuobjdump)")
+    got = build.embedded_images(csrc_build.modules["_zipfast_cuda"])
+    assert got == build.documented_images(csrc_build.archs)
+    assert build.documented_images(["80", "90"])["sass"].count("sm_80") == len(build.KERNEL_SOURCES)
 
 
 def test_rebuild_is_cached(csrc_build):

@@ -20,6 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..env import cache_dir
+
 NAME = "synthetic-images"
 MODEL = "zipfast-tiny224"
 MODEL_SEED = 0
@@ -35,8 +37,6 @@ COORDINATOR = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, i
 METHOD_DEFAULTS = {"bptvlm": {"intrinsic_dim_l": 200, "intrinsic_dim_v": 200}}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ZIPFAST_CACHE") or Path.home() / ".cache" / "zipfast").expanduser()
 
 
 def folder() -> Path:
@@ -46,7 +46,7 @@ def folder() -> Path:
     from ..errors import UserError
     from .pixels import write_synthetic_image_folder
 
-    cache = cache_dir()
+    cache = Path(cache_dir())
     root = cache / f"{NAME}-v{VERSION}"
     if root.is_dir():
         return root

@@ -141,6 +141,56 @@ def build(cuda: bool | None = None, archs: list[str] | None = None, build_root: 
     return BuildResult(bdir, want, archs, False, time.perf_counter() - start, _modules(bdir))
 
 
+KERNEL_SOURCES = ("perturb.cu", "candidates.cu", "spsa_update.cu")
+
+
+def documented_images(archs: list[str]) -> dict[str, list[str]]:
+    """The machine code the CUDA module embeds for `archs` (what the docs state): for every
+    kernel source, SASS and PTX of each arch (CMake's default for a plain arch number), so
+    sm_80 SASS also runs on sm_86/sm_89 and the newest PTX is compiled by the driver for newer
+    GPUs. cuobjdump names both kinds sm_XX."""
+    per = sorted(f"sm_{a}" for a in archs for _ in KERNEL_SOURCES)
+    return {"sass": per, "ptx": per}
+
+
+def find_cuobjdump() -> str | None:
+    """cuobjdump from CUDA_HOME, PATH, or the nvidia-cuda-cuobjdump wheel (a test dependency)."""
+    nvcc = find_nvcc()
+    candidates = [Path(nvcc).parent / "cuobjdump"] if nvcc else []
+    found = shutil.which("cuobjdump")
+    candidates += [Path(found)] if found else []
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidates += sorted(Path(root).glob("cu*/bin/cuobjdump"))
+    for c in candidates:
+        if c.is_file():
+            if not os.access(c, os.X_OK):  # wheels may drop the executable bit
+                try:
+                    c.chmod(c.stat().st_mode | 0o111)
+                except OSError:
+                    continue
+            return str(c)
+    return None
+
+
+def embedded_images(module: Path, cuobjdump: str | None = None) -> dict[str, list[str]]:
+    """{"sass": [...], "ptx": [...]}: the architectures of every cubin and PTX in a built module."""
+    import re
+
+    tool = cuobjdump or find_cuobjdump()
+    if tool is None:
+        raise BuildError("cuobjdump not found (pip install nvidia-cuda-cuobjdump, or set CUDA_HOME)")
+    out = {}
+    for kind, flag, ext in (("sass", "--list-elf", "cubin"), ("ptx", "--list-ptx", "ptx")):
+        res = subprocess.run([tool, flag, str(module)], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BuildError(f"{tool} {flag} {module} failed: {res.stderr.strip()[:500]}")
+        out[kind] = sorted(re.findall(rf"\.(sm_\d+[a-z]?)\.{ext}\b", res.stdout))
+    return out
+
+
 def _modules(bdir: Path) -> dict[str, Path]:
     out = {}
     for name in MODULES:

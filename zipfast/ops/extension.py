@@ -45,11 +45,22 @@ def require_cuda_module():
     return mod
 
 
+# The machine code the module embeds (build.DEFAULT_ARCHS; CMake builds SASS and PTX for each):
+# SASS runs on its own major version (sm_80 also on sm_86/sm_89), PTX is compiled by the driver
+# for newer GPUs (compute_90 → sm_100, sm_120). Older GPUs (sm_75 and below) have neither.
+MIN_CAPABILITY = (8, 0)
+
+
 def available(device: torch.device) -> tuple[bool, str]:
-    """Availability check of every "cuda" implementation: a CUDA device and the built extension."""
+    """Availability check of every "cuda" implementation: a CUDA device of compute capability
+    ≥ 8.0 and the built extension (whether its kernels compute right is the self-check's job)."""
     ok, why = cuda_device(device)
     if not ok:
         return ok, why
+    cap = torch.cuda.get_device_capability(device)
+    if tuple(cap) < MIN_CAPABILITY:
+        return False, (f"the CUDA kernels are built for sm_80 and newer (SASS sm_80, sm_90; PTX compute_80, "
+                       f"compute_90); this GPU is sm_{cap[0]}{cap[1]}")
     mod, why = cuda_module()
     return mod is not None, why
 

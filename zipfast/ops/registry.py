@@ -18,6 +18,11 @@ fallback: logged once per (op, device type) on the "zipfast.ops" logger and kept
 Availability checks take the device and return (ok, reason-if-not). Loaders added with
 `add_loader` (e.g. the gentle import of the compiled extension, which registers the "cuda"
 implementations) run once, before the first resolution or table.
+
+Availability is not correctness: a compiled backend (CUDA C++, compiled Triton) must also pass
+its op's self-check (`register_check`; `zipfast.ops.selfcheck`) on the device the first time it
+would be chosen. One that fails is skipped like an unavailable one, with a warning; a forced
+one that fails is an error.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 
 from ..env import get_logger
 from ..errors import UserError
+from . import selfcheck
 
 PRIORITY = ("cuda", "triton", "torch", "reference")
 ENV_ALL = "ZIPFAST_BACKEND"
@@ -57,6 +63,7 @@ def _always(device: torch.device) -> tuple[bool, str]:
 
 
 _impls: dict[str, dict[str, Implementation]] = {}
+_checks: dict[str, selfcheck.Check] = {}
 _cache: dict[tuple, tuple[str, Callable]] = {}
 _fallbacks: dict[tuple[str, str], dict] = {}
 _loaders: list[Callable[[], None]] = []
@@ -68,6 +75,13 @@ def register(op: str, backend: str, impl: Callable, available: Availability | No
     if backend not in PRIORITY:
         raise ValueError(f"unknown backend {backend!r} for op {op!r}; backends are {', '.join(PRIORITY)}")
     _impls.setdefault(op, {})[backend] = Implementation(op, backend, impl, available or _always)
+    _cache.clear()
+
+
+def register_check(op: str, check: selfcheck.Check) -> None:
+    """The self-check of `op`: check(fn, device) → None when `fn` (an implementation, called as
+    the registry calls it) agrees with the op's reference on `device`, else what differs."""
+    _checks[op] = check
     _cache.clear()
 
 
@@ -127,6 +141,13 @@ def _check(impl: Implementation, device: torch.device) -> tuple[bool, str]:
     return bool(ok), "" if ok else (why or "unavailable")
 
 
+def _proven(impl: Implementation, device: torch.device) -> tuple[bool, str]:
+    """An available compiled implementation's self-check verdict (others need none)."""
+    if not selfcheck.needs_check(impl.backend):
+        return True, ""
+    return selfcheck.verdict(impl.op, impl.backend, impl.fn, _checks.get(impl.op), device)
+
+
 def resolve(op: str, device) -> tuple[str, Callable]:
     """(backend name, implementation) of `op` on `device`; cached per (op, device type, override)."""
     device = _device(device)
@@ -147,6 +168,8 @@ def resolve(op: str, device) -> tuple[str, Callable]:
                 f"{var}={backend}: op {op!r} has no {backend} implementation "
                 f"(it has: {', '.join(b for b in PRIORITY if b in impls)}); unset {var} or choose one of those")
         ok, why = _check(impl, device)
+        if ok:
+            ok, why = _proven(impl, device)
         if not ok:
             raise BackendUnavailableError(
                 f"{var}={backend}: op {op!r} cannot run on {backend} on {device.type}: {why}. "
@@ -162,6 +185,11 @@ def resolve(op: str, device) -> tuple[str, Callable]:
             if ok and backend == "triton" and device.type != "cuda":
                 ok, why = False, INTERPRETER_ONLY
             if ok:
+                ok, why = _proven(impl, device)
+                if not ok:
+                    log.warning("%s on %s: the %s backend is disabled for this process (%s)", op, device.type,
+                                backend, why)
+            if ok:
                 hit = (backend, impl.fn)
                 break
             skipped[backend] = why
@@ -170,13 +198,19 @@ def resolve(op: str, device) -> tuple[str, Callable]:
                 f"op {op!r} has no available implementation on {device.type}: "
                 + "; ".join(f"{b}: {w}" for b, w in skipped.items()))
         if skipped:
-            fk = (op, device.type)
-            if fk not in _fallbacks:
-                _fallbacks[fk] = {"op": op, "device": device.type, "backend": hit[0], "skipped": skipped}
-                log.info("%s on %s: using %s (%s)", op, device.type, hit[0],
-                         "; ".join(f"{b} unavailable: {w}" for b, w in skipped.items()))
+            note_fallback(op, device.type, hit[0], skipped)
     _cache[key] = hit
     return hit
+
+
+def note_fallback(op: str, device_type: str, backend: str, skipped: dict) -> None:
+    """Record (once per op and device type) and log that `op` runs on `backend` because the
+    backends in `skipped` ({backend: why}) could not; `fallbacks()` lists it for the run report."""
+    fk = (op, device_type)
+    if fk not in _fallbacks:
+        _fallbacks[fk] = {"op": op, "device": device_type, "backend": backend, "skipped": dict(skipped)}
+        log.info("%s on %s: using %s (%s)", op, device_type, backend,
+                 "; ".join(f"{b} unavailable: {w}" for b, w in skipped.items()))
 
 
 def fallback(op: str, device) -> dict | None:
@@ -218,6 +252,8 @@ def table(device=None) -> list[dict]:
                 ok, why = _check(impl, device)
                 if ok and backend == "triton" and device.type != "cuda" and backend != active:
                     why = INTERPRETER_ONLY
+                elif ok:
+                    ok, why = _proven(impl, device)
             if err is not None and force is not None and force[0] == backend:
                 why = err
             rows.append({"op": op, "backend": backend, "registered": impl is not None, "available": ok,
@@ -239,9 +275,10 @@ def format_table(device=None) -> str:
 
 
 def _reset_for_tests() -> None:
-    """Forget cached resolutions and recorded fallbacks (tests only)."""
+    """Forget cached resolutions, recorded fallbacks and self-check verdicts (tests only)."""
     _cache.clear()
     _fallbacks.clear()
+    selfcheck.forget()
 
 
 # ---------------------------------------------------------------------- shared availability checks

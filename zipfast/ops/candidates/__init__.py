@@ -42,6 +42,33 @@ registry.register(OP, "torch", _torch)  # the reference is already batched over 
 registry.register(OP, "triton", _triton, registry.triton_runtime)
 registry.register(OP, "cuda", _cuda, ext.available)
 
+# Fastfood sizes L = 128 and 1024 (D = 100 and 768: padded tails), odd m, q and rank; 1e-5 relative.
+SELFCHECK_SHAPES = ((3, 100, 17, 2, 3), (2, 768, 40, 1, 1))  # (m, D, d, rank, q)
+
+
+def _selfcheck(fn, device):
+    from ..selfcheck import compare
+
+    g = torch.Generator().manual_seed(0)
+    for m, D, d, rank, q in SELFCHECK_SHAPES:
+        ff = ref.draw_fastfood(m, D, g).to(device)
+        ctx0 = (torch.randn(m, D, generator=g) * 0.02).to(device)
+        w = torch.randn(ref.param_dim(m, d, rank), generator=g).to(device)
+        pos = torch.randn(m, D, generator=g).to(device)
+        seed, step = as_counter(5, device), as_counter(3, device)
+        ck = torch.tensor(0.01, device=device)
+        out = torch.full((2 * q, m, D), float("nan"), device=device)
+        fn(out, w, seed, step, ck, ctx0, ff.B.float(), ff.Pi.to(torch.int64), ff.G.float(), ff.divisor.float(), pos,
+           0, q, rank, "segmented")
+        want = reference.candidates(w, seed, step, ck, ctx0, ff, rank, q, 0, "segmented", pos)
+        problem = compare(out, want, f"candidates m={m} D={D} q={q}", rtol=1e-5)
+        if problem:
+            return problem
+    return None
+
+
+registry.register_check(OP, _selfcheck)
+
 
 @torch.library.custom_op("zipfast::candidates_", mutates_args=("out",))
 def candidates_op(out: torch.Tensor, w: torch.Tensor, seed: torch.Tensor, step: torch.Tensor, ck: torch.Tensor,

@@ -27,6 +27,22 @@ registry.register(OP, "torch", reference.clip_loss_fast)
 registry.register(OP, "triton", _triton, registry.triton_runtime)
 
 
+def _selfcheck(fn, device):
+    """K=3 candidates × C=7 classes × E=33, B=5 images: loss within 1e-5, accuracy exact."""
+    from ..selfcheck import compare, first_problem
+
+    g = torch.Generator().manual_seed(1)
+    text, image = torch.randn(3, 7, 33, generator=g).to(device), torch.randn(5, 33, generator=g).to(device)
+    labels, scale = torch.tensor([0, 6, 3, 3, 1], device=device), torch.tensor(4.6052, device=device)
+    loss, acc = fn(text, image, labels, scale)
+    want_loss, want_acc = reference.clip_loss(text, image, labels, scale)
+    return first_problem(compare(loss.float(), want_loss, "clip_loss loss", rtol=1e-5),
+                         compare(acc.float(), want_acc.float(), "clip_loss accuracy"))
+
+
+registry.register_check(OP, _selfcheck)
+
+
 @torch.library.custom_op("zipfast::clip_loss", mutates_args=())
 def clip_loss_op(text_features: torch.Tensor, image_features: torch.Tensor, labels: torch.Tensor,
                  logit_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

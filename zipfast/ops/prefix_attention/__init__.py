@@ -9,7 +9,7 @@ Layout (head-major): q [K, H, C, Tq, hd], prefix k/v [K, H, P, hd], suffix k/v [
 q_pos [C, Tq] or None (causal) → o [K, H, C, Tq, hd]. Chosen through `zipfast.ops.registry`.
 """
 
-from ..registry import register, triton_runtime
+from ..registry import register, register_check, triton_runtime
 from . import reference, torch_lse
 
 OP = "prefix_attention"
@@ -24,3 +24,29 @@ def _triton(*args, **kwargs):
 register(OP, "triton", _triton, triton_runtime)
 register(OP, "torch", torch_lse.prefix_attention)
 register(OP, "reference", reference.prefix_attention)
+
+
+def _selfcheck(fn, device):
+    """K=2, H=3, C=5 classes, P=4 prefix and S=7 suffix rows, hd=16: fp32 within 1e-5; on CUDA also
+    fp16, within twice the reference's own fp16 error (flash-attention's rule) plus 1e-3."""
+    import torch
+
+    from ..selfcheck import compare
+
+    g = torch.Generator().manual_seed(3)
+    K, H, C, P, S, hd = 2, 3, 5, 4, 7, 16
+    shapes = ((K, H, C, S, hd), (K, H, P, hd), (K, H, P, hd), (K, H, C, S, hd), (K, H, C, S, hd))
+    x = [torch.randn(*s, generator=g).to(device) for s in shapes]
+    want = reference.prefix_attention(*x)
+    problem = compare(fn(*x), want, "prefix_attention fp32", rtol=1e-5)
+    if problem or device.type != "cuda":
+        return problem
+    half = [t.half() for t in x]
+    ref_err = float((reference.prefix_attention(*half).float() - want).abs().max())
+    err = float((fn(*half).float() - want).abs().max())
+    if not err <= 2 * ref_err + 1e-3 * float(want.abs().max()):
+        return f"prefix_attention fp16: max error {err:.3g} against fp32, the reference's fp16 error {ref_err:.3g}"
+    return None
+
+
+register_check(OP, _selfcheck)
