@@ -141,25 +141,34 @@ def test_partial_last_step_uses_fewer_pairs():
     assert opt.ask(1).shape == (0, 5)  # no pair fits: K = 0
 
 
-def test_hook_time_is_not_training_time_and_the_final_point_reuses_the_final_evaluation(planted):
-    import time
+def test_hook_time_is_not_training_time_and_the_final_point_reuses_the_final_evaluation(planted, monkeypatch):
+    """On a fake clock (the run loop's time.perf_counter): each round takes ROUND s, each hook call
+    (on_start, after each round, on_end) HOOK s. Training time is exactly the rounds' time."""
+    from types import SimpleNamespace
+
+    from zipfast import run_loop
+
+    ROUND, HOOK = 1.0, 1000.0
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(run_loop, "time", SimpleNamespace(perf_counter=lambda: clock.now))
 
     class SlowHook:
-        """A step hook that takes 0.4 s at the start, after each round and at the end."""
+        """A step hook that takes HOOK s at the start, after each round and at the end."""
 
         def __init__(self):
-            self.calls, self.end_acc = 0, None
+            self.calls, self.end_acc, self.times = 0, None, []
 
         def on_start(self, trainer):
-            time.sleep(0.4)
+            clock.now += HOOK
 
         def __call__(self, trainer, rec):
             self.calls += 1
-            time.sleep(0.4)
+            self.times.append((rec["step"], rec["time_s"]))
+            clock.now += HOOK
 
         def on_end(self, trainer, test_acc):
             self.end_acc = test_acc
-            time.sleep(0.4)
+            clock.now += HOOK
 
     tr = small_trainer(planted, budget=30)
     hook = SlowHook()
@@ -167,7 +176,16 @@ def test_hook_time_is_not_training_time_and_the_final_point_reuses_the_final_eva
     evaluations = []
     real = tr.evaluate
     tr.evaluate = lambda *a: evaluations.append(1) or real(*a)
+    real_round = tr._round
+
+    def timed_round(remaining):
+        clock.now += ROUND
+        return real_round(remaining)
+
+    tr._round = timed_round
     report = tr.fit()
-    assert hook.calls == report["steps"] >= 3  # ≥ 1.6 s of hooks in all
-    assert report["wall_time_s"] < 0.8, report["wall_time_s"]
+    assert hook.calls == report["steps"] >= 3  # ≥ 5 × HOOK of hooks in all
+    assert clock.now >= (report["steps"] + 2) * HOOK  # the hooks did advance the clock
+    assert report["wall_time_s"] == report["steps"] * ROUND, report["wall_time_s"]  # hooks' time excluded, exactly
+    assert hook.times == [(k, k * ROUND) for k in range(1, report["steps"] + 1)]  # and from each round's time_s
     assert hook.end_acc == report["test_acc"] and len(evaluations) == 1  # on_end gets it, not a second pass
