@@ -1,4 +1,5 @@
 # `make demo` and `make test` work on a fresh clone: they create .venv and install first.
+# `make test` builds the docs site strictly (broken links, missing pages, bad docstrings fail) before pytest.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.zipfast-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-all bench test-gpu bench-gpu clean
+.PHONY: install demo test test-all bench test-gpu bench-gpu docs clean
 
 install: $(STAMP)
 
@@ -15,13 +16,13 @@ install: $(STAMP)
 $(STAMP): setup.py pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/zipfast demo
 
-test: $(STAMP)
+test: $(STAMP) docs
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
@@ -41,5 +42,10 @@ bench-gpu: $(STAMP)
 	ZIPFAST_BUILD_CUDA=1 $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	TRITON_INTERPRET=0 $(PY) -m pytest bench/test_gpu_*.py -q --benchmark-json=bench/results/gpu.json
 
+# The documentation site (mkdocs.yml, docs/): mkdocs-material, the API reference by mkdocstrings from the
+# docstrings (read statically); --strict turns every warning into an error. Output: site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build site *.egg-info

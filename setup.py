@@ -58,7 +58,7 @@ setup(
     install_requires=[
         "torch>=2.3",
         "torchvision",
-        # the tested range (README, "The official backbone: QuickGELU"): tests/test_models.py passes on
+        # the tested range (docs/official-drop-in.md, "The official backbone: QuickGELU"): tests/test_models.py passes on
         # 3.0.0 and 3.3.0; 2.x lists no "openai" tag for the -quickgelu configs the official backbones map to
         "open_clip_torch>=3.0,<3.4",
         "numpy",
@@ -79,6 +79,8 @@ setup(
                  "nvidia-cuda-cuobjdump>=13.2"],
         "ray": ["ray"],
         "kernels": ["triton"],
+        # `make docs` / `make test`: the site (mkdocs.yml) and its API reference; the versions it was built with
+        "docs": ["mkdocs>=1.6.1", "mkdocs-material>=9.8.2", "mkdocstrings[python]>=1.0.8", "mkdocstrings-python>=2.0.11"],
     },
     entry_points={"console_scripts": ["zipfast=zipfast.cli:main"]},
 )

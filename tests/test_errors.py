@@ -247,7 +247,7 @@ def test_resume_with_a_budget_below_the_spent_queries_is_refused(tmp_path, capsy
 
 @pytest.mark.parametrize("force", [None, 288, 336], ids=["32px", "288px", "336px"])
 def test_python_api_takes_the_image_size_from_the_model(tiny_image_folder, tmp_path, force):
-    """The README's API example with a model whose input is not 224 px (config left at 224)."""
+    """The docs' API example (docs/getting-started.md) with a model whose input is not 224 px (config left at 224)."""
     import open_clip
 
     if force is None:

@@ -58,7 +58,7 @@ def test_few_shot_script_line_writes_a_parseable_log(workdir):
     result = json.loads((workdir / out / "result.json").read_text())
     acc = parse_test_res(log)
     assert acc == round(result["accuracy"], 1)
-    # the README's table: --test-log reads a trained log too; a copy older than CoOp's 859f068 finds nothing
+    # the table of docs/data-and-protocols.md: --test-log reads a trained log too; a copy older than CoOp's 859f068 finds nothing
     assert parse_test_res(log, end_signal="=> result") == acc
     assert parse_test_res(log, end_signal="Finished training") is None
     assert result["queries"] == 30 and result["n_classes"] == 4 and result["fewshot_source"] == "drawn"

@@ -1,7 +1,7 @@
 """The batched query engine: all K candidates of a step in ONE text-encoder pass.
 
 An implementation of `engine.ReferenceEngine.text_features`, exact under CLIP's causal
-mask and EOT pooling (README, *Performance*):
+mask and EOT pooling (docs/performance.md):
 
 - batched: the K × C prompts of a step form one batch;
 - truncation: positions after the longest EOT of the class prompts are never computed;
@@ -154,7 +154,7 @@ def _add_attn_out_heads(y, o, b: _Block):
 # Token rows per chunk. The matmuls reach the machine's sustained rate from ~1k rows, while
 # the elementwise work (GELU, LayerNorm, residual adds, attention) slows down once a chunk's
 # activations (≈ 28 KiB per row at D = 512, fp32) leave the cache: measured/floor on the
-# scaling grid grew with the rows per chunk (README, "Performance").
+# scaling grid grew with the rows per chunk (docs/performance.md).
 CHUNK_TOKENS = 2048
 
 

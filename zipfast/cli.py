@@ -337,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--method", default=None, help="zip (default), sharpzo, zo-sgd, zsclip, or the image-side "
                    "bptvlm, bar, blackvip (these need --data an image folder)")
     t.add_argument("--method-opt", action="append", default=None, metavar="KEY=VALUE",
-                   help="an option of the method's section, e.g. change_point=30 (repeatable; README lists them)")
+                   help="an option of the method's section, e.g. change_point=30 (repeatable; docs/methods.md lists them)")
     t.add_argument("--opt-type", default=None, help="ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc")
     t.add_argument("--perturbation", default=None, choices=("philox", "official"),
                    help="ZIP's perturbation stream: philox (default; counter-based, regenerated on any device) "

@@ -187,7 +187,7 @@ def precision_substitution(precision: str, device: torch.device) -> str | None:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision that actually runs on `device`.
 
-    "auto" → the measured default of the device (README, "Precision"): fp16 autocast on CUDA
+    "auto" → the measured default of the device (docs/kernels.md, "Precision"): fp16 autocast on CUDA
     (the official trainer's setting), bf16 on CPUs with native bf16 matmuls (avx512_bf16/AMX:
     L⁺ − L⁻ noise 2–4 % of the signal, ĝ cosine ≥ 0.999 against fp32), else fp32.
     fp16/amp on CPU → bf16, logged once (see `precision_substitution`).
