@@ -54,11 +54,20 @@ def raise_if_nonfinite(losses: torch.Tensor, optimizer, before: dict, checkpoint
 
 
 def run_fallbacks(*engines) -> list[dict]:
-    """Every substitution of a run, for its report: the engines' (precision, shared-prefix pass …)
-    and the op registry's (a backend unavailable, or one that failed its self-check)."""
+    """Every substitution of a run, for its report, as {what, requested, used, why}: the engines'
+    (precision, shared-prefix pass …) and the op registry's ("op <name>": a faster backend not
+    available, or one that failed its self-check; "op fused_step": the CUDA graph rejected)."""
     from .ops import registry
 
-    return [f for e in engines if e is not None for f in getattr(e, "fallbacks", [])] + registry.fallbacks()
+    out = [f for e in engines if e is not None for f in getattr(e, "fallbacks", [])]
+    seen = {f["what"] for f in out}
+    for fb in registry.fallbacks():
+        what = f"op {fb['op']}"
+        if what not in seen:
+            seen.add(what)
+            out.append({"what": what, "requested": "auto", "used": fb["backend"], "device": fb["device"],
+                        "why": "; ".join(f"{b}: {w}" for b, w in fb["skipped"].items())})
+    return out
 
 
 def as_run_dir(output_dir, overwrite: bool) -> RunDir | None:

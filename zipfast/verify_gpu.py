@@ -304,10 +304,10 @@ def run(out_dir, dry_run: bool = False, device: str = "cuda", tests: bool = True
              ("trajectory", lambda: trajectory(dev)),
              ("figures", lambda: figures(dev, 2, (10,)) if dry_run else figures(dev))]
     if tests and not dry_run:
-        steps += [("gpu_tests", lambda: _pytest(["-m", "gpu", "tests"], out / "gpu-tests.log", 420)),
+        steps += [("gpu_tests", lambda: _pytest(["-m", "gpu", "tests"], out / "gpu-tests.log", 240)),
                   ("benchmarks", lambda: _pytest(["bench/test_gpu_kernels.py", "bench/test_gpu_prefix_attention.py",
                                                   f"--benchmark-json={out / 'bench-gpu.json'}"], out / "bench-gpu.log",
-                                                 300))]
+                                                 150))]
     for name, fn in steps:
         log(f"verify-gpu: {name} …")
         try:

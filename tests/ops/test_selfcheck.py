@@ -81,7 +81,8 @@ def test_a_wrong_compiled_backend_is_rejected_logged_reported_and_cached(op, how
     with caplog.at_level(logging.WARNING, logger="zipfast.ops"):
         backend, _ = registry.resolve(op, CPU)
     assert backend == "torch"  # the next in priority, equal to the reference
-    assert any(op in r.message and "self-check failed" in r.message for r in caplog.records)
+    assert any(op in r.message and "self-check failed" in r.message and "using torch instead" in r.message
+               for r in caplog.records)
     (fb,) = [f for f in registry.fallbacks() if f["op"] == op]
     assert fb["backend"] == "torch" and fb["skipped"]["cuda"].startswith("self-check failed")
     (entry,) = cache().values()
@@ -171,5 +172,5 @@ def test_a_report_lists_a_self_check_fallback(monkeypatch):
     cfg = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", n_ctx=4, intrinsic_dim=40,
                       rank=2, batch_size=8, budget=10, seed=1, checkpoint_every=0, precision="fp32", device="cpu")
     report = ZIPTrainer(model, task.classnames, cfg, task, tokenizer=tok, progress=False).fit()
-    (fb,) = [f for f in report["fallbacks"] if f.get("op") == "perturb"]
-    assert "self-check failed" in fb["skipped"]["cuda"]
+    (fb,) = [f for f in report["fallbacks"] if f["what"] == "op perturb"]
+    assert fb["used"] == "torch" and "cuda: self-check failed" in fb["why"]

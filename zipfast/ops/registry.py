@@ -176,7 +176,7 @@ def resolve(op: str, device) -> tuple[str, Callable]:
                 f"Unset {var} (automatic choice) or pick another backend")
         hit = (backend, impl.fn)
     else:
-        skipped = {}
+        skipped, failed = {}, []
         for backend in PRIORITY:
             impl = impls.get(backend)
             if impl is None:
@@ -187,8 +187,7 @@ def resolve(op: str, device) -> tuple[str, Callable]:
             if ok:
                 ok, why = _proven(impl, device)
                 if not ok:
-                    log.warning("%s on %s: the %s backend is disabled for this process (%s)", op, device.type,
-                                backend, why)
+                    failed.append(backend)
             if ok:
                 hit = (backend, impl.fn)
                 break
@@ -197,6 +196,9 @@ def resolve(op: str, device) -> tuple[str, Callable]:
             raise BackendUnavailableError(
                 f"op {op!r} has no available implementation on {device.type}: "
                 + "; ".join(f"{b}: {w}" for b, w in skipped.items()))
+        for backend in failed:
+            log.warning("%s on %s: the %s backend is disabled for this process (%s); using %s instead", op, device,
+                        backend, skipped[backend], hit[0])
         if skipped:
             note_fallback(op, device.type, hit[0], skipped)
     _cache[key] = hit
