@@ -85,3 +85,21 @@ TRAINER:
 MODEL:
   BACKBONE:
     NAME: "ViT-B/16\""""
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """Runs compared bit for bit with fixtures recorded on one CPU thread (fp32 reductions depend on it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def zipfast_cache(tmp_path, monkeypatch):
+    """A fresh $ZIPFAST_CACHE (synthetic-images, self-check verdicts), never ~/.cache."""
+    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

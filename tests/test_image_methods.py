@@ -134,11 +134,11 @@ SETTINGS = {  # method → (model, INPUT.SIZE, method settings, batch size)
 
 
 def make(method, models, folder, budget, output_dir=None, seed=1, batch_size=None, augment="tensor",
-         transforms=DEFAULT_CHOICES, **overrides):
+         transforms=DEFAULT_CHOICES, precision="fp32", **overrides):
     name, size, mc, bs = SETTINGS[method]
     model, tok = models[name]
     cfg = TrainConfig(model=name, pretrained="none", budget=budget, batch_size=batch_size or bs, shots=4, seed=seed,
-                      image_size=size, precision="fp32", device="cpu", checkpoint_every=2, augment=augment,
+                      image_size=size, precision=precision, device="cpu", checkpoint_every=2, augment=augment,
                       transforms=transforms,
                       sp_avg=1)  # sp_avg is ZIP's; only its budget check would apply here
     enc = None
@@ -421,3 +421,13 @@ def test_blackvip_trainer_runs_its_queries_at_the_query_precision(models, folder
     asked.clear()
     tr.test_predictions()
     assert asked and set(asked) == {None}  # the test split at the run's precision, as the official test()
+
+
+@pytest.mark.parametrize("method,precision,used", [("bptvlm", "fp16", "bf16"), ("bar", "auto", "fp32")])
+def test_image_reports_list_precision_substitutions_and_op_fallbacks(models, folder, method, precision, used):
+    # fp16 on a CPU runs bf16 (both engines of BPT-VLM); BAR's auto runs fp32: each is in report["fallbacks"]
+    tr = make(method, models, folder, budget=6, precision=precision)
+    report = tr.report()
+    (fb,) = [f for f in report["fallbacks"] if f["what"] == "precision"]
+    assert (fb["requested"], fb["used"]) == (precision, used) and fb["why"]
+    assert report["precision"] == used and all("what" in f for f in report["fallbacks"])

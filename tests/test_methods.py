@@ -210,3 +210,31 @@ def test_sharpzo_released_preset_starts_from_a_photo_of_a(planted, small_task):
                                                      method_options={"preset": "released", "dim": 24}),
                      data, tokenizer=tok, progress=False)
     assert own.n_ctx == 4 and not torch.equal(own.space.ctx0.cpu(), want)  # TRAINER.ZIP.CTX_INIT wins
+
+
+@pytest.mark.parametrize("method", ["zip", "zo-sgd", "sharpzo", "zsclip", "bptvlm", "bar", "blackvip"])
+def test_every_method_checks_its_backend_in_one_place(method):
+    from zipfast.methods import BACKENDS, METHODS, engine_backends
+
+    towers = METHODS[method].towers
+    for backend in BACKENDS:
+        fits = all(BACKENDS[backend][("text", "image").index(t)] for t in towers)
+        if fits:
+            TrainConfig(method=method, backend=backend).validate()
+            assert set(engine_backends(method, backend)) == set(towers)
+        else:  # an image engine name for a text method, or for BPT-VLM, which needs both engines
+            with pytest.raises(ConfigError, match=f"backend {backend!r} does not apply to method {method!r}"):
+                TrainConfig(method=method, backend=backend).validate()
+    with pytest.raises(ConfigError, match="backend 'nonsense' does not apply.*choose one of auto"):
+        TrainConfig(method=method, backend="nonsense").validate()
+
+
+@pytest.mark.parametrize("argv", [["--data", "planted", "--backend", "nonsense"],
+                                  ["--data", "planted", "--method", "sharpzo", "--backend", "image-batched"],
+                                  ["--data", "planted", "--method", "bptvlm", "--backend", "image-reference"]])
+def test_a_bad_backend_exits_2_naming_it(argv, tmp_path, capsys):
+    from zipfast.cli import main
+
+    assert main(["train", *argv, "--budget", "10", "--no-progress", "--output-dir", str(tmp_path / "o")]) == 2
+    backend = argv[argv.index("--backend") + 1]
+    assert f"backend {backend!r}" in capsys.readouterr().err

@@ -90,22 +90,11 @@ def summary(method: str, out: Path) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """synthetic-images is written under $ZIPFAST_CACHE: a fresh folder, never ~/.cache."""
-    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.mark.parametrize("method", list(RUNS))
-def test_the_trajectory_is_unchanged(method, tmp_path, cache):
+def test_the_trajectory_is_unchanged(method, tmp_path, zipfast_cache):
     expected = json.loads(FIXTURE.read_text())[method]
     got = json.loads(json.dumps(summary(method, tmp_path / "run")))  # the JSON round trip of the record
     assert got["argv"] == expected["argv"], "RUNS changed: the recorded trajectory is of another run"

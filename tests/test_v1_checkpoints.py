@@ -48,24 +48,11 @@ def log_records(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines if x.strip()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The fixtures were written on one CPU thread: fp32 reductions depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """synthetic-images is written under $ZIPFAST_CACHE: a fresh folder, never ~/.cache."""
-    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_v1_checkpoint_resumes_bit_for_bit(kind, tmp_path, cache, capsys):
+def test_a_v1_checkpoint_resumes_bit_for_bit(kind, tmp_path, zipfast_cache, capsys):
     fixture = FIXTURES / kind
     ref = json.loads((fixture / "reference.json").read_text())
     run_dir = tmp_path / "run"

@@ -264,7 +264,7 @@ def _validate_strings(cfg: TrainConfig) -> None:
 
 
 def _validate_method(cfg: TrainConfig) -> None:
-    from .methods import METHODS, MethodOptionError, resolve_options
+    from .methods import METHODS, MethodOptionError, engine_backends, resolve_options
 
     if not isinstance(cfg.method, str) or cfg.method not in METHODS:  # a list is unhashable
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
@@ -272,6 +272,7 @@ def _validate_method(cfg: TrainConfig) -> None:
         raise ConfigError(f"method_options must be a mapping of option names to values, got {cfg.method_options!r}")
     try:
         resolve_options(cfg.method, cfg.method_options)
+        engine_backends(cfg.method, cfg.backend)  # the one place a --backend name is checked, for every method
     except MethodOptionError as exc:
         raise ConfigError(str(exc)) from exc
 

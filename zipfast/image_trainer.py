@@ -33,6 +33,7 @@ from .image_engine import image_logits, losses_and_accuracy, make_image_engine
 from .image_optim import BARGradientFree, PyCMA, SPSAGC
 from .image_prompt import CHECKPOINT_FORMAT
 from .image_tower import ImageTower
+from .methods import engine_backends
 from .models import activation, load_notes
 from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .env import resolve_device
@@ -79,7 +80,11 @@ class ImagePromptTrainer(BudgetedRun):
             precision = "fp32"
             log.info("BAR: precision auto -> fp32 (its loss differences are below bf16/fp16 resolution)")
         self.precision_note = "BAR: auto -> fp32" if precision != config.precision else None
-        self.engine = make_image_engine(config.backend, self.tower, precision)
+        self.backends = engine_backends(method, config.backend)  # {tower: engine backend}, checked by validate
+        self.engine = make_image_engine(self.backends["image"], self.tower, precision)
+        if self.precision_note:
+            self.engine.fallbacks.append({"what": "precision", "requested": config.precision, "used": precision,
+                                          "why": "BAR's loss differences are below bf16/fp16 resolution"})
         self.query_precision = query_precision(method, self.mcfg, self.device)
         if self.query_precision:
             log.info("%s: training queries under %s autocast (the official trainer's), tests in %s", method,
@@ -102,7 +107,7 @@ class ImagePromptTrainer(BudgetedRun):
             self.tower.require_tokens()
             text = TextTower(self.model)
             self.prompts = ClassPrompts.build(text, tokenizer, self.classnames, m.tokens_l)
-            self.text_engine = make_engine(c.backend, text, self.prompts, precision)
+            self.text_engine = make_engine(self.backends["text"], text, self.prompts, precision)
             self.space = BPTVLMSpace.create(text.token_embedding.weight, self.model.visual.conv1.weight, m.tokens_l,
                                             m.tokens_v, m.intrinsic_dim_l, m.intrinsic_dim_v, m.sigma, g_space
                                             ).to(self.device)

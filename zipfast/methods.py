@@ -97,6 +97,28 @@ class Method:
     summary: str
     options: type
     cost: str  # queries per round, for the docs and `zipfast compare`
+    towers: tuple = ("text",)  # the query engines a candidate runs: "text", "image" or both
+
+
+# --backend names → (text engine, image engine). A method uses the engines of its towers; a name
+# that selects no engine of its towers is refused by name (exit 2), never passed on.
+BACKENDS = {"auto": ("torch-batched", "image-batched"),
+            "torch-batched": ("torch-batched", "image-batched"),
+            "torch-reference": ("torch-reference", "image-reference"),
+            "image-batched": (None, "image-batched"),
+            "image-reference": (None, "image-reference")}
+
+
+def engine_backends(method: str, backend: str) -> dict[str, str]:
+    """{tower: engine backend} of `method` under --backend `backend`, e.g. {"text": "torch-batched"}.
+    MethodOptionError names the backend and the choices when it fits none of the method's towers."""
+    towers = METHODS[method].towers
+    pair = BACKENDS.get(backend) if isinstance(backend, str) else None
+    choices = [b for b, (t, i) in BACKENDS.items() if ("text" not in towers or t) and ("image" not in towers or i)]
+    if pair is None or backend not in choices:
+        raise MethodOptionError(f"backend {backend!r} does not apply to method {method!r} (its query engines: "
+                                f"{' and '.join(towers)}); choose one of {', '.join(choices)}")
+    return {tower: pair[("text", "image").index(tower)] for tower in towers}
 
 
 METHODS: dict[str, Method] = {
@@ -110,11 +132,12 @@ METHODS: dict[str, Method] = {
     "zsclip": Method("zsclip", "zero-shot CLIP: a hand-written template prompt", ZeroShotOptions, "0"),
     # image-side methods: trained by zipfast.image_trainer.ImagePromptTrainer (they need images)
     "bptvlm": Method("bptvlm", "BPT-VLM: CMA-ES over 5 text + 5 visual prompt tokens (2,000 + 2,000 dims)",
-                     image_options.BPTVLMConfig, "pop_size × minibatches per epoch = 15 per generation"),
+                     image_options.BPTVLMConfig, "pop_size × minibatches per epoch = 15 per generation",
+                     ("text", "image")),
     "bar": Method("bar", "BAR: a reprogramming frame around the image, one-sided random gradient-free",
-                  image_options.BARConfig, "1 + q = 6 per step"),
+                  image_options.BARConfig, "1 + q = 6 per step", ("image",)),
     "blackvip": Method("blackvip", "BlackVIP: input-dependent visual prompt (MAE encoder + decoder), SPSA-GC",
-                       image_options.BlackVIPConfig, "2·sp_avg = 10 per step"),
+                       image_options.BlackVIPConfig, "2·sp_avg = 10 per step", ("image",)),
 }
 IMAGE_METHODS = image_options.METHODS
 

@@ -59,7 +59,10 @@ def run_fallbacks(*engines) -> list[dict]:
     available, or one that failed its self-check; "op fused_step": the CUDA graph rejected)."""
     from .ops import registry
 
-    out = [f for e in engines if e is not None for f in getattr(e, "fallbacks", [])]
+    out = []
+    for f in (f for e in engines if e is not None for f in getattr(e, "fallbacks", [])):
+        if f not in out:  # BPT-VLM's text and image engines make the same precision substitution
+            out.append(f)
     seen = {f["what"] for f in out}
     for fb in registry.fallbacks():
         what = f"op {fb['op']}"

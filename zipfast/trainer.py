@@ -30,7 +30,7 @@ from .config import ConfigError, OFFICIAL_KEYS, TrainConfig, official_model_name
 from . import zeroshot
 from .methods import build as build_method
 from .methods import init_text as method_init_text
-from .methods import resolve_options, space_from_state_dict
+from .methods import engine_backends, resolve_options, space_from_state_dict
 from .models import activation, load_notes, model_image_size
 from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, run_fallbacks, snapshot
 from .space import random_ctx0
@@ -101,7 +101,8 @@ class ZIPTrainer(BudgetedRun):
         self.space, self.optimizer = build_method(config, ctx0.float().to(self.device),
                                                   lambda tag: derive_seed(seed, tag),
                                                   (_SEED_SPACE, _SEED_PARAMS, _SEED_OPTIM))
-        self.engine = make_engine(config.backend, self.tower, self.prompts, config.precision)
+        self.engine = make_engine(engine_backends(config.method, config.backend)["text"], self.tower, self.prompts,
+                                  config.precision)
         self.template, self.zeroshot_text = None, None
         if config.method == "zsclip":
             self.template = resolve_options("zsclip", config.method_options).template or \

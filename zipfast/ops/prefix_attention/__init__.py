@@ -28,7 +28,8 @@ register(OP, "reference", reference.prefix_attention)
 
 def _selfcheck(fn, device):
     """K=2, H=3, C=5 classes, P=4 prefix and S=7 suffix rows, hd=16: fp32 within 1e-5; on CUDA also
-    fp16, within twice the reference's own fp16 error (flash-attention's rule) plus 1e-3."""
+    fp16 and bf16, within twice the reference's own error in that dtype (flash-attention's rule)
+    plus 1e-3 of the output's scale."""
     import torch
 
     from ..selfcheck import compare
@@ -41,11 +42,13 @@ def _selfcheck(fn, device):
     problem = compare(fn(*x), want, "prefix_attention fp32", rtol=1e-5)
     if problem or device.type != "cuda":
         return problem
-    half = [t.half() for t in x]
-    ref_err = float((reference.prefix_attention(*half).float() - want).abs().max())
-    err = float((fn(*half).float() - want).abs().max())
-    if not err <= 2 * ref_err + 1e-3 * float(want.abs().max()):
-        return f"prefix_attention fp16: max error {err:.3g} against fp32, the reference's fp16 error {ref_err:.3g}"
+    for dtype in (torch.float16, torch.bfloat16):  # what the engine runs under autocast
+        low = [t.to(dtype) for t in x]
+        ref_err = float((reference.prefix_attention(*low).float() - want).abs().max())
+        err = float((fn(*low).float() - want).abs().max())
+        if not err <= 2 * ref_err + 1e-3 * float(want.abs().max()):
+            return (f"prefix_attention {dtype}: max error {err:.3g} against fp32, the reference's own "
+                    f"{dtype} error {ref_err:.3g}")
     return None
 
 
