@@ -80,7 +80,7 @@ def test_info_subprocess():
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert "torch-reference" in res.stdout
-    assert "default device" in res.stdout
+    assert "default device" in res.stdout and "ZIPFAST_SELFCHECK=1" in res.stdout
 
 
 def test_module_entry_point():

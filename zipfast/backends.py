@@ -15,7 +15,7 @@ from .env import (accelerators, cpu_flags, environment_overrides, resolve_device
 def info() -> str:
     from . import __version__
     from .batched import BACKENDS
-    from .ops import format_table
+    from .ops import format_table, selfcheck
 
     v = versions()
     dev = resolve_device("auto")
@@ -36,6 +36,8 @@ def info() -> str:
         f"ops on {dev.type} (cuda > triton > torch; override with ZIPFAST_BACKEND=<backend> for every op "
         f"or ZIPFAST_BACKEND_<OP>=<backend> for one):",
         format_table(dev),
+        f"self-check of compiled backends on first use: ZIPFAST_SELFCHECK={selfcheck.mode()} "
+        f"(verdicts cached in {selfcheck.cache_path()})",
         "environment overrides: " + (", ".join(f"{k}={v}" for k, v in environment_overrides().items()) or "none"),
     ]
     return "\n".join(lines)
