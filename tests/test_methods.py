@@ -227,6 +227,11 @@ def test_every_method_checks_its_backend_in_one_place(method):
                 TrainConfig(method=method, backend=backend).validate()
     with pytest.raises(ConfigError, match="backend 'nonsense' does not apply.*choose one of auto"):
         TrainConfig(method=method, backend="nonsense").validate()
+    # precision and options are checked by the same validation, for every method
+    with pytest.raises(ConfigError, match="'fp17'"):
+        TrainConfig(method=method, precision="fp17").validate()
+    with pytest.raises(ConfigError, match="'nonsense'"):
+        TrainConfig(method=method, method_options={"nonsense": 1}).validate()
 
 
 @pytest.mark.parametrize("argv", [["--data", "planted", "--backend", "nonsense"],

@@ -294,7 +294,11 @@ def run(out_dir, dry_run: bool = False, device: str = "cuda", tests: bool = True
     if not dry_run and not torch.cuda.is_available():
         raise NoGPUError("verify-gpu needs a CUDA device and torch sees none (torch.cuda.is_available() is False); "
                          "run it on a machine with an NVIDIA GPU, or pass --dry-run to run the CPU halves of the checks")
-    dev = torch.device("cpu") if dry_run else torch.device(device)
+    from .env import resolve_device
+
+    dev = torch.device("cpu") if dry_run else resolve_device(device)  # a device that does not exist: exit 2
+    if dev.type != "cuda":
+        raise NoGPUError(f"verify-gpu checks a CUDA device; --device {device!r} is {dev.type}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
