@@ -158,7 +158,7 @@ def test_cli_bad_image_method_settings_exit_2(folder, tmp_path, capsys):
                  "--checkpoint-every", "100"]) == 2
     assert "set it to 32" in capsys.readouterr().err
     assert main(["train", "--data", str(folder.root), "--budget", "6", *CLI, "--backend", "torch"]) == 2
-    assert "unknown image backend 'torch'" in capsys.readouterr().err
+    assert "backend 'torch' does not apply to method 'bar'" in capsys.readouterr().err
 
 
 def test_eval_every_curve_restarts_with_overwrite_and_is_cut_back_on_resume(folder, tmp_path, capsys, monkeypatch):
