@@ -20,7 +20,7 @@ import torch
 from zipfast.data.classnames import CIFAR100, EUROSAT
 from zipfast.text import ClassPrompts, TextTower
 
-MODEL = "ViT-B-16"
+MODEL = "ViT-B-16"  # GELU config (the paper: ViT-B-16-quickgelu); kept so results stay comparable
 SEED = 0
 N_CTX = 8  # m
 Q = 5  # perturbation pairs per step → K = 2q candidates
