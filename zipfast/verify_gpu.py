@@ -173,7 +173,7 @@ def trajectory(device: torch.device) -> dict:
 
 
 def _timed(fn, device: torch.device, n: int) -> float:
-    """Median-free mean seconds per call over n calls after one warm-up (CUDA events on CUDA)."""
+    """Mean seconds per call over n calls after one warm-up (CUDA events on CUDA, else the wall clock)."""
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
