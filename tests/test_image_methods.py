@@ -431,3 +431,11 @@ def test_image_reports_list_precision_substitutions_and_op_fallbacks(models, fol
     (fb,) = [f for f in report["fallbacks"] if f["what"] == "precision"]
     assert (fb["requested"], fb["used"]) == (precision, used) and fb["why"]
     assert report["precision"] == used and all("what" in f for f in report["fallbacks"])
+
+
+@pytest.mark.parametrize("method", ["bptvlm", "bar", "blackvip"])
+def test_every_image_method_reports_the_one_schema(models, folder, method):
+    from zipfast.run_loop import REPORT_KEYS
+
+    report = make(method, models, folder, budget=6).fit()
+    assert tuple(report) == REPORT_KEYS and report["method_config"] and report["versions"]["zipfast"]

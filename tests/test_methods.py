@@ -243,3 +243,13 @@ def test_a_bad_backend_exits_2_naming_it(argv, tmp_path, capsys):
     assert main(["train", *argv, "--budget", "10", "--no-progress", "--output-dir", str(tmp_path / "o")]) == 2
     backend = argv[argv.index("--backend") + 1]
     assert f"backend {backend!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["zip", "zo-sgd", "sharpzo", "zsclip"])
+def test_every_text_method_reports_the_one_schema(planted, small_task, method):
+    from zipfast.run_loop import REPORT_KEYS
+
+    opts = SMALL_SHARPZO if method == "sharpzo" else {}
+    report = trainer(planted, small_task, method=method, method_options=opts, budget=20).fit()
+    assert tuple(report) == REPORT_KEYS
+    assert report["query_precision"] == report["precision"] and report["activation"] == "gelu"

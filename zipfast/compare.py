@@ -94,8 +94,8 @@ def run_one(cfg: TrainConfig, build_run: Callable, eval_every: int, progress: bo
     return {"method": cfg.method, "seed": cfg.seed, "test_acc": report["test_acc"], "queries": report["queries"],
             "steps": report["steps"], "train_s": report["wall_time_s"],
             "curve": [(p["queries"], p["test_acc"]) for p in curve.points],
-            "report": {k: report.get(k) for k in ("param_dim", "backend", "precision", "device", "template",
-                                                  "method_config", "precision_substitution", "adjustments")}}
+            "report": {k: report.get(k) for k in ("param_dim", "backend", "precision", "query_precision", "device",
+                                                  "template", "method_config", "fallbacks", "adjustments")}}
 
 
 def _image_trainer(cfg: TrainConfig, model, tokenizer, classnames, data, progress: bool, cache: dict):

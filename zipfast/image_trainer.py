@@ -34,11 +34,10 @@ from .image_optim import BARGradientFree, PyCMA, SPSAGC
 from .image_prompt import CHECKPOINT_FORMAT
 from .image_tower import ImageTower
 from .methods import engine_backends
-from .models import activation, load_notes
 from .checkpoint import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from .env import resolve_device
 from .zeroshot import DEFAULT_TEMPLATE  # BAR/BlackVIP's fixed text when no dataset template is known
-from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite, run_fallbacks, snapshot
+from .run_loop import BudgetedRun, as_run_dir, raise_if_nonfinite, snapshot
 from .prompters import BPTVLMSpace, CoordinatorPrompter, ReprogrammingFrame
 from .text import ClassPrompts, TextTower
 
@@ -79,16 +78,16 @@ class ImagePromptTrainer(BudgetedRun):
             # the loss changes by ~1e-5 relative, far below bf16/fp16 rounding. The official BAR runs fp32.
             precision = "fp32"
             log.info("BAR: precision auto -> fp32 (its loss differences are below bf16/fp16 resolution)")
-        self.precision_note = "BAR: auto -> fp32" if precision != config.precision else None
         self.backends = engine_backends(method, config.backend)  # {tower: engine backend}, checked by validate
         self.engine = make_image_engine(self.backends["image"], self.tower, precision)
-        if self.precision_note:
+        if precision != config.precision:  # listed in the report's fallbacks
             self.engine.fallbacks.append({"what": "precision", "requested": config.precision, "used": precision,
                                           "why": "BAR's loss differences are below bf16/fp16 resolution"})
-        self.query_precision = query_precision(method, self.mcfg, self.device)
-        if self.query_precision:
+        official = query_precision(method, self.mcfg, self.device)
+        if official:
             log.info("%s: training queries under %s autocast (the official trainer's), tests in %s", method,
-                     self.query_precision, self.engine.precision)
+                     official, self.engine.precision)
+        self.query_precision = official or self.engine.precision
         self._check_sizes()
         c, seed = config, config.seed
         self.source, notes = build_pixel_source(data, c.image_size, c.pixel_mean, c.pixel_std,
@@ -264,20 +263,18 @@ class ImagePromptTrainer(BudgetedRun):
         pred, true = torch.cat(preds), torch.cat(trues)
         return pred, true, loss_sum / max(1, len(true))
 
-    def report(self, test_acc: float | None = None) -> dict:
-        rec = self.last_record or {}
-        return {"method": self.method, "config": self.config.to_dict(), "method_config": config_to_dict(self.mcfg),
-                "seed": self.config.seed, "queries": self.queries, "steps": self.optimizer.step,
-                "budget": self.config.budget, "wall_time_s": round(self.elapsed, 3),
-                "queries_per_s": round(self.queries / self.elapsed, 2) if self.elapsed > 0 else None,
-                "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
-                "n_classes": len(self.classnames), "param_dim": self.space.dim, "backend": self.engine.name,
-                "precision": self.engine.precision, "precision_substitution": self.precision_note,
-                "query_precision": self.query_precision or self.engine.precision,
-                "fallbacks": run_fallbacks(self.engine, getattr(self, "text_engine", None)),
-                "template": self.template,
-                "activation": activation(self.model), "adjustments": [*load_notes(self.model), *self.adjustments],
-                "device": str(self.device), "zipfast": __version__}
+    # ------------------------------------------------------------------ report (run_loop.BudgetedRun.report)
+
+    def method_config(self) -> dict:
+        return config_to_dict(self.mcfg)
+
+    @property
+    def param_dim(self) -> int:
+        return self.space.dim
+
+    @property
+    def engines(self) -> tuple:
+        return (self.engine, getattr(self, "text_engine", None))
 
     # ------------------------------------------------------------------ checkpoints
 

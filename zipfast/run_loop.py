@@ -80,11 +80,20 @@ def as_run_dir(output_dir, overwrite: bool) -> RunDir | None:
     return RunDir(output_dir, "overwrite" if overwrite else "fresh") if output_dir else None
 
 
+# The keys of every run's report.json, whatever the method (one schema for both trainers).
+REPORT_KEYS = ("method", "config", "method_config", "seed", "queries", "steps", "budget", "wall_time_s",
+               "queries_per_s", "train_loss", "train_acc", "test_acc", "n_classes", "param_dim", "template",
+               "backend", "precision", "query_precision", "fallbacks", "activation", "adjustments", "device",
+               "versions")
+
+
 class BudgetedRun:
     """Mixin of the trainers. The trainer sets: config (TrainConfig), run_dir (RunDir | None),
-    progress, queries, elapsed, last_record, step_hooks, and defines `step`, `_round`,
-    `save_checkpoint`, `evaluate` and `report`; `_prepare_rounds` is optional. step_hooks:
-    callables hook(trainer, record) after every round, optionally with on_start / on_end."""
+    progress, queries, elapsed, last_record, step_hooks, model, classnames, template, device,
+    adjustments, engine, and defines `step`, `_round`, `save_checkpoint`, `evaluate`, and for the
+    report `method_config()`, `param_dim`, `engines` and `query_precision`; `_prepare_rounds` is
+    optional. step_hooks: callables hook(trainer, record) after every round, optionally with
+    on_start / on_end."""
 
     loop_label = "run"
 
@@ -183,6 +192,25 @@ class BudgetedRun:
         if self.run_dir is not None:
             save_json(report, self.run_dir.report)
         return report
+
+    def report(self, test_acc: float | None = None) -> dict:
+        """The run's report.json: REPORT_KEYS, for every method. query_precision is what the
+        training queries ran (BlackVIP's official autocast), precision what the test split ran."""
+        from .env import versions
+        from .models import activation, load_notes
+
+        c, rec = self.config, self.last_record or {}
+        values = {
+            "method": c.method, "config": c.to_dict(), "method_config": self.method_config(), "seed": c.seed,
+            "queries": self.queries, "steps": self.step, "budget": c.budget, "wall_time_s": round(self.elapsed, 3),
+            "queries_per_s": round(self.queries / self.elapsed, 2) if self.elapsed > 0 else None,
+            "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
+            "n_classes": len(self.classnames), "param_dim": self.param_dim, "template": self.template,
+            "backend": self.engine.name, "precision": self.engine.precision, "query_precision": self.query_precision,
+            "fallbacks": run_fallbacks(*self.engines),  # every substitution, also logged
+            "activation": activation(self.model), "adjustments": [*load_notes(self.model), *self.adjustments],
+            "device": str(self.device), "versions": versions()}
+        return {k: values[k] for k in REPORT_KEYS}
 
     def _call_hooks(self, name: str, *args) -> None:
         """Step hooks may also have on_start(trainer) (called once the run directory is held, before

@@ -25,14 +25,14 @@ from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_
 from .data.verify import verify_images
 from .batched import make_engine
 from .engine import autocast_for
-from .env import resolve_device, versions
+from .env import resolve_device
 from .config import ConfigError, OFFICIAL_KEYS, TrainConfig, official_model_name
 from . import zeroshot
 from .methods import build as build_method
 from .methods import init_text as method_init_text
 from .methods import engine_backends, resolve_options, space_from_state_dict
-from .models import activation, load_notes, model_image_size
-from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, run_fallbacks, snapshot
+from .models import model_image_size
+from .run_loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, snapshot
 from .space import random_ctx0
 from .text import ClassPrompts, TextTower, init_context_from_text
 
@@ -266,21 +266,23 @@ class ZIPTrainer(BudgetedRun):
         pred, labels = self.test_predictions(w)
         return 100.0 * int((pred == labels).sum()) / len(labels)
 
-    def report(self, test_acc: float | None = None) -> dict:
-        c = self.config
-        rec = self.last_record or {}
-        return {
-            "config": c.to_dict(), "method": c.method, "seed": c.seed, "queries": self.queries, "steps": self.step,
-            "budget": c.budget, "wall_time_s": round(self.elapsed, 3),
-            "queries_per_s": round(self.queries / self.elapsed, 2) if self.elapsed > 0 else None,
-            "train_loss": rec.get("loss"), "train_acc": rec.get("train_acc"), "test_acc": test_acc,
-            "n_classes": len(self.classnames), "param_dim": self.space.dim if self.space else 0,
-            "template": self.template, "backend": self.engine.name,
-            "precision": self.engine.precision,
-            "fallbacks": run_fallbacks(self.engine),  # every substitution, also logged
-            "device": str(self.device), "versions": versions(), "activation": activation(self.model),
-            "adjustments": [*load_notes(self.model), *self.adjustments],
-        }
+    # ------------------------------------------------------------------ report (run_loop.BudgetedRun.report)
+
+    def method_config(self) -> dict:
+        """The method's resolved options (ZIP's own settings are the config's flat fields)."""
+        return dataclasses.asdict(resolve_options(self.config.method, self.config.method_options))
+
+    @property
+    def param_dim(self) -> int:
+        return self.space.dim if self.space else 0
+
+    @property
+    def engines(self) -> tuple:
+        return (self.engine,)
+
+    @property
+    def query_precision(self) -> str:
+        return self.engine.precision
 
     # ------------------------------------------------------------------ checkpoints
 
