@@ -439,3 +439,19 @@ def test_every_image_method_reports_the_one_schema(models, folder, method):
 
     report = make(method, models, folder, budget=6).fit()
     assert tuple(report) == REPORT_KEYS and report["method_config"] and report["versions"]["zipfast"]
+
+
+@pytest.mark.parametrize("method", ["bar", "bptvlm"])
+def test_image_trainer_reads_the_minibatches_its_optimiser_names(models, folder, method, monkeypatch):
+    # one seam closed: the optimiser names the minibatch (BPT-VLM: the candidate) for every trainer
+    tr = make(method, models, folder, budget=12 if method == "bar" else 20)
+    named, read = [], []
+    real_ask, real_batch = tr.optimizer.ask, tr._batch
+    monkeypatch.setattr(tr.optimizer, "ask", lambda n: named.append(tr.optimizer.batch_index) or real_ask(n))
+    monkeypatch.setattr(tr, "_batch", lambda t: read.append(t) or real_batch(t))
+    tr.fit()
+    if method == "bar":
+        assert read == named == [1, 2]
+    else:  # candidate c (1-based) reads minibatches (c − 1)·cost + 1 … c·cost
+        first = [(c - 1) * tr.cost + 1 for c in named]
+        assert read[0] == first[0] and sorted(set(read)) == list(range(1, tr.batches + 1))

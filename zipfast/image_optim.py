@@ -228,6 +228,12 @@ class PyCMA(Optimizer):
     def step(self) -> int:
         return len(self.history)
 
+    @property
+    def batch_index(self) -> int:
+        """1 + the candidates evaluated so far (told): BPT-VLM's candidate k of the next ask reads
+        its epoch of minibatches from there (zipfast.image_trainer)."""
+        return len(self.history) * self.popsize + (len(self._fitness) if self._solutions is not None else 0) + 1
+
     def _generation(self):
         if self._solutions is None:
             with self._rng:

@@ -130,7 +130,7 @@ class ImagePromptTrainer(BudgetedRun):
                 self.optimizer = SPSAGC(self.space.init_params(g_params), m.sp_avg, m.spsa_params, m.moms, seed_opt,
                                         m.opt_type)
             self.cost = 1
-        self.queries, self.batches, self.elapsed = 0, 0, 0.0
+        self.queries, self.elapsed = 0, 0.0
         self.last_record: dict | None = None
         self.run_dir = as_run_dir(output_dir, overwrite)
         self.output_dir = self.run_dir.path if self.run_dir is not None else None
@@ -165,21 +165,20 @@ class ImagePromptTrainer(BudgetedRun):
         candidate's loss on each of its minibatches (its fitness is their mean)."""
         K = cand.shape[0]
         if self.method != "bptvlm":
-            x, y = self._batch(self.batches + 1)
+            x, y = self._batch(self.optimizer.batch_index)  # every candidate of the step on its minibatch
             feats = self.engine.features(self.space, cand, x, precision=self.query_precision)
             logits = image_logits(feats, self.text_features, self.tower.logit_scale.detach())
-            self.batches += 1
             return losses_and_accuracy(logits, y, self.mcfg.focal_g if self.method == "bar" else None)
         text = F.normalize(self.text_engine.text_features(self.space.text_ctx(cand)), dim=-1)  # one text pass
         losses, total_a = [], torch.zeros(K)
-        for b in range(self.cost):  # candidate k reads minibatches batches + k·cost + b + 1
-            pairs = [self._batch(self.batches + k * self.cost + b + 1) for k in range(K)]
+        first = self.batches  # minibatches consumed by the candidates evaluated so far
+        for b in range(self.cost):  # candidate k reads minibatches first + k·cost + b + 1
+            pairs = [self._batch(first + k * self.cost + b + 1) for k in range(K)]
             x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
             feats = self.engine.features(self.space, cand, x, precision=self.query_precision)
             lo, ac = losses_and_accuracy(image_logits(feats, text, self.tower.logit_scale.detach()), y.to(self.device))
             losses.append(lo.cpu())
             total_a = total_a + ac.cpu()
-        self.batches += K * self.cost
         return torch.stack(losses, 1), total_a / self.cost
 
     @property
@@ -217,14 +216,19 @@ class ImagePromptTrainer(BudgetedRun):
             rec.update(step=step + 1, partial=True)
         return spent, {**rec, "train_acc": float(accs.mean()), "time_s": round(self._tick(), 4)}
 
-    def _evaluation_state(self):
-        """What evaluating candidates changes outside the optimiser: the minibatch counter and
-        BlackVIP's BatchNorm running statistics (BAR's frame and BPT-VLM's projections are fixed)."""
-        running = [(m.clone(), v.clone()) for m, v in self.space.running] if self.method == "blackvip" else None
-        return self.batches, running
+    @property
+    def batches(self) -> int:
+        """Minibatches consumed so far, named by the optimiser: its batch_index is the next step's
+        minibatch (BAR, BlackVIP) or the next candidate (BPT-VLM, `cost` minibatches each)."""
+        return (self.optimizer.batch_index - 1) * self.cost
 
-    def _restore_evaluation_state(self, state) -> None:
-        self.batches, running = state
+    def _evaluation_state(self):
+        """What evaluating candidates changes outside the optimiser: BlackVIP's BatchNorm running
+        statistics (BAR's frame and BPT-VLM's projections are fixed; the minibatch counter is the
+        optimiser's, restored with it)."""
+        return [(m.clone(), v.clone()) for m, v in self.space.running] if self.method == "blackvip" else None
+
+    def _restore_evaluation_state(self, running) -> None:
         if running is not None:
             self.space.running = running
 
@@ -317,7 +321,10 @@ class ImagePromptTrainer(BudgetedRun):
             self.space.load_state_dict(sd["space"])
         elif self.method == "bptvlm":
             self.space = BPTVLMSpace.from_state_dict(sd["space"], self.device)
-        self.queries, self.batches, self.elapsed = int(sd["queries"]), int(sd["batches"]), float(sd["elapsed"])
+        self.queries, self.elapsed = int(sd["queries"]), float(sd["elapsed"])
+        if int(sd["batches"]) != self.batches:
+            raise CheckpointMismatchError(f"{ck.path}: its minibatch counter ({sd['batches']}) disagrees with its "
+                                          f"optimiser's ({self.batches}); the checkpoint is inconsistent")
         self.last_record = sd.get("last_record")
         self._mark_resumed(ck.path)
 

@@ -4,19 +4,21 @@ An optimiser works on flat parameter vectors w ∈ R^dim and never sees the mode
 parameter space or the data. It owns all of its state (its current point, step sizes,
 momentum, a CMA-ES distribution, masks, a stage, its random generators). One round:
 
-    cand = opt.ask(remaining)    # [K, dim] with 0 ≤ K ≤ remaining; K == 0: cannot step
+    cand = opt.ask(n)            # [K, dim] with 0 ≤ K ≤ n; K == 0: cannot step
     losses = <the K losses of cand, one batched engine pass on one minibatch>
     stats = opt.tell(losses)     # dict of step statistics, logged as is
 
-`remaining` is the number of queries (loss evaluations) left in the budget. An optimiser
-never asks for more than that: it shrinks its request (fewer antithetic pairs, an early
-stage switch) or returns K = 0, and the trainer then stops. The trainer owns the budget
-and counts every returned candidate as one query, identically for every method.
+`n` is the number of candidates the budget can still pay for: the queries (loss evaluations)
+left divided by what one candidate costs (1 for every method but BPT-VLM, whose candidate
+is evaluated on an epoch of minibatches). An optimiser never asks for more: it shrinks its
+request (fewer antithetic pairs, an early stage switch) or returns K = 0, and the trainer
+then stops. The trainer owns the budget and counts the queries, identically for every method.
 
 `point` is the vector the method would report now (ZIP's w, the CMA-ES mean, ...): the
 trainer evaluates test accuracy on it. `batch_index` is the 1-based index of the minibatch
-the next ask's candidates are evaluated on; rounds that belong to one logical step (a
-gradient probe followed by a population) return the same index so they share data.
+the next ask's candidates are evaluated on, for every trainer; rounds that belong to one
+logical step (a gradient probe followed by a population) return the same index so they share
+data. BPT-VLM's CMA-ES names its next candidate instead (each candidate reads its own epoch).
 
 `state_dict()` returns a nested dict of str keys whose leaves are torch tensors or JSON
 values (a torch.Generator state is a uint8 tensor); `load_state_dict()` restores it
