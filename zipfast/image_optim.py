@@ -165,6 +165,7 @@ class _NumpyRNG:
 
 
 BEST_RULES = ("epoch", "running")
+POINTS = ("best", "mean")  # what `point` stands for: the best candidate seen, or the distribution mean
 
 
 class PyCMA(Optimizer):
@@ -186,14 +187,20 @@ class PyCMA(Optimizer):
     name = "pycma"
 
     def __init__(self, dim: int, popsize: int = 15, sigma: float = 1.0, seed: int = 1, cma_budget: int = 6000,
-                 bound: float = 0.0, best: str = "epoch"):
+                 bound: float = 0.0, best: str = "epoch", x0: torch.Tensor | None = None, report: str = "best"):
         if popsize < 2 or sigma <= 0 or cma_budget < popsize:
             raise ValueError(f"CMA-ES needs POP_SIZE ≥ 2, SIGMA > 0 and BUDGET ≥ POP_SIZE; got POP_SIZE={popsize}, "
                              f"SIGMA={sigma}, BUDGET={cma_budget}")
         if best not in BEST_RULES:
             raise ValueError(f"best {best!r}: choose one of {', '.join(BEST_RULES)}")
+        if report not in POINTS:
+            raise ValueError(f"report {report!r}: choose one of {', '.join(POINTS)}")
         self.dim, self.popsize, self.sigma, self.seed = int(dim), int(popsize), float(sigma), int(seed)
-        self.cma_budget, self.bound, self.best = int(cma_budget), float(bound), best
+        self.cma_budget, self.bound, self.best, self.report = int(cma_budget), float(bound), best, report
+        # the initial mean (BPT-VLM: 0, as officially); pycma keeps it, so a resume needs the same one
+        self.x0 = None if x0 is None else x0.detach().double().cpu().reshape(-1)
+        if self.x0 is not None and self.x0.numel() != self.dim:
+            raise ValueError(f"x0 has {self.x0.numel()} values for a {self.dim}-dimensional search")
         self.history: list[list[float]] = []  # fitnesses of every told generation
         self.best_x = torch.zeros(self.dim, dtype=torch.float64)
         self.best_f: float | None = None
@@ -211,14 +218,16 @@ class PyCMA(Optimizer):
 
         self._rng = _NumpyRNG()
         with self._rng:
-            self.es = cma.CMAEvolutionStrategy(self.dim * [0], self.sigma, inopts=self._options())
+            x0 = self.dim * [0] if self.x0 is None else self.x0.tolist()
+            self.es = cma.CMAEvolutionStrategy(x0, self.sigma, inopts=self._options())
         self._solutions = None  # the current generation (numpy arrays), once asked
         self._fitness: list[float] = []
         self._asked = 0
 
     @property
     def point(self) -> torch.Tensor:
-        return self.best_x.float()
+        """The best candidate seen (BPT-VLM, as officially), or with report="mean" the distribution mean."""
+        return self.best_x.float() if self.report == "best" else self.mean.float()
 
     @property
     def mean(self) -> torch.Tensor:
@@ -282,6 +291,8 @@ class PyCMA(Optimizer):
         self._fitness += losses
         info = {"loss": min(losses), "mean_loss": sum(losses) / len(losses), "best_loss": self.best_f,
                 "generation": len(self.history) + 1, "evaluated": len(self._fitness)}
+        if accs is not None:
+            info["train_acc"] = float(accs.detach().float().mean())
         if len(self._fitness) == self.popsize:
             with self._rng:
                 self.es.tell(self._solutions, self._fitness)
@@ -293,6 +304,8 @@ class PyCMA(Optimizer):
     def state_dict(self) -> dict:
         return {"kind": "pycma", "dim": self.dim, "popsize": self.popsize, "sigma": self.sigma, "seed": self.seed,
                 "cma_budget": self.cma_budget, "bound": self.bound, "best": self.best,
+                **({} if self.report == "best" else {"report": self.report}),
+                **({} if self.x0 is None else {"x0": self.x0.clone()}),
                 "history": torch.tensor(self.history, dtype=torch.float64).view(-1, self.popsize),
                 "partial": torch.tensor(self._fitness if self._solutions is not None else [], dtype=torch.float64),
                 "best_x": self.best_x.clone(), "best_f": self.best_f}
@@ -300,9 +313,15 @@ class PyCMA(Optimizer):
     def load_state_dict(self, sd: dict, device="cpu") -> None:
         """Rebuild pycma by replaying every told generation (pycma is deterministic given its seed
         and the fitnesses), then re-ask a partly evaluated generation."""
-        sd = {"best": "epoch", **sd}  # checkpoints from before the rule was a setting kept the lowest fitness
-        self._check_settings(sd, self.state_dict(), ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound",
-                                                     "best"))
+        # settings added later, as the checkpoints written before them ran
+        sd = {"best": "epoch", "report": "best", **sd}
+        mine = {**self.state_dict(), "report": self.report}
+        self._check_settings(sd, mine, ("kind", "dim", "popsize", "sigma", "seed", "cma_budget", "bound", "best",
+                                        "report"))
+        theirs_x0 = sd.get("x0")
+        if (theirs_x0 is None) != (self.x0 is None) or (theirs_x0 is not None and
+                                                         not torch.equal(theirs_x0.double(), self.x0)):
+            raise ValueError("pycma state starts from another mean x0 than this run's")
         self._start()
         self.history = []
         for row in sd["history"].tolist():
