@@ -25,7 +25,7 @@ from .data.sources import DecodedImageSource, FeatureSource, ImageSource, batch_
 from .data.verify import verify_images
 from .batched import make_engine
 from .engine import autocast_for
-from .env import resolve_device
+from .env import resolve_device, versions  # noqa: F401  (versions: re-exported, old import path)
 from .config import ConfigError, OFFICIAL_KEYS, TrainConfig, official_model_name
 from . import zeroshot
 from .methods import build as build_method
