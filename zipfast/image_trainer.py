@@ -160,9 +160,10 @@ class ImagePromptTrainer(BudgetedRun):
         return self.source.train_batch(idx, t, c.seed)
 
     def evaluate_candidates(self, cand: torch.Tensor):
-        """cand [K, dim] → (losses, accuracies [K]) on the next minibatch(es); advances the
-        minibatch counter. Counts K × cost queries. losses: [K], or for BPT-VLM [K, cost], each
-        candidate's loss on each of its minibatches (its fitness is their mean)."""
+        """cand [K, dim] → (losses, accuracies [K]) on the minibatch(es) the optimiser names (its
+        batch_index; the counter moves when it is told). Counts K × cost queries. losses: [K], or
+        for BPT-VLM [K, cost], each candidate's loss on each of its minibatches (its fitness is
+        their mean)."""
         K = cand.shape[0]
         if self.method != "bptvlm":
             x, y = self._batch(self.optimizer.batch_index)  # every candidate of the step on its minibatch
