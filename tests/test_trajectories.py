@@ -20,17 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fixtures.cli_args import COMMON, SMALL_ZIP_SPACE, images, method_opts as _opts, planted
+
 FIXTURE = Path(__file__).parent / "fixtures" / "trajectories.json"
-COMMON = ["--device", "cpu", "--precision", "fp32", "--no-progress"]
-PLANTED = ["--data", "planted", "--model", "zipfast-planted", "--pretrained", "none", "--seed", "1", "--shots", "4",
-           "--batch-size", "16", "--test-per-class", "5"]
-IMAGES = ["--data", "synthetic-images", "--model", "zipfast-tiny224", "--pretrained", "none", "--seed", "2",
-          "--shots", "2", "--batch-size", "4", "--test-per-class", "2"]
-SMALL_ZIP_SPACE = ["TRAINER.ZIP.N_CTX", "4", "TRAINER.ZIP.INTRINSIC_DIM", "40", "TRAINER.ZIP.RANK", "2"]
-
-
-def _opts(**kw) -> list[str]:
-    return [a for k, v in kw.items() for a in ("--method-opt", f"{k}={v}")]
+PLANTED, IMAGES = planted(1), images(2)
 
 
 # method -> its train argv (without --output-dir); official KEY VALUE pairs last
