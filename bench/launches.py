@@ -23,12 +23,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zipfast.batched import make_engine  # noqa: E402
+from zipfast.engine.batched import make_engine  # noqa: E402
 from zipfast.data.planted import make_planted_task, planted_model  # noqa: E402
 from zipfast.optim import SPSA  # noqa: E402
-from zipfast.space import ZIPSpace  # noqa: E402
-from zipfast.step import FusedZIPStep  # noqa: E402
-from zipfast.text import ClassPrompts, TextTower  # noqa: E402
+from zipfast.spaces.context import ZIPSpace  # noqa: E402
+from zipfast.engine.step import FusedZIPStep  # noqa: E402
+from zipfast.engine.text_tower import ClassPrompts, TextTower  # noqa: E402
 
 Q, B = 5, 128
 
@@ -77,7 +77,7 @@ def main():
     fused = FusedZIPStep(space, engines["batched"], w0, seed=7, q=Q, batch_size=B, feat_dim=feats.shape[1])
     cases = {"reference step (official draws, one pass per candidate, 77 positions)": plain(engines["reference"], "official"),
              "engine step (batched engine, ask/tell)": plain(engines["batched"], "philox"),
-             "fused step (zipfast.step, custom ops)": lambda: fused(feats, labels)}
+             "fused step (zipfast.engine.step, custom ops)": lambda: fused(feats, labels)}
     rows = []
     for name, fn in cases.items():
         fn()  # warm-up

@@ -23,12 +23,12 @@ import torch
 
 from zipfast import ZIPTrainer
 from zipfast import reference as ref
-from zipfast.batched import BatchedEngine
+from zipfast.engine.batched import BatchedEngine
 from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
-from zipfast.engine import ReferenceEngine
+from zipfast.engine.text import ReferenceEngine
 from zipfast.io import save_json
-from zipfast.text import TextTower
+from zipfast.engine.text_tower import TextTower
 
 
 def differences(engine, space, w, z, ck, feats, labels):

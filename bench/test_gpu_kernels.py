@@ -90,10 +90,10 @@ def test_gpu_spsa_update(benchmark, backend, monkeypatch):
 def test_gpu_fused_step(benchmark, graph):
     import open_clip
 
-    from zipfast.batched import make_engine
-    from zipfast.space import ZIPSpace
-    from zipfast.step import FusedZIPStep
-    from zipfast.text import ClassPrompts, TextTower
+    from zipfast.engine.batched import make_engine
+    from zipfast.spaces.context import ZIPSpace
+    from zipfast.engine.step import FusedZIPStep
+    from zipfast.engine.text_tower import ClassPrompts, TextTower
     from zipfast.data.classnames import EUROSAT
 
     model = open_clip.create_model("ViT-B-16", pretrained=None).cuda().eval()

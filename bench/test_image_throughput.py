@@ -23,12 +23,12 @@ import pytest
 import torch
 
 from bench_workload import SEED, classnames, run_case
-from zipfast.batched import BatchedEngine
-from zipfast.engine import ReferenceEngine
-from zipfast.image_engine import BatchedImageEngine, ReferenceImageEngine
-from zipfast.image_tower import ImageTower
-from zipfast.prompters import BPTVLMSpace, ReprogrammingFrame
-from zipfast.text import ClassPrompts, TextTower
+from zipfast.engine.batched import BatchedEngine
+from zipfast.engine.text import ReferenceEngine
+from zipfast.engine.image import BatchedImageEngine, ReferenceImageEngine
+from zipfast.engine.image_tower import ImageTower
+from zipfast.spaces import BPTVLMSpace, ReprogrammingFrame
+from zipfast.engine.text_tower import ClassPrompts, TextTower
 
 B = 32
 
@@ -95,7 +95,7 @@ def test_image_engine(benchmark, clip, image_tower, engine, prompt, K):
 
 @pytest.fixture(scope="module")
 def mae():
-    from zipfast.prompters.blackvip import load_coordinator_encoder
+    from zipfast.spaces.coordinator import load_coordinator_encoder
 
     return load_coordinator_encoder("vit-mae-base", "none", seed=SEED)  # ViT-MAE-base architecture, random weights
 
@@ -103,7 +103,7 @@ def mae():
 @pytest.mark.benchmark(group="image-step")
 @pytest.mark.parametrize("engine", ["reference", "batched"])
 def test_blackvip_step(benchmark, image_tower, mae, engine):
-    from zipfast.prompters.blackvip import CoordinatorPrompter
+    from zipfast.spaces.coordinator import CoordinatorPrompter
 
     K = 10
     p = CoordinatorPrompter(mae, mae.z_dim, 1568, 1.0)

@@ -18,8 +18,8 @@ import os
 import pytest
 import torch
 
-from zipfast.batched import BatchedEngine
-from zipfast.engine import ReferenceEngine, losses_from_logits
+from zipfast.engine.batched import BatchedEngine
+from zipfast.engine.text import ReferenceEngine, losses_from_logits
 
 from bench_workload import K_W, SEED, image_features, make_ctx, run_case, tower_cost, workload_info
 

@@ -21,7 +21,7 @@ def tiny_mae_config(image_size: int = 224):
 
 
 def tiny_coordinator(seed: int = 0, src_dim: int = 98, p_eps: float = 1.0):
-    from zipfast.prompters.blackvip import CoordinatorPrompter, load_coordinator_encoder
+    from zipfast.spaces.coordinator import CoordinatorPrompter, load_coordinator_encoder
 
     enc = load_coordinator_encoder("vit-mae-base", "none", seed=seed, config=tiny_mae_config())
     return CoordinatorPrompter(enc, enc.z_dim, src_dim=src_dim, p_eps=p_eps)

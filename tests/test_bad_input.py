@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from zipfast import ZIPTrainer
-from zipfast.checkpoint import CheckpointError
+from zipfast.run.checkpoint import CheckpointError
 from zipfast.cli import main
 from zipfast.config import ConfigError, TrainConfig
 from zipfast.data.imagefolder import DatasetError, FewShotImageFolder
 from zipfast.models import ModelLoadError, load_clip
-from zipfast.trainer import CheckpointMismatchError, NonFiniteLossError, read_checkpoint
+from zipfast.run.trainer import CheckpointMismatchError, NonFiniteLossError, read_checkpoint
 
 TINY = ["--model", "zipfast-tiny", "--pretrained", "none", "--shots", "2", "--batch-size", "4",
         "--budget", "20", "--device", "cpu", "--no-progress"]
@@ -212,7 +212,7 @@ def test_non_finite_loss(planted_task, tmp_path, monkeypatch):
 
     sd = read_checkpoint(out / "checkpoint.safetensors")
     assert sd["step"] == 2 and sd["queries"] == 20
-    assert torch.isfinite(sd["w"]).all()
+    assert torch.isfinite(sd["point"]).all()
     assert not (out / "report.json").exists()
     leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
@@ -221,4 +221,4 @@ def test_non_finite_loss(planted_task, tmp_path, monkeypatch):
     resumed = _planted_trainer(planted_task, _planted_cfg(checkpoint_every=1), out)
     resumed.load_checkpoint(out / "checkpoint.safetensors")
     assert (resumed.step, resumed.queries) == (2, 20)
-    assert torch.equal(resumed.w.cpu(), sd["w"])
+    assert torch.equal(resumed.w.cpu(), sd["point"])

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from zipfast import ZIPTrainer
-from zipfast.batched import BatchedEngine, make_engine
+from zipfast.engine.batched import BatchedEngine, make_engine
 from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
-from zipfast.engine import ReferenceEngine
+from zipfast.engine.text import ReferenceEngine
 from zipfast.models import load_clip
-from zipfast.text import ClassPrompts, TextTower
+from zipfast.engine.text_tower import ClassPrompts, TextTower
 
 MIXED = ["Annual Crop Land", "Forest", "sea_or_lake", "a", "Herbaceous Vegetation Land with a very long name"]
 VARIANTS = {

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zipfast import ZIPTrainer
-from zipfast.checkpoint import (CHECKPOINT_NAME, LEGACY_FORMAT, CheckpointError, checkpoint_bytes, flatten_state,
+from zipfast.run.checkpoint import (CHECKPOINT_NAME, LEGACY_FORMAT, CheckpointError, checkpoint_bytes, flatten_state,
                                 read_checkpoint, write_checkpoint)
 from zipfast.cli import main
 from zipfast.config import TrainConfig
@@ -47,7 +47,7 @@ def test_trainer_state_round_trips_exactly(run_ckpt):
     ck = read_checkpoint(path)
     assert ck.format_version == 2 and ck.fingerprint == json.loads(json.dumps(tr.fingerprint()))
     st_ = ck.state
-    assert torch.equal(st_["w"], tr.w.cpu()) and st_["w"].dtype == torch.float32
+    assert torch.equal(st_["point"], tr.w.cpu()) and st_["point"].dtype == torch.float32
     gen = st_["optimizer"]["generator"]
     assert gen.dtype == torch.uint8 and torch.equal(gen, tr.optimizer.generator.get_state())
     assert torch.equal(st_["optimizer"]["momentum"], tr.optimizer.momentum.cpu())
@@ -285,7 +285,7 @@ def test_a_nonfinite_loss_checkpoints_the_optimiser_before_its_round(planted_tas
     the fault continues exactly like an uninterrupted run."""
     from copy import deepcopy
 
-    from zipfast.trainer import NonFiniteLossError
+    from zipfast.run.trainer import NonFiniteLossError
 
     kw = dict(method=method, method_options=options, perturbation="official", budget=40, checkpoint_every=0)
     full = _trainer(planted_task, tmp_path / "full", **kw)

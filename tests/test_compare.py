@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from zipfast.cli import build_run, main
-from zipfast.compare import compare, first_reach, markdown_table, summarise
+from zipfast.cli import main
+from zipfast.run.task import load as build_run
+from zipfast.run.compare import compare, first_reach, markdown_table, summarise
 from zipfast.config import TrainConfig
 
 
@@ -72,7 +73,7 @@ def synthetic_cache(tmp_path, monkeypatch):
 
 
 def test_default_methods_follow_the_data():
-    from zipfast.compare import default_methods
+    from zipfast.run.compare import default_methods
 
     assert default_methods("planted") == ("zip", "sharpzo", "zo-sgd", "zsclip")
     assert default_methods("synthetic-images") == ("zip", "sharpzo", "zo-sgd", "zsclip", "bptvlm", "bar", "blackvip")
@@ -123,8 +124,8 @@ def test_compare_image_method_and_zip_on_the_generated_folder(synthetic_cache, t
 def test_compare_image_run_is_deterministic(synthetic_cache):
     import dataclasses
 
-    from zipfast.compare import run_one
-    from zipfast.image_task import method_options
+    from zipfast.run.compare import run_one
+    from zipfast.run.task import task_options as method_options
 
     base = TrainConfig(model="zipfast-tiny224", pretrained="none", dataset="synthetic-images", budget=20, shots=2,
                        test_per_class=6, seed=2, method="blackvip", device="cpu", checkpoint_every=0,

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def _signal_after(proc, out, step, signum):
 def test_crash_drill_kill_stop_resume_is_bit_identical(tmp_path):
     ref = tmp_path / "ref"
     assert main(["train", *ARGS, "--output-dir", str(ref), *OPTS]) == 0
-    ref_log, ref_w = _strip(_records(ref)), read_checkpoint(ref / CHECKPOINT_NAME).state["w"]
+    ref_log, ref_w = _strip(_records(ref)), read_checkpoint(ref / CHECKPOINT_NAME).state["point"]
     assert len(ref_log) == BUDGET // 2
 
     out = tmp_path / "run"
@@ -78,5 +78,5 @@ def test_crash_drill_kill_stop_resume_is_bit_identical(tmp_path):
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert _strip(_records(out)) == ref_log
-    assert read_checkpoint(ckpt).state["w"].equal(ref_w)
+    assert read_checkpoint(ckpt).state["point"].equal(ref_w)
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]

@@ -55,9 +55,9 @@ def test_log_once_and_stderr_handler(capsys):
 
 def test_old_import_paths_still_work():
     from zipfast.backends import cpu_flags
-    from zipfast.engine import PRECISIONS, resolve_precision
+    from zipfast.engine.text import PRECISIONS, resolve_precision
     from zipfast.models import resolve_device
-    from zipfast.trainer import versions
+    from zipfast.env import versions
 
     assert cpu_flags is env.cpu_flags and resolve_precision is env.resolve_precision
     assert resolve_device is env.resolve_device and versions is env.versions and PRECISIONS is env.PRECISIONS
@@ -117,7 +117,7 @@ def test_no_import_cycles():
 def test_bottom_modules_import_alone():
     """zipfast.env and zipfast.ops import in a fresh interpreter without loading the layers above."""
     code = ("import sys, zipfast.env, zipfast.ops; "
-            "bad = [m for m in ('zipfast.trainer', 'zipfast.batched', 'zipfast.engine', 'open_clip') if m in sys.modules]; "
+            "bad = [m for m in ('zipfast.run.trainer', 'zipfast.engine.batched', 'zipfast.engine.text', 'open_clip') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zipfast.cli
+import zipfast.run.commands
+import zipfast.evaluate.text
 from zipfast import ZIPTrainer
-from zipfast.checkpoint import CHECKPOINT_NAME
+from zipfast.run.checkpoint import CHECKPOINT_NAME
 from zipfast.cli import main
 from zipfast.config import OFFICIAL_KEYS, ConfigError, TrainConfig, cfg_to_train_config, load_official
 from zipfast.data.imagefolder import DatasetError, FewShotImageFolder
@@ -169,7 +171,7 @@ def test_internal_error_exits_1_with_traceback_and_debug_shows_all(monkeypatch, 
     def boom(args):
         raise RuntimeError("an invariant broke")
 
-    monkeypatch.setattr(zipfast.cli, "cmd_info", boom)
+    monkeypatch.setattr(zipfast.run.commands, "info", boom)
     parser = zipfast.cli.parser
     monkeypatch.setattr(zipfast.cli, "parser", lambda: _with_fn(parser(), "info", boom))
     assert main(["info"]) == 1
@@ -191,11 +193,11 @@ def _with_fn(ap, cmd, fn):
 
 
 def test_every_error_type_is_a_user_error():
-    from zipfast.checkpoint import CheckpointError, CheckpointMismatchError
+    from zipfast.run.checkpoint import CheckpointError, CheckpointMismatchError
     from zipfast.errors import DeviceError, OutputDirError
     from zipfast.models import ModelLoadError
-    from zipfast.text import UnsupportedModelError
-    from zipfast.trainer import NonFiniteLossError
+    from zipfast.engine.text_tower import UnsupportedModelError
+    from zipfast.run.trainer import NonFiniteLossError
 
     for cls in (ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, ModelLoadError, DeviceError,
                 OutputDirError, UnsupportedModelError, NonFiniteLossError):
@@ -210,8 +212,8 @@ def test_corrupt_test_image_fails_before_the_first_step(tmp_path, capsys, monkey
     bad = FewShotImageFolder.from_root(root, shots=2, seed=1).test[-1][0]
     Path(bad).write_bytes(Path(bad).read_bytes()[:60])  # truncated PNG
     steps = []
-    real = zipfast.trainer.batch_indices
-    monkeypatch.setattr(zipfast.trainer, "batch_indices", lambda *a: steps.append(a) or real(*a))
+    real = zipfast.evaluate.text.batch_indices
+    monkeypatch.setattr(zipfast.evaluate.text, "batch_indices", lambda *a: steps.append(a) or real(*a))
     out = tmp_path / "out"
     rc = main(["train", "--data", str(root), "--model", "zipfast-tiny", "--pretrained", "none", "--shots", "2",
                "--batch-size", "4", "--budget", "20", "--no-progress", "--output-dir", str(out)])

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from zipfast import env
-from zipfast.batched import BatchedEngine
+from zipfast.engine.batched import BatchedEngine
 from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
-from zipfast.engine import ReferenceEngine
+from zipfast.engine.text import ReferenceEngine
 from zipfast.models import load_clip
-from zipfast.text import ClassPrompts, TextTower
+from zipfast.engine.text_tower import ClassPrompts, TextTower
 
 NAMES = ["forest", "sea or lake", "a"]
 

@@ -88,11 +88,11 @@ def test_spsa_update_on_gpu(backend, mode, monkeypatch):
 
 def test_graph_step_replays_equal_eager():
     """Three graph replays equal three eager steps (fresh perturbations per replay)."""
-    from zipfast.batched import make_engine
+    from zipfast.engine.batched import make_engine
     from zipfast.data.planted import make_planted_task, planted_model
-    from zipfast.space import ZIPSpace
-    from zipfast.step import FusedZIPStep
-    from zipfast.text import ClassPrompts, TextTower
+    from zipfast.spaces.context import ZIPSpace
+    from zipfast.engine.step import FusedZIPStep
+    from zipfast.engine.text_tower import ClassPrompts, TextTower
 
     model, tok = planted_model(0)
     model = model.cuda()

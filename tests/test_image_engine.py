@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from image_fixtures import images, tiny_clip, tiny_coordinator
-from zipfast.image_engine import BatchedImageEngine, ReferenceImageEngine, focal_loss, image_logits, \
+from zipfast.engine.image import BatchedImageEngine, ReferenceImageEngine, focal_loss, image_logits, \
     losses_and_accuracy
-from zipfast.image_tower import ImageTower
-from zipfast.prompters import BPTVLMSpace, ReprogrammingFrame
+from zipfast.engine.image_tower import ImageTower
+from zipfast.spaces import BPTVLMSpace, ReprogrammingFrame
 
 TOL = 1e-5
 
@@ -97,7 +97,7 @@ def test_blackvip_batched_matches_reference_and_running_stats(tiny224, K, B, lim
 def test_coordinator_decoder_matches_torch_module_in_train_and_eval():
     """The grouped K-candidate decoder against nn.Module decoders run one after another
     (train mode: batch statistics + sequential running-stat updates; then eval mode)."""
-    from zipfast.prompters.blackvip import Decoder
+    from zipfast.spaces.coordinator import Decoder
 
     p = tiny_coordinator()
     K, B = 3, 4
@@ -195,12 +195,11 @@ def test_a_query_precision_covers_the_whole_query(tiny224):
 
 
 def test_blackvip_official_autocast_applies_to_cuda_queries_only():
-    from zipfast.image_config import load_official_image
-    from zipfast.image_options import method_config
-    from zipfast.image_trainer import query_precision
+    from zipfast.config import load_official_image, method_options as method_config
+    from zipfast.methods.blackvip import query_precision
 
     official = load_official_image(None, [], trainer="BlackVIP")[2]
     assert official.autocast == "official" and method_config("blackvip").autocast == "prec"
-    assert query_precision("blackvip", official, torch.device("cuda")) == "fp16"
-    assert query_precision("blackvip", official, torch.device("cpu")) is None  # torch.cuda.amp.autocast: a no-op
-    assert query_precision("blackvip", method_config("blackvip"), torch.device("cuda")) is None
+    assert query_precision(official, torch.device("cuda")) == "fp16"
+    assert query_precision(official, torch.device("cpu")) is None  # torch.cuda.amp.autocast: a no-op
+    assert query_precision(method_config("blackvip"), torch.device("cuda")) is None

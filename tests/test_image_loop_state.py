@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from test_image_methods import folder, make, models, records  # noqa: F401 (fixtures)
-from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from zipfast.run_loop import NonFiniteLossError
+from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from zipfast.run.loop import NonFiniteLossError
 
 QUERIES_PER_STEP = {"bar": 6, "blackvip": 4}  # BAR: 1 + q (q = 5); BlackVIP: 2 pairs
 
@@ -37,22 +37,22 @@ def test_a_nonfinite_loss_checkpoints_the_state_before_its_step(method, models, 
     good = make(method, models, folder, (k - 1) * per, output_dir=tmp_path / "good")
     good.fit()
     bad = make(method, models, folder, 6 * per, output_dir=tmp_path / "bad")
-    evaluate = bad.evaluate_candidates
+    evaluate = bad.evaluator.losses
 
-    def poisoned(cand):  # the evaluation runs (and changes what it changes), then its loss is NaN
-        losses, accs = evaluate(cand)
+    def poisoned(space, cand, batch):  # the evaluation runs (and changes what it changes), then its loss is NaN
+        losses, accs = evaluate(space, cand, batch)
         if bad.step == k - 1:
             losses = losses.clone()
             losses[-1] = float("nan")
         return losses, accs
 
-    bad.evaluate_candidates = poisoned
+    bad.evaluator.losses = poisoned
     with pytest.raises(NonFiniteLossError, match="last good state"):
         bad.fit()
     ck = read_checkpoint(tmp_path / "bad" / CHECKPOINT_NAME).state
     ref = read_checkpoint(tmp_path / "good" / CHECKPOINT_NAME).state
     assert ck["step"] == ref["step"] == k - 1
-    assert ck["batches"] == ref["batches"] == k - 1 and ck["queries"] == ref["queries"] == (k - 1) * per
+    assert ck["queries"] == ref["queries"] == (k - 1) * per
     _assert_same(ck["optimizer"], ref["optimizer"], "optimizer")  # BAR: the generator is rewound too
     _assert_same(ck["space"], ref["space"], "space")
     if method == "blackvip":

@@ -13,10 +13,11 @@ from zipfast.config import ConfigError, TrainConfig
 from zipfast.data.imagefolder import FewShotImageFolder
 from zipfast.data.pixels import DecodedPixelSource, PixelSource, write_synthetic_image_folder
 from zipfast.data.transforms import DEFAULT_CHOICES
-from zipfast.image_config import load_official_image, method_config
-from zipfast.image_optim import BARGradientFree, PyCMA, SPSAGC
-from zipfast.image_trainer import CheckpointMismatchError, ImagePromptTrainer
-from zipfast.prompters import BPTVLMSpace
+from zipfast.config import load_official_image, method_options as method_config
+from zipfast.optim import BARGradientFree, PyCMA, SPSAGC
+from zipfast.run.checkpoint import CheckpointMismatchError
+from zipfast.run.trainer import Trainer
+from zipfast.spaces import BPTVLMSpace
 
 # --------------------------------------------------------------------------- optimisers by hand
 
@@ -137,17 +138,17 @@ def make(method, models, folder, budget, output_dir=None, seed=1, batch_size=Non
          transforms=DEFAULT_CHOICES, precision="fp32", **overrides):
     name, size, mc, bs = SETTINGS[method]
     model, tok = models[name]
-    cfg = TrainConfig(model=name, pretrained="none", budget=budget, batch_size=batch_size or bs, shots=4, seed=seed,
+    cfg = TrainConfig(method=method, model=name, pretrained="none", budget=budget, batch_size=batch_size or bs, shots=4, seed=seed,
                       image_size=size, precision=precision, device="cpu", checkpoint_every=2, augment=augment,
                       transforms=transforms,
                       sp_avg=1)  # sp_avg is ZIP's; only its budget check would apply here
     enc = None
     if method == "blackvip":
-        from zipfast.prompters.blackvip import load_coordinator_encoder
+        from zipfast.spaces.coordinator import load_coordinator_encoder
 
         enc = load_coordinator_encoder("vit-mae-base", "none", seed=0, config=tiny_mae_config())
-    return ImagePromptTrainer(method, model, folder.classnames, cfg, folder, method_config(method, **{**mc, **overrides}),
-                              tokenizer=tok, encoder=enc, output_dir=output_dir, progress=False)
+    return Trainer(model, folder.classnames, cfg, folder, tok, options=method_config(method, **{**mc, **overrides}),
+                   encoder=enc, output_dir=output_dir, progress=False)
 
 
 def records(path):
@@ -370,8 +371,6 @@ def test_bptvlm_best_prompt_rule_on_scripted_losses(best, kept, best_f):
 
 
 def test_bptvlm_official_surface_keeps_the_running_mean_best(models, folder, monkeypatch):
-    from zipfast.image_config import load_official_image
-
     assert load_official_image(None, [], trainer="BPTVLM")[2].best == "running"
     assert method_config("bptvlm").best == "epoch"
     tr = make("bptvlm", models, folder, budget=8 * 5, batch_size=4, best="running")  # 3 minibatches per candidate
@@ -386,7 +385,7 @@ def test_bptvlm_official_surface_keeps_the_running_mean_best(models, folder, mon
 
 
 def test_an_older_bptvlm_checkpoint_resumes_with_the_lowest_fitness_rule(models, folder, tmp_path):
-    from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
+    from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 
     tr = make("bptvlm", models, folder, budget=10, output_dir=tmp_path)
     tr.fit()
@@ -404,11 +403,11 @@ def test_an_older_bptvlm_checkpoint_resumes_with_the_lowest_fitness_rule(models,
 
 def test_blackvip_trainer_runs_its_queries_at_the_query_precision(models, folder, monkeypatch):
     # On CUDA the official surface asks fp16 (query_precision); CPU bf16 stands in for it here.
-    import zipfast.image_trainer as it
+    import zipfast.methods.blackvip as bv
 
     plain = make("blackvip", models, folder, budget=8)
     plain.fit()
-    monkeypatch.setattr(it, "query_precision", lambda method, mcfg, device: "bf16")
+    monkeypatch.setattr(bv, "query_precision", lambda options, device: "bf16")
     tr = make("blackvip", models, folder, budget=8, autocast="official")
     asked = []
     real = tr.engine.features
@@ -435,7 +434,7 @@ def test_image_reports_list_precision_substitutions_and_op_fallbacks(models, fol
 
 @pytest.mark.parametrize("method", ["bptvlm", "bar", "blackvip"])
 def test_every_image_method_reports_the_one_schema(models, folder, method):
-    from zipfast.run_loop import REPORT_KEYS
+    from zipfast.run.loop import REPORT_KEYS
 
     report = make(method, models, folder, budget=6).fit()
     assert tuple(report) == REPORT_KEYS and report["method_config"] and report["versions"]["zipfast"]
@@ -446,9 +445,9 @@ def test_image_trainer_reads_the_minibatches_its_optimiser_names(models, folder,
     # one seam closed: the optimiser names the minibatch (BPT-VLM: the candidate) for every trainer
     tr = make(method, models, folder, budget=12 if method == "bar" else 20)
     named, read = [], []
-    real_ask, real_batch = tr.optimizer.ask, tr._batch
+    real_ask, real_batch = tr.optimizer.ask, tr.evaluator._batch
     monkeypatch.setattr(tr.optimizer, "ask", lambda n: named.append(tr.optimizer.batch_index) or real_ask(n))
-    monkeypatch.setattr(tr, "_batch", lambda t: read.append(t) or real_batch(t))
+    monkeypatch.setattr(tr.evaluator, "_batch", lambda t: read.append(t) or real_batch(t))
     tr.fit()
     if method == "bar":
         assert read == named == [1, 2]

@@ -14,7 +14,7 @@ import paper_data
 from image_fixtures import tiny_clip
 from paper_runs import image_trainer_configs, official_configs, register_random_openai_weights
 from test_image_methods import make
-from zipfast.checkpoint import CheckpointMismatchError
+from zipfast.run.checkpoint import CheckpointMismatchError
 from zipfast.cli import main
 from zipfast.datasets import build_dataset
 from zipfast.paper.protocols import Plan
@@ -274,8 +274,8 @@ def test_bench_paper_base2new_with_bar_end_to_end(cli, tmp_path, capsys):
 
 
 def test_without_config_dir_the_image_trainers_run_the_papers_values(tmp_path):
-    from zipfast.image_config import OFFICIAL_BEHAVIOUR, TRAINER_NAMES, load_official_image, method_config
-    from zipfast.image_options import config_to_dict
+    from zipfast.config import load_official_image, method_options as method_config
+    from zipfast.methods import IMAGE_TRAINERS as TRAINER_NAMES, METHODS, options_dict as config_to_dict
 
     p = Plan("few-shot", tmp_path, tmp_path / "out", datasets=["eurosat"], seeds=(1,), methods=("zip", "bar", "blackvip"))
     jobs = {j.meta["method"]: j.argv for j in p.stages()[0]}
@@ -285,7 +285,7 @@ def test_without_config_dir_the_image_trainers_run_the_papers_values(tmp_path):
                                         methods=(method,)).stages()[0][0].argv
         opts = argv[argv.index("DATASET.NAME"):]
         _, shared, mc = load_official_image(None, opts, trainer=name)
-        assert config_to_dict(mc) == config_to_dict(method_config(method, **OFFICIAL_BEHAVIOUR[method])), name
+        assert config_to_dict(mc) == config_to_dict(method_config(method, **METHODS[method].official_behaviour)), name
         assert shared["image_size"] == (194 if method == "bar" else 224)
     train_py = load_official_image(None, [], trainer="BAR")[2]
     assert train_py.lrs != method_config("bar").lrs  # without the pairs: train.py's defaults differ

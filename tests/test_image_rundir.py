@@ -10,13 +10,13 @@ import signal
 import pytest
 import torch
 
-import zipfast.image_trainer
+import zipfast.evaluate.image
 from test_image_methods import folder, make, models, records  # noqa: F401 (fixtures)
-from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main
-from zipfast.rundir import RunDir, RunDirBusyError
+from zipfast.run.rundir import RunDir, RunDirBusyError
 from zipfast.errors import OutputDirError
-from zipfast.signals import RunInterrupted
+from zipfast.run.signals import RunInterrupted
 
 
 def _strip(recs):
@@ -62,14 +62,14 @@ def test_resume_cuts_the_log_back_to_the_checkpoint(method, models, folder, tmp_
 
 def test_a_stop_signal_finishes_the_step_and_saves(models, folder, tmp_path, monkeypatch):
     tr = make("bar", models, folder, budget=24, output_dir=tmp_path)
-    real = tr.evaluate_candidates
+    real = tr.evaluator.losses
 
-    def evaluate(cand):
+    def evaluate(space, cand, batch):
         if tr.step == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while step 2 runs
-        return real(cand)
+        return real(space, cand, batch)
 
-    monkeypatch.setattr(tr, "evaluate_candidates", evaluate)
+    monkeypatch.setattr(tr.evaluator, "losses", evaluate)
     with pytest.raises(RunInterrupted) as e:
         tr.fit()
     assert (e.value.step, e.value.queries, e.value.exit_code) == (2, 12, 143)
@@ -88,14 +88,14 @@ def test_cli_stop_and_resume_of_an_image_method_is_exact(folder, tmp_path, capsy
     capsys.readouterr()
     out = tmp_path / "run"
     argv = [*data, "--output-dir", str(out)]
-    real = zipfast.image_trainer.ImagePromptTrainer.evaluate_candidates
+    real = zipfast.evaluate.image.ImageEvaluator.losses
 
-    def evaluate(self, cand):
-        if self.step == 2:
+    def evaluate(self, space, cand, batch):  # BAR: round t reads minibatch t (its step)
+        if batch - 1 == 2:
             os.kill(os.getpid(), signal.SIGINT)
-        return real(self, cand)
+        return real(self, space, cand, batch)
 
-    monkeypatch.setattr(zipfast.image_trainer.ImagePromptTrainer, "evaluate_candidates", evaluate)
+    monkeypatch.setattr(zipfast.evaluate.image.ImageEvaluator, "losses", evaluate)
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"after step 3 (18 queries); checkpoint saved to {out / CHECKPOINT_NAME}" in err
@@ -169,14 +169,14 @@ def test_eval_every_curve_restarts_with_overwrite_and_is_cut_back_on_resume(fold
     assert [json.loads(x)["queries"] for x in (out / "curve.jsonl").read_text().splitlines()] == [0, 6, 12]
     assert main([*base[:-4], "--output-dir", str(tmp_path / "ref"), "--budget", "24", "--eval-every", "6"]) == 0
     # a crash during step 4 of a fresh run: the curve holds steps 1..3, the checkpoint step 2
-    real = zipfast.image_trainer.ImagePromptTrainer.evaluate_candidates
+    real = zipfast.evaluate.image.ImageEvaluator.losses
 
-    def evaluate(self, cand):
-        if self.step == 3:
+    def evaluate(self, space, cand, batch):  # BAR: round t reads minibatch t (its step)
+        if batch - 1 == 3:
             raise SystemExit("killed")
-        return real(self, cand)
+        return real(self, space, cand, batch)
 
-    monkeypatch.setattr(zipfast.image_trainer.ImagePromptTrainer, "evaluate_candidates", evaluate)
+    monkeypatch.setattr(zipfast.evaluate.image.ImageEvaluator, "losses", evaluate)
     ckpt_every = base.index("--checkpoint-every") + 1
     crash = [*base, "--budget", "24", "--overwrite"]
     crash[ckpt_every] = "2"

@@ -1,5 +1,5 @@
 """`zipfast train --method bptvlm|bar|blackvip` and `zipfast compare` set an image-method run up
-alike (zipfast.image_task via image_trainer.prepare_image_run): the task's method defaults and
+alike (zipfast.run.task.fit): the task's method defaults and
 BlackVIP encoder, BAR/BlackVIP's template; older checkpoints resume with the template they ran;
 the generated task's cache folder; compare's checks before anything loads."""
 
@@ -10,9 +10,9 @@ import stat
 import pytest
 
 from conftest import write_tiny_image_folder
-from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
+from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 from zipfast.cli import main
-from zipfast.zeroshot import DEFAULT_TEMPLATE, template_for
+from zipfast.methods.zeroshot import DEFAULT_TEMPLATE, template_for
 
 TINY = ["--model", "zipfast-tiny", "--pretrained", "none", "--shots", "2", "--batch-size", "4", "--device", "cpu",
         "--no-progress", "--precision", "fp32"]
@@ -36,11 +36,9 @@ def report(out):
 
 
 def test_the_template_rule_falls_back_to_the_default_for_a_plain_folder(tmp_path):
-    from zipfast import image_task
-
-    assert image_task.template(str(tmp_path / "my_photos")) == DEFAULT_TEMPLATE
-    assert image_task.template("synthetic-images") == DEFAULT_TEMPLATE
-    assert image_task.template("/data/eurosat/") == template_for("eurosat") != DEFAULT_TEMPLATE
+    assert template_for(str(tmp_path / "my_photos")) == DEFAULT_TEMPLATE
+    assert template_for("synthetic-images") == DEFAULT_TEMPLATE
+    assert template_for("/data/eurosat/") == template_for("eurosat") != DEFAULT_TEMPLATE
 
 
 def test_train_and_compare_use_the_datasets_template(eurosat, tmp_path, capsys):
@@ -62,9 +60,11 @@ def test_an_older_checkpoint_resumes_with_the_template_it_ran(eurosat, tmp_path,
     assert main([*argv, "--budget", "6"]) == 0
     ck = read_checkpoint(out / CHECKPOINT_NAME)
     assert ck.fingerprint["template"] == template_for("eurosat")
-    # a checkpoint of before the template was recorded: its run used the default template
+    # an image-trainer (v1 layout) checkpoint of before the template was recorded: its run used the default one
     old = {k: v for k, v in ck.fingerprint.items() if k != "template"}
-    write_checkpoint(out / CHECKPOINT_NAME, {**ck.state, "template": DEFAULT_TEMPLATE}, old)
+    v1 = {k: v for k, v in ck.state.items() if k not in ("point", "method")}
+    v1.update(format="zipfast-image-checkpoint-v1", template=DEFAULT_TEMPLATE, batches=ck.state["step"])
+    write_checkpoint(out / CHECKPOINT_NAME, v1, old)
     capsys.readouterr()
     assert main([*argv, "--budget", "12", "--resume", str(out)]) == 0
     err = capsys.readouterr().err

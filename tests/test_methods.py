@@ -10,8 +10,8 @@ from zipfast.config import ConfigError, TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.methods import METHODS, SHARPZO_RELEASED, MethodOptionError, resolve_options
 from zipfast.optim.protocol import Optimizer
-from zipfast.text import TextTower
-from zipfast import zeroshot
+from zipfast.engine.text_tower import TextTower
+from zipfast.methods import zeroshot
 
 SMALL_SHARPZO = {"dim": 24, "popsize": 8, "grad_dirs": 2, "change_point": 2, "prune_interval": 3, "std": 0.05}
 
@@ -60,7 +60,7 @@ def test_options_defaults_presets_and_errors():
         resolve_options("sharpzo", {"popsize": "many"})
     with pytest.raises(MethodOptionError, match="keep_fraction must be in"):
         resolve_options("sharpzo", {"keep_fraction": 0})
-    with pytest.raises(ConfigError, match="method must be one of zip, zo-sgd, sharpzo, zip-cma, zsclip, bptvlm, bar, blackvip; got .cma."):
+    with pytest.raises(ConfigError, match="method must be one of zip, sharpzo, zo-sgd, zip-cma, zsclip, bptvlm, bar, blackvip; got .cma."):
         TrainConfig(method="cma").validate()
     with pytest.raises(ConfigError, match="template"):
         TrainConfig(method="zsclip", method_options={"template": "no placeholder"}).validate()
@@ -168,7 +168,7 @@ def test_zero_shot_spends_no_queries_and_scores_the_template(planted, small_task
     expect = 100.0 * float((logits.argmax(-1) == small_task.test_labels).float().mean())
     assert report["test_acc"] == pytest.approx(expect)
     custom = trainer(planted, small_task, method="zsclip", method_options={"template": "{} texture."})
-    assert custom.template == "{} texture." and not torch.equal(custom.zeroshot_text, tr.zeroshot_text)
+    assert custom.template == "{} texture." and not torch.equal(custom.evaluator.zeroshot_text, tr.evaluator.zeroshot_text)
 
 
 def test_zero_shot_template_table():
@@ -199,7 +199,7 @@ def test_short_planted_run_improves_over_its_start(planted, method, opts, budget
 def test_sharpzo_released_preset_starts_from_a_photo_of_a(planted, small_task):
     # The release's context: the token embeddings of its 4 words (not zipfast's random N_CTX tokens).
     from zipfast.data.sources import FeatureSource
-    from zipfast.text import init_context_from_text
+    from zipfast.engine.text_tower import init_context_from_text
 
     model, tok = planted
     t = small_task
@@ -209,14 +209,14 @@ def test_sharpzo_released_preset_starts_from_a_photo_of_a(planted, small_task):
     released = ZIPTrainer(model, t.classnames, TrainConfig(**cfg, method_options={"preset": "released", "dim": 24}),
                           data, tokenizer=tok, progress=False)
     want = init_context_from_text(TextTower(model), tok, "a photo of a")
-    assert released.n_ctx == 4 and torch.equal(released.space.ctx0.cpu(), want)
+    assert released.evaluator.n_ctx == 4 and torch.equal(released.space.ctx0.cpu(), want)
     paper = ZIPTrainer(model, t.classnames, TrainConfig(**cfg, method_options={"dim": 24}), data, tokenizer=tok,
                        progress=False)
-    assert paper.n_ctx == 8 and not torch.equal(paper.space.ctx0[:4].cpu(), want)
+    assert paper.evaluator.n_ctx == 8 and not torch.equal(paper.space.ctx0[:4].cpu(), want)
     own = ZIPTrainer(model, t.classnames, TrainConfig(**cfg, ctx_init="a satellite photo of",
                                                      method_options={"preset": "released", "dim": 24}),
                      data, tokenizer=tok, progress=False)
-    assert own.n_ctx == 4 and not torch.equal(own.space.ctx0.cpu(), want)  # TRAINER.ZIP.CTX_INIT wins
+    assert own.evaluator.n_ctx == 4 and not torch.equal(own.space.ctx0.cpu(), want)  # TRAINER.ZIP.CTX_INIT wins
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -254,7 +254,7 @@ def test_a_bad_backend_exits_2_naming_it(argv, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if spec.towers == ("text",)])
 def test_every_text_method_reports_the_one_schema(planted, small_task, method):
-    from zipfast.run_loop import REPORT_KEYS
+    from zipfast.run.loop import REPORT_KEYS
 
     opts = SMALL_SHARPZO if method == "sharpzo" else {}
     report = trainer(planted, small_task, method=method, method_options=opts, budget=20).fit()

@@ -9,10 +9,11 @@ import uuid
 import pytest
 
 import zipfast.cli
-from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
+import zipfast.run.commands
+from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main
 from zipfast.errors import OutputDirError, UserError
-from zipfast.rundir import RunDir, RunDirBusyError, truncate_log
+from zipfast.run.rundir import RunDir, RunDirBusyError, truncate_log
 
 PLANTED = ["train", "--data", "planted", "--device", "cpu", "--no-progress", "--batch-size", "16",
            "TRAINER.ZIP.N_CTX", "4", "TRAINER.ZIP.INTRINSIC_DIM", "40", "TRAINER.ZIP.RANK", "2",
@@ -33,7 +34,7 @@ def no_model_load(monkeypatch):
     """Fail loudly if the command gets as far as loading a model."""
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the output directory was checked")
-    monkeypatch.setattr(zipfast.cli, "build_run", refuse)
+    monkeypatch.setattr(zipfast.run.commands, "load", refuse)
 
 
 # ------------------------------------------------------------------------------ ownership
@@ -171,7 +172,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_exits_2(tmp_path, capsys, monke
     _mount_tmpfs(disk, "size=1m")
     try:
         out, filler = disk / "run", disk / "filler"
-        from zipfast.trainer import ZIPTrainer
+        from zipfast.run.trainer import ZIPTrainer
 
         real = ZIPTrainer.save_checkpoint
 

@@ -8,10 +8,12 @@ import signal
 import pytest
 
 import zipfast.cli
-import zipfast.trainer
-from zipfast.checkpoint import CHECKPOINT_NAME, read_checkpoint
+import zipfast.run.commands
+import zipfast.evaluate.text
+import zipfast.run.trainer
+from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main, resume_command
-from zipfast.signals import StopSignals
+from zipfast.run.signals import StopSignals
 
 ARGS = ["--data", "planted", "--device", "cpu", "--no-progress", "--batch-size", "16", "--budget", "16",
         "--checkpoint-every", "100"]
@@ -27,18 +29,18 @@ def reference(tmp_path_factory):
     """An uninterrupted 8-step run: (log without times, final w)."""
     out = tmp_path_factory.mktemp("ref") / "run"
     assert main(["train", *ARGS, "--output-dir", str(out), *OPTS]) == 0
-    return _strip(out), read_checkpoint(out / CHECKPOINT_NAME).state["w"]
+    return _strip(out), read_checkpoint(out / CHECKPOINT_NAME).state["point"]
 
 
 def _signal_at_step(monkeypatch, signum, at):
-    real = zipfast.trainer.batch_indices
+    real = zipfast.evaluate.text.batch_indices
 
     def indices(n, batch_size, step, seed):
         if step == at:
             os.kill(os.getpid(), signum)  # arrives while step `at` runs
         return real(n, batch_size, step, seed)
 
-    monkeypatch.setattr(zipfast.trainer, "batch_indices", indices)
+    monkeypatch.setattr(zipfast.evaluate.text, "batch_indices", indices)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
@@ -67,7 +69,7 @@ def test_stop_signal_saves_prints_resume_and_continues_exactly(reference, tmp_pa
     assert main(words[1:]) == 0
     log, w = reference
     assert _strip(out) == log
-    assert read_checkpoint(ckpt).state["w"].equal(w)
+    assert read_checkpoint(ckpt).state["point"].equal(w)
 
 
 def test_sigterm_outside_the_step_loop_still_says_where_the_checkpoint_is(reference, tmp_path, capsys,
@@ -75,14 +77,14 @@ def test_sigterm_outside_the_step_loop_still_says_where_the_checkpoint_is(refere
     """No step in flight (model load, final evaluation): SIGHUP/SIGTERM stop at once with one line."""
     out = tmp_path / "run"
     argv = ["train", *ARGS, "--output-dir", str(out), *OPTS]
-    real_build = zipfast.cli.build_run
-    monkeypatch.setattr(zipfast.cli, "build_run", lambda *a: os.kill(os.getpid(), signal.SIGHUP) or real_build(*a))
+    real_build = zipfast.run.commands.load
+    monkeypatch.setattr(zipfast.run.commands, "load", lambda *a: os.kill(os.getpid(), signal.SIGHUP) or real_build(*a))
     assert main(argv) == 129
     assert capsys.readouterr().err.strip().splitlines()[-1] == "zipfast train: stopped by SIGHUP"
     monkeypatch.undo()
 
-    real_eval = zipfast.trainer.ZIPTrainer.evaluate
-    monkeypatch.setattr(zipfast.trainer.ZIPTrainer, "evaluate",
+    real_eval = zipfast.run.trainer.ZIPTrainer.evaluate
+    monkeypatch.setattr(zipfast.run.trainer.ZIPTrainer, "evaluate",
                         lambda self, *a: os.kill(os.getpid(), signal.SIGTERM) or real_eval(self, *a))
     assert main(argv) == 143  # the SIGHUP run left no run files: a fresh start is allowed
     last = capsys.readouterr().err.strip().splitlines()[-1]

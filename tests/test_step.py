@@ -8,12 +8,12 @@ import textwrap
 import pytest
 import torch
 
-from zipfast.batched import make_engine
+from zipfast.engine.batched import make_engine
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.optim import SPSA
-from zipfast.space import ZIPSpace
-from zipfast.step import FusedZIPStep
-from zipfast.text import ClassPrompts, TextTower
+from zipfast.spaces.context import ZIPSpace
+from zipfast.engine.step import FusedZIPStep
+from zipfast.engine.text_tower import ClassPrompts, TextTower
 
 PARAMS = (1.0, 0.01, 0.01, 0.4, 0.1)
 
@@ -143,7 +143,7 @@ def test_trainer_uses_the_fused_step_when_asked(monkeypatch, tmp_path):
     for mode in ("0", "1"):
         monkeypatch.setenv("ZIPFAST_FUSED_STEP", mode)
         tr = ZIPTrainer(model, task.classnames, TrainConfig(**cfg), task, tokenizer=tok, progress=False)
-        assert (tr._fused_step() is not None) == (mode == "1")
+        assert (tr.evaluator.fused(tr.space, tr.optimizer, tr.config, tr.step_hooks) is not None) == (mode == "1")
         report = tr.fit()
         runs[mode] = (tr.w.clone(), report["queries"], tr.step)
     assert runs["0"][1:] == runs["1"][1:] == (34, 4)  # 3 fused steps of 10 queries, then a plain one of 4
@@ -158,7 +158,7 @@ def test_fused_step_logs_checkpoints_and_resumes_like_the_plain_rounds(monkeypat
     import shutil
 
     from zipfast import ZIPTrainer
-    from zipfast.checkpoint import CHECKPOINT_NAME
+    from zipfast.run.checkpoint import CHECKPOINT_NAME
     from zipfast.config import TrainConfig
 
     model, tok = planted_model(0)

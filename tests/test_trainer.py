@@ -10,7 +10,7 @@ from zipfast import reference as ref
 from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.optim import SPSA
-from zipfast.text import TextTower
+from zipfast.engine.text_tower import TextTower
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_hook_time_is_not_training_time_and_the_final_point_reuses_the_final_eva
     (on_start, after each round, on_end) HOOK s. Training time is exactly the rounds' time."""
     from types import SimpleNamespace
 
-    from zipfast import run_loop
+    from zipfast.run import loop as run_loop
 
     ROUND, HOOK = 1.0, 1000.0
     clock = SimpleNamespace(now=0.0)

@@ -41,8 +41,10 @@ RUNS = {
     "blackvip": ["--method", "blackvip", *_opts(sp_avg=2), *IMAGES, "--budget", "24", *COMMON],
 }
 # where each method's point is in today's (v1) checkpoint; zsclip has none
-POINT_KEY = {"zip": "w", "zo-sgd": "w", "sharpzo": "w", "zsclip": None, "bptvlm": "optimizer/best_x",
-             "bar": "optimizer/w", "blackvip": "optimizer/spsa/w"}
+# the prompt's point in the checkpoint (layout v2 stores it at "point" for every method; it equals the
+# v1 layouts' "w", "optimizer/best_x", "optimizer/w" and "optimizer/spsa/w" the trajectories were recorded from)
+POINT_KEY = {"zip": "point", "zo-sgd": "point", "sharpzo": "point", "zsclip": None, "bptvlm": "point",
+             "bar": "point", "blackvip": "point"}
 
 
 def train(method: str, out: Path) -> None:
@@ -57,7 +59,7 @@ def train(method: str, out: Path) -> None:
 
 def final_point(method: str, out: Path) -> torch.Tensor | None:
     """The final point [dim] as float32 (BPT-VLM's is float64 in the checkpoint and used as float32)."""
-    from zipfast.checkpoint import flatten_state, read_checkpoint
+    from zipfast.run.checkpoint import flatten_state, read_checkpoint
 
     key = POINT_KEY[method]
     if key is None:

@@ -8,14 +8,14 @@ import platform
 
 import torch
 
-from .env import (accelerators, cpu_flags, environment_overrides, resolve_device,  # noqa: F401  (cpu_flags: old path)
+from zipfast.env import (accelerators, cpu_flags, environment_overrides, resolve_device,  # noqa: F401  (cpu_flags: old path)
                   resolve_precision, versions)
 
 
 def info() -> str:
-    from . import __version__
-    from .batched import BACKENDS
-    from .ops import format_table, selfcheck
+    from zipfast import __version__
+    from zipfast.engine.batched import BACKENDS
+    from zipfast.ops import format_table, selfcheck
 
     v = versions()
     dev = resolve_device("auto")

@@ -114,7 +114,7 @@ def versions() -> dict:
     import numpy
     import open_clip
 
-    from . import __version__
+    from zipfast import __version__
 
     v = {"zipfast": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
          "numpy": numpy.__version__, "python": platform.python_version()}
@@ -150,7 +150,7 @@ def _hpu_available() -> bool:
 
 
 def _check_device(device) -> torch.device:
-    from .errors import DeviceError  # errors.py is bottom-level too; imported here to keep env import-free
+    from zipfast.errors import DeviceError  # errors.py is bottom-level too; imported here to keep env import-free
 
     try:
         dev = torch.device(device)

@@ -19,6 +19,10 @@ class UserError(ValueError):
     """A failure the user can fix (bad setting, file, dataset, device, full disk): exit 2."""
 
 
+class ConfigError(UserError):
+    """A setting is unknown, of the wrong type, out of range, or unsupported by zipfast."""
+
+
 class OutputDirError(UserError):
     """The output directory (or a file in it) cannot be created, locked or written."""
 

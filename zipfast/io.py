@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import is_user_os_error, output_error
+from zipfast.errors import is_user_os_error, output_error
 
 TEMP_SUFFIX = ".zipfast.tmp"
 

@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 
 
-from .config import official_model_name
-from .env import resolve_device  # noqa: F401  (re-exported: old import path)
-from .errors import UserError
+from zipfast.config import official_model_name
+from zipfast.env import resolve_device  # noqa: F401  (re-exported: old import path)
+from zipfast.errors import UserError
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False

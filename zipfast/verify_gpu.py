@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from zipfast.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]  # the source tree, when zipfast runs from one
 TRAJECTORY_STEPS = 20
@@ -53,9 +53,9 @@ def _commit() -> str | None:
 
 
 def environment(device: torch.device) -> dict:
-    from . import __version__
-    from .env import versions
-    from .ops.selfcheck import device_identity
+    from zipfast import __version__
+    from zipfast.env import versions
+    from zipfast.ops.selfcheck import device_identity
 
     ident = device_identity(device)
     env = {"zipfast": __version__, "commit": _commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -69,7 +69,7 @@ def environment(device: torch.device) -> dict:
 
 def build_status(device: torch.device) -> dict:
     """Whether the CUDA module loads (building it when missing and nvcc is found) and what it embeds."""
-    from .ops import build, extension
+    from zipfast.ops import build, extension
 
     out: dict = {"archs": build.cuda_archs()}
     mod, why = extension.cuda_module()
@@ -98,7 +98,7 @@ def build_status(device: torch.device) -> dict:
 
 def selfchecks(device: torch.device, backends=("cuda", "triton")) -> list[dict]:
     """Every registered op × compiled backend: its check run now on `device` (the cache is refreshed)."""
-    from .ops import registry, selfcheck
+    from zipfast.ops import registry, selfcheck
 
     registry.ops()  # run the loaders
     rows = []
@@ -125,11 +125,11 @@ def selfchecks(device: torch.device, backends=("cuda", "triton")) -> list[dict]:
 
 def _planted_step(device: torch.device, use_graph: bool | None):
     """A fused ZIP step on the planted tower (4 layers, 256 wide, 10 classes), q = 5, B = 32."""
-    from .batched import make_engine
-    from .data.planted import make_planted_task, planted_model
-    from .space import ZIPSpace
-    from .step import FusedZIPStep
-    from .text import ClassPrompts, TextTower
+    from zipfast.engine.batched import make_engine
+    from zipfast.data.planted import make_planted_task, planted_model
+    from zipfast.spaces.context import ZIPSpace
+    from zipfast.engine.step import FusedZIPStep
+    from zipfast.engine.text_tower import ClassPrompts, TextTower
 
     model, tok = planted_model(0)
     model = model.to(device)
@@ -155,7 +155,7 @@ def trajectory(device: torch.device) -> dict:
     """The fused step for TRAJECTORY_STEPS steps on `device` (graph on CUDA) against the eager
     fused step on the CPU from the same seed: max |Δw| / max |w_cpu|; on CUDA also whether the
     graph passed its first-replay check."""
-    from .ops import registry
+    from zipfast.ops import registry
 
     steps = []
     for dev, graph in ((torch.device("cpu"), False), (device, None)):
@@ -197,12 +197,12 @@ def figures(device: torch.device, n: int = 20, classes=(10, 1000)) -> dict:
     way) divided by the step's time; kernel launches per step."""
     import open_clip
 
-    from .batched import make_engine
-    from .data.classnames import EUROSAT
-    from .data.planted import planted_model
-    from .space import ZIPSpace
-    from .step import FusedZIPStep
-    from .text import ClassPrompts, TextTower
+    from zipfast.engine.batched import make_engine
+    from zipfast.data.classnames import EUROSAT
+    from zipfast.data.planted import planted_model
+    from zipfast.spaces.context import ZIPSpace
+    from zipfast.engine.step import FusedZIPStep
+    from zipfast.engine.text_tower import ClassPrompts, TextTower
 
     out = {"workload": {}}
     if device.type == "cuda":
@@ -294,7 +294,7 @@ def run(out_dir, dry_run: bool = False, device: str = "cuda", tests: bool = True
     if not dry_run and not torch.cuda.is_available():
         raise NoGPUError("verify-gpu needs a CUDA device and torch sees none (torch.cuda.is_available() is False); "
                          "run it on a machine with an NVIDIA GPU, or pass --dry-run to run the CPU halves of the checks")
-    from .env import resolve_device
+    from zipfast.env import resolve_device
 
     dev = torch.device("cpu") if dry_run else resolve_device(device)  # a device that does not exist: exit 2
     if not dry_run and dev.type != "cuda":

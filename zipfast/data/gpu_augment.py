@@ -31,9 +31,9 @@ import math
 import torch
 from PIL import Image
 
-from ..env import log_once
-from .imagefolder import DatasetError, load_image
-from .transforms import CROP_RATIO, CROP_SCALE, DEFAULT_CHOICES
+from zipfast.env import log_once
+from zipfast.data.imagefolder import DatasetError, load_image
+from zipfast.data.transforms import CROP_RATIO, CROP_SCALE, DEFAULT_CHOICES
 
 log = logging.getLogger("zipfast.data")
 _TRIES = 10

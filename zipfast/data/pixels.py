@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .gpu_augment import DecodedImages, pil_fallback
-from .imagefolder import load_image
-from .sources import derive_seed, step_views
-from .transforms import DEFAULT_CHOICES, test_view, train_view
+from zipfast.data.gpu_augment import DecodedImages, pil_fallback
+from zipfast.data.imagefolder import load_image
+from zipfast.data.sources import derive_seed, step_views
+from zipfast.data.transforms import DEFAULT_CHOICES, test_view, train_view
 
 log = logging.getLogger("zipfast.data")
 _AUGMENT = 2  # the same stream key as ImageSource: a step's views do not depend on the source type

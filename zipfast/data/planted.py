@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..space import random_ctx0
-from ..text import ClassPrompts, TextTower
-from .classnames import EUROSAT, LABEL_SETS
+from zipfast.spaces.context import random_ctx0
+from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.data.classnames import EUROSAT, LABEL_SETS
 
 PLANTED_MODEL = "zipfast-planted"  # 4-layer, 256-wide text tower (the planted-task calibration point)
 
@@ -37,7 +37,7 @@ def planted_model(seed: int = 0, name: str = PLANTED_MODEL, logit_scale: float =
 
     Returns (model, tokenizer).
     """
-    from ..models import load_clip
+    from zipfast.models import load_clip
 
     import logging
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .transforms import DEFAULT_CHOICES, views
+from zipfast.data.transforms import DEFAULT_CHOICES, views
 
 _EPOCH, _AUGMENT, _BANK = 1, 2, 3
 
@@ -152,7 +152,7 @@ class DecodedImageSource(ImageSource):
     def __init__(self, dataset, model, size, mean, std, interpolation="bicubic", device="cpu",
                  test_batch_size=128, autocast=None, bank_views=0, seed=0, progress=None, max_side=None,
                  max_bytes: int = 8 << 30, decode_progress=None, transforms=DEFAULT_CHOICES, workers: int = 0):
-        from .gpu_augment import TENSOR_TRANSFORMS, DecodedImages, pil_fallback
+        from zipfast.data.gpu_augment import TENSOR_TRANSFORMS, DecodedImages, pil_fallback
 
         if pil_fallback("tensor", transforms):
             raise ValueError(f"the tensor augmentation path implements INPUT.TRANSFORMS {list(TENSOR_TRANSFORMS)}, "
@@ -172,7 +172,7 @@ class DecodedImageSource(ImageSource):
 def step_boxes(images, idx: torch.Tensor, step: int, seed: int):
     """Crop boxes and flips of images[idx] (a gpu_augment.DecodedImages) for minibatch `step`:
     gpu_augment.sample_boxes of uniforms [B, 23] drawn from a generator seeded by (seed, step)."""
-    from .gpu_augment import N_UNIFORMS, sample_boxes
+    from zipfast.data.gpu_augment import N_UNIFORMS, sample_boxes
 
     g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT_TENSOR, step))
     u = torch.rand(len(idx), N_UNIFORMS, generator=g, dtype=torch.float64)
@@ -182,6 +182,6 @@ def step_boxes(images, idx: torch.Tensor, step: int, seed: int):
 def step_views(images, idx: torch.Tensor, step: int, seed: int, size: int, mean, std) -> torch.Tensor:
     """Minibatch `step`'s training views float32 [B, 3, size, size], normalised, on the images'
     device: batched random-resized-crop + flip (step_boxes, gpu_augment.crop_resize_flip)."""
-    from .gpu_augment import crop_resize_flip
+    from zipfast.data.gpu_augment import crop_resize_flip
 
     return crop_resize_flip(images, idx, step_boxes(images, idx, step, seed), size, mean, std)

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..env import cache_dir
+from zipfast.env import cache_dir
 
 NAME = "synthetic-images"
 MODEL = "zipfast-tiny224"
@@ -31,10 +31,6 @@ VERSION = 1  # bump when FOLDER or the generator changes: the cached folder name
 # weights seeded by the run seed.
 COORDINATOR = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
                    image_size=224, patch_size=32)
-# Settings of the official defaults that do not fit the tiny model, and what they become here.
-# BPT-VLM: 5 tokens × 64 wide = 320 text and 320 visual parameters, so its 2,000 + 2,000 intrinsic
-# dimensions (for 5 × 512 text / 5 × 768 visual parameters) would exceed the parameters they project to.
-METHOD_DEFAULTS = {"bptvlm": {"intrinsic_dim_l": 200, "intrinsic_dim_v": 200}}
 
 
 
@@ -43,8 +39,8 @@ def folder() -> Path:
     """The generated image folder (root/<class>/*.png), written on first use.
 
     UserError naming the cache directory and ZIPFAST_CACHE when it cannot be written."""
-    from ..errors import UserError
-    from .pixels import write_synthetic_image_folder
+    from zipfast.errors import UserError
+    from zipfast.data.pixels import write_synthetic_image_folder
 
     cache = Path(cache_dir())
     root = cache / f"{NAME}-v{VERSION}"
@@ -80,7 +76,7 @@ def _dir_mode() -> int:
 
 def model():
     """(model, tokenizer): the task's random-weight CLIP (the same for every run seed)."""
-    from .planted import planted_model
+    from zipfast.data.planted import planted_model
 
     return planted_model(MODEL_SEED, name=MODEL)
 

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .imagefolder import DatasetError
+from zipfast.data.imagefolder import DatasetError
 
 _SHOW = 5  # failures listed in the error message
 

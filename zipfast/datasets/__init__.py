@@ -14,12 +14,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.imagefolder import DatasetError, FewShotImageFolder
-from .cache import read_cache, write_json_cache
-from .fewshot import draw_fewshot, subsample_classes
-from .records import Datum, check_files, lab2cname
-from .specs import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, SPECS, DatasetSpec, get_spec, template_for
-from .splits import (read_class_folders, read_classnames, read_fgvc, read_imagenetv2, read_split, read_svhn,
+from zipfast.data.imagefolder import DatasetError, FewShotImageFolder
+from zipfast.datasets.cache import read_cache, write_json_cache
+from zipfast.datasets.fewshot import draw_fewshot, subsample_classes
+from zipfast.datasets.records import Datum, check_files, lab2cname
+from zipfast.datasets.specs import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, SPECS, DatasetSpec, get_spec, template_for
+from zipfast.datasets.splits import (read_class_folders, read_classnames, read_fgvc, read_imagenetv2, read_split, read_svhn,
                      require_dir, require_file)
 
 __all__ = ["PaperDataset", "build_dataset", "get_spec", "template_for", "SPECS", "FEWSHOT_DATASETS",
@@ -93,8 +93,8 @@ def _read_full(spec: DatasetSpec, dataset_dir: Path):
     if spec.layout == "imagenet":
         pre = dataset_dir / "preprocessed.pkl"
         if pre.is_file():  # the official listing (fixes the image order the few-shot draw sees)
-            from .cache import rebase
-            from .safe_pickle import load_datum_pickle
+            from zipfast.datasets.cache import rebase
+            from zipfast.datasets.safe_pickle import load_datum_pickle
 
             data = {k: rebase(v, dataset_dir) for k, v in load_datum_pickle(pre, ("train", "test")).items()}
         else:

@@ -14,11 +14,11 @@ import logging
 import os
 from pathlib import Path
 
-from ..data.imagefolder import DatasetError
-from ..errors import OutputDirError
-from ..io import save_text
-from .records import Datum
-from .safe_pickle import load_datum_pickle
+from zipfast.data.imagefolder import DatasetError
+from zipfast.errors import OutputDirError
+from zipfast.io import save_text
+from zipfast.datasets.records import Datum
+from zipfast.datasets.safe_pickle import load_datum_pickle
 
 log = logging.getLogger("zipfast.datasets")
 FORMAT = "zipfast-fewshot-v1"

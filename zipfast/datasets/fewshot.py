@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-from .records import Datum
+from zipfast.datasets.records import Datum
 
 SUBSAMPLES = ("all", "base", "new")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..data.imagefolder import DatasetError
+from zipfast.data.imagefolder import DatasetError
 
 
 @dataclass(frozen=True)

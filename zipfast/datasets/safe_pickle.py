@@ -12,8 +12,8 @@ import io
 import pickle
 from pathlib import Path
 
-from ..data.imagefolder import DatasetError
-from .records import Datum
+from zipfast.data.imagefolder import DatasetError
+from zipfast.datasets.records import Datum
 
 # (module, name) pairs that denote Dassl's Datum in pickles written by the official code bases.
 DATUM_GLOBALS = frozenset({

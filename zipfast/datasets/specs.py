@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.imagefolder import DatasetError
+from zipfast.data.imagefolder import DatasetError
 
 
 @dataclass(frozen=True)

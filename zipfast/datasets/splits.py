@@ -13,8 +13,8 @@ import os
 import random
 from pathlib import Path
 
-from ..data.imagefolder import DatasetError
-from .records import Datum
+from zipfast.data.imagefolder import DatasetError
+from zipfast.datasets.records import Datum
 
 SPLIT_KEYS = ("train", "val", "test")
 

@@ -12,8 +12,8 @@ import os
 
 import torch
 
-from ..env import get_logger
-from .registry import cuda_device
+from zipfast.env import get_logger
+from zipfast.ops.registry import cuda_device
 
 MODULE = "zipfast._zipfast_cuda"
 log = get_logger("ops")

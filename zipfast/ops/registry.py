@@ -33,9 +33,9 @@ from typing import Callable
 
 import torch
 
-from ..env import get_logger
-from ..errors import UserError
-from . import selfcheck
+from zipfast.env import get_logger
+from zipfast.errors import UserError
+from zipfast.ops import selfcheck
 
 PRIORITY = ("cuda", "triton", "torch", "reference")
 ENV_ALL = "ZIPFAST_BACKEND"
@@ -232,7 +232,7 @@ def table(device=None) -> list[dict]:
     `active` marks what `resolve(op, device)` picks (under the current environment); if the
     environment forces an unavailable backend, no row is active and that row's why_not says so.
     """
-    from ..env import resolve_device
+    from zipfast.env import resolve_device
 
     device = resolve_device("auto") if device is None else _device(device)
     rows = []

@@ -28,8 +28,8 @@ from typing import Callable
 
 import torch
 
-from ..env import cache_dir, get_logger
-from ..errors import UserError
+from zipfast.env import cache_dir, get_logger
+from zipfast.errors import UserError
 
 ENV = "ZIPFAST_SELFCHECK"
 MODES = ("0", "1", "always")
@@ -59,7 +59,7 @@ def needs_check(backend: str) -> bool:
 
 def device_identity(device: torch.device) -> dict:
     """What a verdict holds for: the device's name and compute capability, the driver, zipfast."""
-    from .. import __version__
+    from zipfast import __version__
 
     if device.type == "cuda" and torch.cuda.is_available():
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .protocol import Optimizer, empty
-from .zo_sgd import gaussian_two_point
+from zipfast.optim.protocol import Optimizer, empty
+from zipfast.optim.zo_sgd import gaussian_two_point
 
 log = logging.getLogger("zipfast.optim")
 GRAD_ESTIMATORS = ("rge", "cge")

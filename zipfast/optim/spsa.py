@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import reference as ref
-from .protocol import Optimizer, empty
+from zipfast import reference as ref
+from zipfast.optim.protocol import Optimizer, empty
 
 OPT_TYPES = ("spsa-clip", "spsa", "spsa-gc")
 PERTURBATIONS = ("philox", "official")
@@ -56,7 +56,7 @@ class SPSA(Optimizer):
     def _draw(self, pairs: int, k: int) -> torch.Tensor:
         """z [pairs, δ] of step k."""
         if self.perturbation == "philox":
-            from ..ops.perturb import perturb
+            from zipfast.ops.perturb import perturb
 
             return perturb(self.seed, k, pairs, self.dim, device=self.w.device)
         return ref.segmented_uniform(pairs, self.dim, self.generator).to(self.w.device, self.w.dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .protocol import Optimizer, empty
+from zipfast.optim.protocol import Optimizer, empty
 
 
 def gaussian_two_point(loss_plus: torch.Tensor, loss_minus: torch.Tensor, z: torch.Tensor, mu: float) -> torch.Tensor:

@@ -10,9 +10,17 @@ scripts runs with `python train.py` replaced by `zipfast train`:
 
 Settings merge in the official order: dataset config file, trainer config file, the flags
 (--root, --output-dir, --seed, --transforms, --trainer, --backbone), then the KEY VALUE list. The
-run writes Dassl's `log.txt` (see dassl_log). Trainers: ZIP trains; ZeroshotCLIP (alias ZSCLIP)
-evaluates the dataset's hand-written template (the `zsclip` method); `--method` picks another
-optimiser for `--trainer ZIP` runs; any other official trainer is refused by name.
+run writes Dassl's `log.txt` (see dassl_log) and result.json. Trainers: ZIP trains; ZeroshotCLIP
+(alias ZSCLIP) evaluates the dataset's hand-written template (the `zsclip` method); `--method` picks
+another optimiser for `--trainer ZIP` runs; BPTVLM, BAR and BlackVIP train the image-side baselines
+(their keys TRAINER.BPTVLM.*, TRAINER.BAR.*, TRAINER.BLACKVIP.*, read as train.py does: its own
+defaults, the dataset yaml, the trainer yaml, the flags, the KEY VALUE list); any other official
+trainer is refused by name. Every trainer runs on the one `Trainer`.
+
+`--eval-only --model-dir DIR` evaluates the prompt in DIR's checkpoint on this command's dataset and
+classes (base→new, cross-dataset, OOD); the checkpoint's method and the settings that shape its
+prompt win (zipfast.run.prompt). DATASET.SUBSAMPLE_CLASSES base|new trains/tests on half of the
+classes. BAR and BlackVIP classify with the dataset's hand-written template, as officially.
 """
 
 from __future__ import annotations
@@ -23,17 +31,18 @@ import json
 import logging
 from pathlib import Path
 
-from ..checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME
-from ..config import ConfigError, cfg_to_train_config, load_official
-from ..io import save_json
+from zipfast.run.checkpoint import CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME
+from zipfast.config import ConfigError, cfg_to_train_config, load_official
+from zipfast.datasets.ids import paper_dataset_id
+from zipfast.io import save_json
+from zipfast.methods import IMAGE_TRAINERS
 
 log = logging.getLogger("zipfast.paper")
 
 TRAINERS = {"ZIP": "zip", "ZeroshotCLIP": "zsclip", "ZSCLIP": "zsclip"}
 # Official trainers zipfast does not run (yet): refused by name rather than misread.
-NOT_IMPLEMENTED = ("ZeroshotCLIP2", "CoOp", "CoCoOp")  # BPTVLM, BAR, BlackVIP: official_image
+NOT_IMPLEMENTED = ("ZeroshotCLIP2", "CoOp", "CoCoOp")
 RESULT_FILE = "result.json"
-PAPER_PREFIX = "paper:"
 SUBSAMPLES = ("all", "base", "new")  # DATASET.SUBSAMPLE_CLASSES: every class, the first half, the rest
 
 
@@ -67,29 +76,11 @@ def wanted(args) -> bool:
                 or args.model_dir)
 
 
-def paper_dataset_id(key: str, subsample: str, root: str) -> str:
-    return f"{PAPER_PREFIX}{key}:{subsample}:{Path(root).expanduser().absolute()}"
-
-
 def check_subsample(value) -> str:
     """DATASET.SUBSAMPLE_CLASSES, or ConfigError naming the bad value."""
     if value not in SUBSAMPLES:
         raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new; got {value!r}")
     return value
-
-
-def parse_dataset_id(value: str) -> tuple[str, str, str]:
-    key, subsample, root = value[len(PAPER_PREFIX):].split(":", 2)
-    return key, subsample, root
-
-
-def build_paper_data(cfg):
-    """The PaperDataset of a TrainConfig whose dataset is a paper id, as the trainer's image folder."""
-    from ..datasets import build_dataset
-
-    key, subsample, root = parse_dataset_id(cfg.dataset)
-    ds = build_dataset(key, root, shots=cfg.shots, seed=cfg.seed, subsample=subsample)
-    return ds, ds.to_image_folder(cfg.test_per_class)
 
 
 def _resets(args) -> list:
@@ -109,15 +100,16 @@ def _resets(args) -> list:
 def _trainer_kind(name: str) -> str:
     if name in TRAINERS:
         return TRAINERS[name]
+    known = ", ".join([*TRAINERS, *IMAGE_TRAINERS])
     if name in NOT_IMPLEMENTED:
         raise ConfigError(f"--trainer {name} (TRAINER.NAME) is an official trainer zipfast does not implement yet; "
-                          f"implemented: {', '.join(TRAINERS)}")
-    raise ConfigError(f"unknown --trainer {name!r} (TRAINER.NAME); implemented: {', '.join(TRAINERS)}")
+                          f"implemented: {known}")
+    raise ConfigError(f"unknown --trainer {name!r} (TRAINER.NAME); implemented: {known}")
 
 
 def official_config(args):
     """(TrainConfig, trainer kind, DATASET.NAME, subsample) of an official command line."""
-    from ..datasets import get_spec
+    from zipfast.datasets import get_spec
 
     cfg = load_official(args.config_file or None, _resets(args) + list(args.opts or ()),
                         args.dataset_config_file or None)
@@ -173,70 +165,122 @@ def refuse_unused_flags(args) -> None:
                               f"of the official train.py has no effect in zipfast's trainers; drop it")
 
 
-def run(args, build_run, match_image_size) -> int:
-    """Run an official command line. build_run(cfg) → (model, tokenizer, classnames, data) and
-    match_image_size(cfg, model) → cfg are the CLI's (passed in: this module sits below the CLI)."""
-    from .. import ZIPTrainer
-    from ..image_prompt import refuse_image_checkpoint
-    from ..trainer import read_checkpoint
-    from .dassl_log import DasslLog
+def official_image_config(args):
+    """(method, TrainConfig, method options, dataset spec, subsample, checkpoint or None) of an official
+    image-trainer command line; the checkpoint is --model-dir's for --eval-only (layout v2)."""
+    from zipfast.config import load_official_image, method_options, train_config_from_official
+    from zipfast.datasets import get_spec
+    from zipfast.run.prompt import prompt_settings, read_prompt_checkpoint
 
-    cfg, kind, spec, subsample = official_config(args)
-    sd = None
-    if args.eval_only and kind == "zip":
+    method, shared, mc, node = load_official_image(args.config_file or None, _resets(args) + list(args.opts or ()),
+                                                   args.dataset_config_file or None, trainer=args.trainer,
+                                                   return_node=True)
+    if not node.DATASET.NAME:
+        raise ConfigError("DATASET.NAME is empty: pass --dataset-config-file configs/datasets/<dataset>.yaml")
+    if not node.DATASET.ROOT:
+        raise ConfigError("DATASET.ROOT is empty: pass --root $DATA (the folder holding the datasets)")
+    subsample = check_subsample(node.DATASET.SUBSAMPLE_CLASSES)
+    spec = get_spec(node.DATASET.NAME)
+    ck, prompt_fields = None, {}
+    if args.eval_only:
         if not args.model_dir:
-            raise ConfigError("--eval-only with --trainer ZIP needs --model-dir (the run folder of a trained prompt)")
-        ckpt = find_checkpoint(args.model_dir)
-        refuse_image_checkpoint(ckpt, "ZIP")
-        sd = read_checkpoint(ckpt)
-        cfg = dataclasses.replace(cfg, **_prompt_settings(sd["config"])).validate()
-    if kind == "zsclip":  # the zsclip method (zipfast.methods) with the dataset's official template
-        cfg = dataclasses.replace(cfg, method="zsclip", method_options={"template": spec.template}).validate()
-    if args.eval_only or kind == "zsclip":  # nothing trains: skip decoding the (possibly huge) train split
-        cfg = dataclasses.replace(cfg, augment="pil").validate()
+            raise ConfigError(f"--eval-only with --trainer {args.trainer} needs --model-dir (the run folder of a "
+                              f"trained prompt)")
+        ck = read_prompt_checkpoint(find_checkpoint(args.model_dir), method)
+        prompt_fields, method_fields = prompt_settings(ck)
+        mc = method_options(method, **method_fields)
+    elif args.model_dir:
+        log.info("--model-dir %s ignored: only --eval-only reads it (as train.py)", args.model_dir)
+    if hasattr(mc, "autocast") and args.precision and not args.eval_only:  # a precision asked for: all queries run it
+        mc = dataclasses.replace(mc, autocast="prec")
+    if getattr(args, "blackvip_encoder", None) and hasattr(mc, "encoder"):
+        mc = dataclasses.replace(mc, encoder=args.blackvip_encoder)
+    flags = {"dataset": paper_dataset_id(spec.key, subsample, node.DATASET.ROOT), "model": args.model,
+             "pretrained": args.pretrained, "budget": args.budget, "shots": args.shots,
+             "batch_size": args.batch_size, "backend": args.backend, "precision": args.precision,
+             "device": args.device, "test_per_class": args.test_per_class,
+             "checkpoint_every": args.checkpoint_every, "augment": args.augment, "method": method,
+             "sp_avg": 1}  # sp_avg: ZIP's, unused here
+    cfg = train_config_from_official(shared, **flags)
+    if prompt_fields:  # the checkpoint's model and prompt shape win over the flags, as for ZIP
+        cfg = dataclasses.replace(cfg, **prompt_fields).validate()
+    return method, cfg, mc, spec, subsample, ck
+
+
+def run(args) -> int:
+    """Run an official command line (any implemented trainer) on the one Trainer."""
+    from zipfast.run.prompt import refuse_image_checkpoint
+    from zipfast.run.state import read_run
+    from zipfast.run.task import load
+    from zipfast.run.trainer import Trainer
+    from zipfast.paper.dassl_log import DasslLog
+
+    image = args.trainer in IMAGE_TRAINERS
+    ck, options = None, None
+    if image:
+        kind, cfg, options, spec, subsample, ck = official_image_config(args)
+        trains = True
+    else:
+        cfg, kind, spec, subsample = official_config(args)
+        trains = kind == "zip"
+        if args.eval_only and kind == "zip":
+            if not args.model_dir:
+                raise ConfigError("--eval-only with --trainer ZIP needs --model-dir (the run folder of a trained prompt)")
+            ckpt = find_checkpoint(args.model_dir)
+            refuse_image_checkpoint(ckpt, "ZIP")
+            ck = read_run(ckpt)
+            cfg = dataclasses.replace(cfg, **_prompt_settings(ck.state["config"])).validate()
+        if kind == "zsclip":  # the zsclip method (zipfast.methods) with the dataset's official template
+            cfg = dataclasses.replace(cfg, method="zsclip", method_options={"template": spec.template}).validate()
+        if args.eval_only or kind == "zsclip":  # nothing trains: skip decoding the (possibly huge) train split
+            cfg = dataclasses.replace(cfg, augment="pil").validate()
     out = cfg.output_dir or None
     dlog = DasslLog(out)
     try:
         dlog(f"Setting fixed seed: {cfg.seed}")
-        dlog("** Arguments **")
-        for key in sorted(vars(args)):
-            if key != "fn":
-                dlog(f"{key}: {getattr(args, key)}")
-        dlog("** Config (zipfast) **")
-        dlog(json.dumps(cfg.to_dict(), sort_keys=True))
-        model, tokenizer, classnames, data = build_run(cfg)
-        cfg = match_image_size(cfg, model)
+        if image:
+            dlog(f"Trainer: {args.trainer} ({kind}), method settings: {dataclasses.asdict(options)}")
+        else:
+            dlog("** Arguments **")
+            for key in sorted(vars(args)):
+                if key != "fn":
+                    dlog(f"{key}: {getattr(args, key)}")
+            dlog("** Config (zipfast) **")
+            dlog(json.dumps(cfg.to_dict(), sort_keys=True))
+        model, tokenizer, classnames, data = load(cfg)
         dlog(f"Dataset: {spec.name} ({subsample} classes: {len(classnames)}; train {len(data.train)}, "
              f"test {len(data.test)})")
+        fewshot_source = getattr(data, "fewshot_source", None)
+        if image and args.eval_only:  # nothing trains: decode no training image
+            data = dataclasses.replace(data, train=[])
         # As Dassl: a folder with a checkpoint resumes (_resume); one without starts over, replacing
         # what a run killed before its first checkpoint left there (overwrite).
-        trainer = ZIPTrainer(model, classnames, cfg, data, tokenizer=tokenizer,
-                             output_dir=out if kind == "zip" and not args.eval_only else None,
-                             progress=not args.no_progress, overwrite=True)
+        trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, options=options,
+                          template=spec.template if image else None,
+                          output_dir=out if trains and not args.eval_only else None,
+                          progress=not args.no_progress, overwrite=True)
         if args.no_train and not args.eval_only:
             dlog("--no-train: nothing trained")
             return 0
-        queries = 0
+        queries, w = 0, None
         if kind == "zsclip":
-            dlog(f"Zero-shot CLIP, template {trainer.template!r}")
-            pred, true = trainer.test_predictions()
+            dlog(f"Zero-shot CLIP, template {trainer.template or spec.template!r}")
         elif args.eval_only:
-            from ..methods import space_from_state_dict
-
             if args.load_epoch is not None:
                 log.info("--load-epoch %s ignored: a zipfast checkpoint holds the final prompt", args.load_epoch)
-            trainer.space = space_from_state_dict(sd["space"], trainer.device)
-            w = sd["w"] if sd.get("w") is not None else sd["optimizer"]["w"]
-            trainer.w = w.to(trainer.device)
-            queries = int(sd.get("queries", 0))
-            dlog(f"Loading prompt from {ckpt} ({queries} queries, step {sd.get('step')})")
-            pred, true = trainer.test_predictions()
+            w = trainer.load_prompt(ck)
+            queries = int(ck.state.get("queries", 0))
+            best = getattr(trainer.optimizer, "report", None) == "best"  # CMA-ES's best candidate (BPT-VLM)
+            dlog(f"Loading prompt from {ck.path} ({queries} queries"
+                 + (", the best candidate seen" if best else f", step {ck.state.get('step')}") + ")")
         else:
-            queries = train_logged(trainer, args, out, dlog, "Deploy the last-epoch model")
-            pred, true = trainer.test_predictions()
+            best = getattr(trainer.optimizer, "report", None) == "best"
+            queries = train_logged(trainer, args, out, dlog, "Deploy the best prompt (lowest training loss)" if best
+                                   else "Deploy the last-epoch model")
+        pred, true = trainer.test_predictions(w)
         write_result(dlog, pred, true, args.eval_only, out, trainer=kind, dataset=spec.name, subsample=subsample,
                      seed=cfg.seed, shots=cfg.shots, queries=queries, n_classes=len(classnames),
-                     fewshot_source=getattr(data, "fewshot_source", None))
+                     fewshot_source=fewshot_source)
         return 0
     finally:
         dlog.close()
@@ -245,7 +289,7 @@ def run(args, build_run, match_image_size) -> int:
 def write_result(dlog, pred, true, eval_only: bool, out, **fields) -> float:
     """Dassl's end of a run: the result block (then "Test acc" for --eval-only, else the elapsed
     time) and result.json (`fields` + the accuracy) in `out`; returns the accuracy (%)."""
-    from .dassl_log import result_block
+    from zipfast.paper.dassl_log import result_block
 
     dlog("Evaluate on the *test* set")
     text, acc = result_block(pred, true)
@@ -262,7 +306,7 @@ def write_result(dlog, pred, true, eval_only: bool, out, **fields) -> float:
 def train_logged(trainer, args, out, dlog, deployed: str) -> int:
     """Resume (as Dassl), add the --eval-every hook, fit, and write Dassl's end-of-training lines
     (`deployed`: which prompt is tested); returns the queries spent. Any trainer of zipfast."""
-    from .hooks import EvalEvery
+    from zipfast.run.hooks import EvalEvery
 
     _resume(trainer, args, out, dlog)
     if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)

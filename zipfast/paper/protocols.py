@@ -19,15 +19,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import ConfigError
-from ..datasets import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, get_spec
-from ..image_config import TRAINER_NAMES, paper_opts
-from .sweep import Job, LocalRunner, RayRunner, run_stages
-from .tables import Table, average_row, curve_points, fmt, fmt_avg, harmonic, mean_std, plot_curves, read_accuracy
+from zipfast.config import ConfigError
+from zipfast.datasets import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, get_spec
+from zipfast.config import paper_opts
+from zipfast.methods import IMAGE_TRAINERS
+from zipfast.paper.sweep import Job, LocalRunner, RayRunner, run_stages
+from zipfast.paper.tables import Table, average_row, curve_points, fmt, fmt_avg, harmonic, mean_std, plot_curves, read_accuracy
 
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "ood")
 ZIP_SIDE = {"zip": "ZIP", "zsclip": "ZeroshotCLIP"}  # methods of the ZIP trainer → official TRAINER.NAME
-METHODS = {**ZIP_SIDE, **{method: name for name, method in TRAINER_NAMES.items()}}  # + BPTVLM, BAR, BlackVIP
+METHODS = {**ZIP_SIDE, **{method: name for name, method in IMAGE_TRAINERS.items()}}  # + BPTVLM, BAR, BlackVIP
 NCTX = 8
 CFG = "vit_b16"  # the official scripts' CFG: configs/trainers/<TRAINER>/<CFG>.yaml
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .official import RESULT_FILE
+from zipfast.paper.official import RESULT_FILE
 
 log = logging.getLogger("zipfast.paper")
 
@@ -65,7 +65,7 @@ class RayRunner:
             try:
                 ray.init(address=address, ignore_reinit_error=True)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                from ..config import ConfigError
+                from zipfast.config import ConfigError
 
                 raise ConfigError(f"cannot join the Ray cluster at --ray {address!r}: {e}; start one with "
                                   f"`ray start --head` or pass its address (ray://host:10001)") from e

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dassl_log import END_TEST, END_TRAINING, metric_regex
-from .hooks import read_curve
+from zipfast.paper.dassl_log import END_TEST, END_TRAINING, metric_regex
+from zipfast.run.hooks import read_curve
 
 
 def read_accuracy(output_dir) -> float | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from ... import reference as ref
-from .. import extension as ext
-from .. import registry
-from ..perturb import DISTRIBUTIONS, as_counter
-from . import reference
+from zipfast import reference as ref
+from zipfast.ops import extension as ext
+from zipfast.ops import registry
+from zipfast.ops.perturb import DISTRIBUTIONS, as_counter
+from zipfast.ops.candidates import reference
 
 OP = "candidates"
 
@@ -26,13 +26,13 @@ def _torch(out, w, seed, step, ck, ctx0, B, Pi, G, divisor, pos, stream, q, rank
 
 
 def _triton(*args):
-    from .triton import candidates as kernel
+    from zipfast.ops.candidates.triton import candidates as kernel
 
     kernel(*args)
 
 
 def _cuda(*args):
-    from .cuda import candidates as kernel
+    from zipfast.ops.candidates.cuda import candidates as kernel
 
     kernel(*args)
 
@@ -47,7 +47,7 @@ SELFCHECK_SHAPES = ((3, 100, 17, 2, 3), (2, 768, 40, 1, 1))  # (m, D, d, rank, q
 
 
 def _selfcheck(fn, device):
-    from ..selfcheck import compare
+    from zipfast.ops.selfcheck import compare
 
     g = torch.Generator().manual_seed(0)
     for m, D, d, rank, q in SELFCHECK_SHAPES:

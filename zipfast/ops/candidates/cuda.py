@@ -7,9 +7,9 @@ import math
 
 import torch
 
-from .. import extension as ext
-from ...reference import token_dim_of
-from ..perturb.reference import DIST_CODES
+from zipfast.ops import extension as ext
+from zipfast.reference import token_dim_of
+from zipfast.ops.perturb.reference import DIST_CODES
 
 
 def candidates(out: torch.Tensor, w, seed, step, ck, ctx0, B, Pi, G, divisor, pos, stream: int, q: int, rank: int,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import reference as ref
-from ..perturb import reference as perturb_ref
+from zipfast import reference as ref
+from zipfast.ops.perturb import reference as perturb_ref
 
 
 def candidates(w: torch.Tensor, seed, step, ck: torch.Tensor, ctx0: torch.Tensor, ff: ref.FastfoodParams,

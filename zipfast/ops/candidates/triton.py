@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference import token_dim_of
-from ..perturb.reference import DIST_CODES
-from ..perturb.triton import LAUNCH, load_counters, z_at
+from zipfast.reference import token_dim_of
+from zipfast.ops.perturb.reference import DIST_CODES
+from zipfast.ops.perturb.triton import LAUNCH, load_counters, z_at
 
 
 @triton.jit

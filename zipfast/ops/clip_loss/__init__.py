@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from .. import registry
-from . import reference
+from zipfast.ops import registry
+from zipfast.ops.clip_loss import reference
 
 OP = "clip_loss"
 
 
 def _triton(*args):
-    from .triton import clip_loss as kernel
+    from zipfast.ops.clip_loss.triton import clip_loss as kernel
 
     return kernel(*args)
 
@@ -29,7 +29,7 @@ registry.register(OP, "triton", _triton, registry.triton_runtime)
 
 def _selfcheck(fn, device):
     """K=3 candidates × C=7 classes × E=33, B=5 images: loss within 1e-5, accuracy exact."""
-    from ..selfcheck import compare, first_problem
+    from zipfast.ops.selfcheck import compare, first_problem
 
     g = torch.Generator().manual_seed(1)
     text, image = torch.randn(3, 7, 33, generator=g).to(device), torch.randn(5, 33, generator=g).to(device)

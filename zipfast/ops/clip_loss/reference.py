@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ... import reference as ref
+from zipfast import reference as ref
 
 
 def clip_loss(text_features: torch.Tensor, image_features: torch.Tensor, labels: torch.Tensor,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import extension as ext
-from .. import registry
-from . import reference
-from .reference import DISTRIBUTIONS
+from zipfast.ops import extension as ext
+from zipfast.ops import registry
+from zipfast.ops.perturb import reference
+from zipfast.ops.perturb.reference import DISTRIBUTIONS
 
 OP = "perturb"
 
@@ -24,13 +24,13 @@ def _torch(seed, step, stream, q, dim, dist):
 
 
 def _triton(seed, step, stream, q, dim, dist):
-    from .triton import perturb as kernel
+    from zipfast.ops.perturb.triton import perturb as kernel
 
     return kernel(seed, step, stream, q, dim, dist)
 
 
 def _cuda(seed, step, stream, q, dim, dist):
-    from .cuda import perturb as kernel
+    from zipfast.ops.perturb.cuda import perturb as kernel
 
     return kernel(seed, step, stream, q, dim, dist)
 
@@ -43,7 +43,7 @@ registry.register(OP, "cuda", _cuda, ext.available)
 
 def _selfcheck(fn, device):
     """Every distribution on an odd shape [5, 1031]: bit-identical to the reference on `device`."""
-    from ..selfcheck import compare, first_problem
+    from zipfast.ops.selfcheck import compare, first_problem
 
     seed, step, stream, q, dim = 0x9E3779B9, 77, 3, 5, 1031
     return first_problem(*(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import extension as ext
-from .reference import DIST_CODES
+from zipfast.ops import extension as ext
+from zipfast.ops.perturb.reference import DIST_CODES
 
 
 def perturb(seed: torch.Tensor, step: torch.Tensor, stream: int, q: int, dim: int, dist: str) -> torch.Tensor:

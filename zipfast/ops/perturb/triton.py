@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from triton.language.random import philox_impl
 
-from . import reference as ref
+from zipfast.ops.perturb import reference as ref
 
 DIST_CODES = ref.DIST_CODES  # segmented 0, gaussian 1, rademacher 2
 LAUNCH = {"enable_fp_fusion": False}

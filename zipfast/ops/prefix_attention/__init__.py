@@ -9,14 +9,14 @@ Layout (head-major): q [K, H, C, Tq, hd], prefix k/v [K, H, P, hd], suffix k/v [
 q_pos [C, Tq] or None (causal) → o [K, H, C, Tq, hd]. Chosen through `zipfast.ops.registry`.
 """
 
-from ..registry import register, register_check, triton_runtime
-from . import reference, torch_lse
+from zipfast.ops.registry import register, register_check, triton_runtime
+from zipfast.ops.prefix_attention import reference, torch_lse
 
 OP = "prefix_attention"
 
 
 def _triton(*args, **kwargs):
-    from .triton_kernel import prefix_attention
+    from zipfast.ops.prefix_attention.triton_kernel import prefix_attention
 
     return prefix_attention(*args, **kwargs)
 
@@ -32,7 +32,7 @@ def _selfcheck(fn, device):
     plus 1e-3 of the output's scale."""
     import torch
 
-    from ..selfcheck import compare
+    from zipfast.ops.selfcheck import compare
 
     g = torch.Generator().manual_seed(3)
     K, H, C, P, S, hd = 2, 3, 5, 4, 7, 16

@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from .reference import causal_positions
+from zipfast.ops.prefix_attention.reference import causal_positions
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import causal_positions
+from zipfast.ops.prefix_attention.reference import causal_positions
 
 
 @triton.jit

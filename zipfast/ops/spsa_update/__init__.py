@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import extension as ext
-from .. import registry
-from ..perturb import DISTRIBUTIONS, as_counter
-from . import reference
-from .reference import MODES, STATS, schedules
+from zipfast.ops import extension as ext
+from zipfast.ops import registry
+from zipfast.ops.perturb import DISTRIBUTIONS, as_counter
+from zipfast.ops.spsa_update import reference
+from zipfast.ops.spsa_update.reference import MODES, STATS, schedules
 
 OP = "spsa_update"
 
@@ -22,13 +22,13 @@ __all__ = ["spsa_update", "schedules", "MODES", "STATS"]
 
 
 def _triton(*args):
-    from .triton import spsa_update as kernel
+    from zipfast.ops.spsa_update.triton import spsa_update as kernel
 
     return kernel(*args)
 
 
 def _cuda(*args):
-    from .cuda import spsa_update as kernel
+    from zipfast.ops.spsa_update.cuda import spsa_update as kernel
 
     return kernel(*args)
 
@@ -41,7 +41,7 @@ registry.register(OP, "cuda", _cuda, ext.available)
 
 def _selfcheck(fn, device):
     """Every mode on δ = 417 (ZIP's default) and an odd 53, q = 3: w, momentum and stats within 1e-5."""
-    from ..selfcheck import compare
+    from zipfast.ops.selfcheck import compare
 
     g = torch.Generator().manual_seed(2)
     for dim in (417, 53):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import extension as ext
-from ..perturb.reference import DIST_CODES
-from .reference import MODE_CODES
+from zipfast.ops import extension as ext
+from zipfast.ops.perturb.reference import DIST_CODES
+from zipfast.ops.spsa_update.reference import MODE_CODES
 
 
 def spsa_update(w, momentum, losses, seed, step, ak, ck, stream, dist, mode, b1):

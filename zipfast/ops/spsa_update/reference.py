@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import reference as ref
-from ..perturb import reference as perturb_ref
+from zipfast import reference as ref
+from zipfast.ops.perturb import reference as perturb_ref
 
 MODES = ("spsa", "spsa-clip", "spsa-gc")
 MODE_CODES = {"spsa": 0, "spsa-clip": 1, "spsa-gc": 2}

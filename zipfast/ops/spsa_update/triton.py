@@ -8,9 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..perturb.reference import DIST_CODES
-from ..perturb.triton import LAUNCH, load_counters, z_at
-from .reference import MODE_CODES
+from zipfast.ops.perturb.reference import DIST_CODES
+from zipfast.ops.perturb.triton import LAUNCH, load_counters, z_at
+from zipfast.ops.spsa_update.reference import MODE_CODES
 
 
 @triton.jit

@@ -1,0 +1,109 @@
+"""The evaluator contract and the task a method is built on.
+
+    losses, accs = evaluator.losses(space, cand, batch_index)   # cand [K, dim] → [K] (or [K, cost]), [K]
+    pred, labels, loss = evaluator.predict(space, w)            # the test split, w [dim]
+
+`cost` is the queries one candidate costs (1, or BPT-VLM's minibatches per epoch): the trainer
+asks the optimiser for (queries left) // cost candidates. `batch_index` is the optimiser's: the
+1-based minibatch of the round (every candidate on it), or, for an evaluator that gives each
+candidate its own epoch (BPT-VLM), the 1-based index of the round's first candidate, which reads its
+own `cost` minibatches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Settings that determine every method's trajectory (a checkpoint resumes only a run that agrees on all);
+# each evaluator adds its own (`Evaluator.trajectory_keys`).
+SHARED_TRAJECTORY = ("model", "pretrained", "batch_size", "shots", "seed", "image_size", "interpolation",
+                     "pixel_mean", "pixel_std", "transforms", "augment", "precision", "dataset", "test_per_class")
+
+
+@dataclass
+class Task:
+    """A run's task once fitted to its model (zipfast.run.task): the config (TrainConfig, its image
+    size the model's), the model on its device, tokenizer, class names, data (PlantedTask,
+    FewShotImageFolder or FeatureSource), the engine backend of each tower ({"text": …}), the fixed text of the image-side methods (template), the
+    initial context if given (ctx0 [m, D]), BlackVIP's encoder (None: built from the options),
+    adjustments (changes to the config, for the report; evaluators append theirs) and progress bars."""
+
+    config: Any
+    model: Any
+    tokenizer: Any
+    classnames: list
+    data: Any
+    device: torch.device
+    backends: dict = field(default_factory=dict)
+    template: str | None = None
+    ctx0: torch.Tensor | None = None
+    encoder: Any = None
+    adjustments: list = field(default_factory=list)
+    progress: bool = True
+
+
+class Evaluator:
+    """Base class. Subclasses set cost, engine (the report's backend and test precision), engines
+    (all, for the fallbacks), query_precision, template and trajectory_keys."""
+
+    cost: int = 1
+    engine: Any
+    engines: tuple = ()
+    query_precision: str = "fp32"
+    template: str | None = None
+    trajectory_keys: tuple = SHARED_TRAJECTORY
+
+    def losses(self, space, cand: torch.Tensor, batch_index: int):
+        raise NotImplementedError
+
+    def predict(self, space, w: torch.Tensor):
+        """(predicted classes [M], labels [M], mean test loss or None) for the prompt of w [dim]."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:
+        """Values beyond the config that a resumed run must share (a text width, a template…)."""
+        return {}
+
+    def prepare(self, space) -> None:
+        """Called once before the first round of a fit()."""
+
+    def snapshot(self, space):
+        """What evaluating candidates changes outside the optimiser (restored after a non-finite loss)."""
+        return None
+
+    def restore(self, space, state) -> None:
+        pass
+
+    def fused(self, space, optimizer, config, hooks):
+        """A fused whole-step implementation (zipfast.engine.step) where one applies, else None."""
+        return None
+
+
+def adapt_config(config, model, encodes_images: bool):
+    """(config, adjustments) for a run that encodes images: image_size becomes the model's fixed
+    input size (a ViT's positional embedding admits no other), and INPUT.TRANSFORMS other than
+    the official list run on the PIL augmentation path (the tensor path implements only that
+    list). Each change is one log line and one entry of the report's "adjustments"."""
+    import dataclasses
+    import logging
+
+    from zipfast.data.gpu_augment import pil_fallback
+    from zipfast.models import model_image_size
+
+    if not encodes_images:
+        return config, []
+    changes, notes = {}, []
+    size = model_image_size(model)
+    if size is not None and size != config.image_size:
+        changes["image_size"] = size
+        notes.append(f"image_size {config.image_size} -> {size} (the model's input size)")
+    augment_note = pil_fallback(config.augment, config.transforms)
+    if augment_note:
+        changes["augment"] = "pil"
+        notes.append(augment_note)
+    for note in notes:
+        logging.getLogger("zipfast.evaluate").info("%s", note)
+    return (dataclasses.replace(config, **changes).validate() if changes else config), notes

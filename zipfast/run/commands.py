@@ -1,0 +1,284 @@
+"""What each `zipfast` command does (zipfast.cli parses the command line and dispatches here).
+
+Every command sets its task up through zipfast.run.task and trains on the one `Trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from zipfast.data import synthetic
+from zipfast.data.classnames import PLANTED_TASKS as PLANTED  # built-in planted task name → label set
+from zipfast.errors import ConfigError, UserError
+from zipfast.run.task import load
+
+DEMO_DIR = "runs/demo"
+
+
+def _config_from_args(args):
+    from zipfast.config import cfg_to_train_config, load_official
+
+    flags = {"budget": args.budget, "shots": args.shots, "seed": args.seed, "model": args.model,
+             "pretrained": args.pretrained, "dataset": args.data, "output_dir": args.output_dir,
+             "backend": args.backend, "precision": args.precision, "device": args.device,
+             "opt_type": args.opt_type, "perturbation": args.perturbation, "test_per_class": args.test_per_class,
+             "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
+             "feature_bank": args.feature_bank, "augment": args.augment, "method": args.method,
+             "method_options": parse_method_opts(args.method_opt)}
+    if args.data in PLANTED and args.model is None:
+        flags.update(model="zipfast-planted", pretrained="none")
+    if args.data == synthetic.NAME and args.model is None:
+        flags.update(model=synthetic.MODEL, pretrained="none")
+    cfg = load_official(args.config_file, args.opts or ())
+    return cfg_to_train_config(cfg, **flags)
+
+
+def parse_method_opts(items) -> dict | None:
+    """["KEY=VALUE", ...] → {KEY: VALUE} (values parsed per option type by zipfast.methods); None if none."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--method-opt takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def train(args) -> int:
+    """Checks in the order that fails fastest: config, device, checkpoint, output directory
+    (locked for the run), then the model and data load, image check and training."""
+    from zipfast.env import resolve_device
+    from zipfast.paper import official
+    from zipfast.run.checkpoint import resolve_checkpoint_path
+    from zipfast.run.rundir import RunDir
+    from zipfast.run.state import read_run
+
+    official.refuse_unused_flags(args)
+    if official.wanted(args):
+        return official.run(args)
+    cfg = _config_from_args(args)
+    resolve_device(cfg.device)
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: --resume continues the run in the "
+                        "output directory, --overwrite deletes it; pass one of them")
+    ck = read_run(resolve_checkpoint_path(args.resume)) if args.resume else None
+    ckpt = ck.path if ck is not None else None
+    out = cfg.output_dir or (str(Path(ckpt).parent) if ckpt is not None else "")
+    run = None
+    if out:
+        mode = "resume" if args.resume else "overwrite" if args.overwrite else "fresh"
+        run = args.run_dir = RunDir(out, mode, resume_from=ckpt).acquire()
+    try:
+        report = _fit(cfg, args, run, ck)
+    finally:
+        if run is not None:
+            run.release()
+    _print_report(report)
+    return 0
+
+
+def _fit(cfg, args, run, ck) -> dict:
+    """Load the task, build the trainer (resumed from ck), add --eval-every's hook, fit → the report."""
+    from zipfast.methods import resolve_options
+    from zipfast.run.trainer import Trainer
+
+    resolve_options(cfg.method, cfg.method_options)  # bad settings fail before the model loads
+    model, tokenizer, classnames, data = load(cfg)
+    # a resume keeps the fixed text it started with (the checkpoint's), whatever this run's rule says now
+    template, notes = _resume_template(ck, cfg) if ck is not None else (None, [])
+    trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, output_dir=run, template=template,
+                      encoder_source=getattr(args, "blackvip_encoder", None), progress=not args.no_progress,
+                      adjustments=notes)
+    if ck is not None:
+        trainer.load_checkpoint(ck.path, ck)
+        print(f"resumed from {ck.path} at step {trainer.step} ({trainer.queries} queries)")
+    if getattr(args, "eval_every", None):
+        from zipfast.run.hooks import EvalEvery
+
+        trainer.step_hooks.append(EvalEvery(args.eval_every, run.path if run is not None else None))
+    return trainer.fit()
+
+
+def _resume_template(ck, cfg) -> tuple[str | None, list[str]]:
+    """(template, notes): the fixed text a resume continues with, the checkpoint's, so the trajectory
+    stays the one it started (a difference from this run's rule is logged and noted); None where the
+    method has no fixed text."""
+    import logging
+
+    from zipfast.methods import get
+    from zipfast.methods.zeroshot import template_for
+
+    theirs = ck.fingerprint.get("template")
+    if get(cfg.method).towers != ("image",) or theirs is None:
+        return None, []
+    mine = template_for(cfg.dataset)
+    if theirs == mine:
+        return theirs, []
+    note = (f"template: the checkpoint {ck.path} trained {cfg.method} with {theirs!r}; a fresh run on "
+            f"{ck.fingerprint.get('dataset')!r} would use {mine!r}; the resume keeps {theirs!r}")
+    logging.getLogger("zipfast.run").warning(note)
+    return theirs, [note]
+
+
+def eval_checkpoint(args) -> int:
+    """Test accuracy of a checkpoint's prompt on its dataset or another (only the settings that shape
+    the prompt must agree); no training image is decoded."""
+    import dataclasses
+
+    from zipfast.config import TrainConfig, merge_flags
+    from zipfast.data.imagefolder import FewShotImageFolder
+    from zipfast.env import resolve_device
+    from zipfast.methods import get
+    from zipfast.run.state import read_run
+    from zipfast.run.trainer import Trainer
+
+    ck = read_run(args.checkpoint)
+    sd = ck.state
+    cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
+                      device=args.device, backend=args.backend, test_per_class=args.test_per_class)
+    resolve_device(cfg.device)
+    model, tokenizer, classnames, data = load(cfg)
+    options = None
+    if isinstance(data, FewShotImageFolder) and get(cfg.method).needs_images:
+        data = dataclasses.replace(data, train=[])  # nothing trains: the image-side methods decode no training image
+    if ck.fingerprint.get("method_config") is not None:
+        from zipfast.config import method_options
+
+        options = method_options(cfg.method, **ck.fingerprint["method_config"])
+    trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, options=options,
+                      template=sd.get("template"), progress=False)
+    acc = trainer.evaluate(trainer.load_prompt(ck)) if sd.get("point") is not None else trainer.evaluate()
+    print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": sd.get("step"),
+                      "queries": int(sd["queries"]), "test_acc": round(acc, 4)}))
+    return 0
+
+
+def demo(args) -> int:
+    """The planted task: accuracy before and after ZIP, queries, time and queries/s."""
+    from zipfast.config import TrainConfig
+    from zipfast.env import resolve_device
+    from zipfast.run.trainer import Trainer
+
+    cfg = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", budget=args.budget,
+                      seed=args.seed, output_dir=args.output_dir, device=args.device, backend=args.backend,
+                      precision=args.precision).validate()
+    resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    model, tokenizer, classnames, task = load(cfg)
+    # The demo replaces its own default folder; any other folder follows the fresh-run rule.
+    overwrite = args.overwrite or args.output_dir == DEMO_DIR
+    trainer = Trainer(model, classnames, cfg, task, tokenizer=tokenizer, output_dir=cfg.output_dir,
+                      progress=not args.no_progress, overwrite=overwrite)
+    before = trainer.evaluate()
+    print(f"planted task: {len(classnames)} EuroSAT classes, {len(task.train_labels)} train / "
+          f"{len(task.test_labels)} test features, text tower {trainer.evaluator.tower.width} wide; "
+          f"δ = {trainer.space.dim} parameters; backend {trainer.engine.name}, {trainer.engine.precision}, "
+          f"{trainer.device}")
+    print(f"test accuracy before: {before:.1f}%   (teacher context: {_teacher_acc(trainer, task):.1f}%)")
+    report = trainer.fit()
+    print(f"test accuracy after:  {report['test_acc']:.1f}%   (+{report['test_acc'] - before:.1f} points)")
+    print(f"queries: {report['queries']} in {report['steps']} steps, training time {report['wall_time_s']:.1f} s, "
+          f"{report['queries_per_s']:.1f} queries/s (total {time.perf_counter() - t0:.1f} s)")
+    if cfg.output_dir:
+        print(f"log, checkpoint and report in {cfg.output_dir}/")
+    return 0
+
+
+def _teacher_acc(trainer, task) -> float:
+    txt = trainer.engine.text_features(task.teacher_ctx.to(trainer.device)[None])[0]
+    logits = trainer.engine.logits_from_text(task.test_features, txt)
+    return 100.0 * float((logits.argmax(-1).cpu() == task.test_labels).float().mean())
+
+
+def bench_paper(args, entry) -> int:
+    """One of the paper's four protocols: run (skipping finished runs), then tables and plots."""
+    from zipfast.paper.protocols import Plan, run_protocol
+
+    split = lambda v, kind=str: [kind(x) for x in v.split(",") if x] if v else None  # noqa: E731
+    plan = Plan(args.protocol, args.root, args.output, datasets=split(args.datasets),
+                seeds=split(args.seeds, int) or (1, 2, 3), methods=split(args.methods) or ("zip",), shots=args.shots,
+                config_file=args.config_file or "", eval_every=args.eval_every, opts=args.opts or (),
+                config_dir=args.config_dir or "",
+                method_flags={"blackvip": ["--blackvip-encoder", args.blackvip_encoder]}
+                if args.blackvip_encoder else None,
+                flags=[f for flag, v in (("--model", args.model), ("--pretrained", args.pretrained),
+                                         ("--device", args.device), ("--backend", args.backend))
+                       if v for f in (flag, v)])
+    summary = run_protocol(plan, entry, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                           progress=not args.no_progress)
+    for path in summary["tables"]:
+        if path.endswith(".md"):
+            print(open(path).read())
+    print(json.dumps(summary))
+    return 1 if summary["failed"] else 0
+
+
+def compare(args) -> int:
+    """Methods × seeds on one task with one budget: table, CSV and accuracy-vs-queries plot."""
+    from zipfast.run.compare import check_methods, compare as run_compare, default_methods, markdown_table, summarise
+    from zipfast.config import TrainConfig
+
+    if args.methods is None:
+        methods = list(default_methods(args.data))
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    check_methods(methods, args.data)
+    seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
+    options: dict = {}
+    for key, value in (parse_method_opts(args.method_opt) or {}).items():
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise ConfigError(f"--method-opt for compare takes METHOD.KEY=VALUE with METHOD one of "
+                              f"{', '.join(methods)}; got {key!r}")
+        options.setdefault(method, {})[name] = value
+    planted, generated = args.data in PLANTED, args.data == synthetic.NAME
+    model = "zipfast-planted" if planted else synthetic.MODEL if generated else TrainConfig.model
+    base = TrainConfig(method=methods[0], model=args.model or model,  # validated as a run that compare makes
+                       pretrained=args.pretrained or ("none" if planted or generated else "openai"), dataset=args.data,
+                       budget=args.budget, shots=args.shots, batch_size=args.batch_size, device=args.device or "auto",
+                       backend=args.backend or "auto", checkpoint_every=0).validate()
+    runs = run_compare(base, load, methods, seeds, args.eval_every, targets, options, args.output_dir,
+                   progress=not args.no_progress)
+    rows = summarise(runs, methods, targets)
+    print(markdown_table(rows, targets), end="")
+    print(f"outputs: {args.output_dir}/compare.png, compare.md, compare.csv, runs.jsonl")
+    return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def info(args) -> int:
+    from zipfast.backends import info
+
+    print(info())
+    return 0
+
+
+def _print_report(report: dict) -> None:
+    keys = ("method", "queries", "steps", "train_loss", "train_acc", "test_acc", "wall_time_s", "queries_per_s", "backend")
+    print(json.dumps({k: report.get(k) for k in keys}))
+
+
+def verify_gpu(args) -> int:
+    from zipfast.verify_gpu import run
+
+    record = run(args.out, dry_run=args.dry_run, device=args.device, tests=not args.no_tests,
+                 log=lambda m: print(m, file=sys.stderr))
+    out = Path(args.out)
+    print(f"verify-gpu: {'all checks passed' if record['passed'] else 'SOME CHECKS FAILED'} "
+          f"({record['seconds']} s); record: {out / 'verify-gpu.json'} and {out / 'verify-gpu.md'}")
+    print(f"Please send both files (and {out / 'gpu-tests.log'} if a check failed) with your GPU's name to the "
+          "zipfast maintainers: they are how the GPU path gets verified.")
+    return 0 if record["passed"] else 1
+
+

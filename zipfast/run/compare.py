@@ -1,0 +1,254 @@
+"""`zipfast compare`: several methods × seeds on one task, the same query budget for all.
+
+Each run is an ordinary run of one method (zipfast.methods) on the one `Trainer`, set up as
+`zipfast train` sets it up (zipfast.run.task), with the same query accounting and budget stop. A step hook
+evaluates test accuracy on the optimiser's current point every `eval_every` queries
+(evaluations cost no queries and are not counted as training time). Writes, in the output
+directory:
+
+- compare.png: test accuracy vs queries, mean over seeds with a min–max band per method
+  (zero-shot CLIP, 0 queries, as a horizontal line);
+- compare.md / compare.csv: per method, final test accuracy mean ± std over seeds, the
+  queries to first reach each target accuracy (at the evaluation granularity; mean over
+  the seeds that reached it, and how many did), training wall time and queries/s;
+- runs.jsonl: one record per run (method, seed, report, curve).
+
+The image-side methods need images: an image folder, or the generated `synthetic-images`
+task (zipfast.data.synthetic); the planted task holds image features only.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Callable, Sequence
+
+from zipfast.config import ConfigError, TrainConfig
+from zipfast.data import synthetic
+from zipfast.data.classnames import PLANTED_TASKS
+from zipfast.methods import IMAGE_METHODS, METHODS, TEXT_METHODS
+from zipfast.run import task
+from zipfast.run.hooks import EvalEvery
+
+ALL_METHODS = tuple(METHODS)
+
+
+def has_images(dataset: str) -> bool:
+    """Whether a task gives pixels (an image folder, synthetic-images) rather than image features (planted)."""
+    return dataset not in PLANTED_TASKS
+
+
+def default_methods(dataset: str) -> tuple[str, ...]:
+    """Every method that can run on the dataset (the ablation zip-cma only when asked for)."""
+    return tuple(m for m in (ALL_METHODS if has_images(dataset) else TEXT_METHODS) if m != "zip-cma")
+
+
+def check_methods(methods: Sequence[str], dataset: str) -> None:
+    """ConfigError naming any method that is unknown or cannot run on the dataset."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--methods: unknown method(s) {bad or list(methods)!r}; choose from {', '.join(METHODS)}")
+    dup = [m for i, m in enumerate(methods) if m in methods[:i]]
+    if dup:
+        raise ConfigError(f"--methods: {', '.join(dict.fromkeys(dup))} given more than once; name each method once")
+    image = [m for m in methods if m in IMAGE_METHODS]
+    if image and not has_images(dataset):
+        raise ConfigError(
+            f"--methods {','.join(image)}: these methods change what the image tower sees and need images, but the "
+            f"{dataset!r} task holds image features only; use --data {synthetic.NAME} (a generated 4-class image "
+            f"folder with a random tiny CLIP) or --data FOLDER (an image folder), or leave them out")
+
+
+def first_reach(points, target: float):
+    """Queries of the first evaluation with accuracy ≥ target, or None."""
+    return next((q for q, acc in points if acc >= target), None)
+
+
+def run_one(cfg: TrainConfig, load: Callable | None, eval_every: int, progress: bool, cache: dict | None = None) -> dict:
+    """One method × seed (cfg.method, cfg.seed) with its test-accuracy curve.
+
+    load(cfg) → (model, tokenizer, classnames, data) (default zipfast.run.task.load); cache: shared
+    across calls (models, tasks, encoders).
+    """
+    from zipfast.run.trainer import Trainer
+
+    # The frozen model and the task do not depend on the method; on the planted task not on the seed either.
+    key = (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
+           None if cfg.dataset in PLANTED_TASKS else cfg.seed)
+    cache = {} if cache is None else cache
+    if key not in cache:
+        cache[key] = (load or task.load)(cfg)
+    model, tokenizer, classnames, data = cache[key]
+    trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=progress, cache=cache)
+    curve = EvalEvery(eval_every)  # at 0, every eval_every queries and at the end; not training time
+    trainer.step_hooks.append(curve)
+    report = trainer.fit()
+    return {"method": cfg.method, "seed": cfg.seed, "test_acc": report["test_acc"], "queries": report["queries"],
+            "steps": report["steps"], "train_s": report["wall_time_s"],
+            "curve": [(p["queries"], p["test_acc"]) for p in curve.points],
+            "report": {k: report.get(k) for k in ("param_dim", "backend", "precision", "query_precision", "device",
+                                                  "template", "method_config", "fallbacks", "adjustments")}}
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """ConfigError unless the seeds are at least one, each once."""
+    dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if not seeds or dup:
+        raise ConfigError(f"--seeds: {'repeated seed(s) ' + ', '.join(map(str, dup)) if dup else 'no seed given'}; "
+                          f"give each seed once, e.g. --seeds 1,2,3")
+
+
+def check_data(base: TrainConfig) -> None:
+    """The image folder of a run with images exists and holds classes (DatasetError naming it), and
+    synthetic-images is generated, before any model or encoder loads."""
+    if base.dataset == synthetic.NAME:
+        synthetic.folder()
+    elif has_images(base.dataset) and not base.dataset.startswith("paper:"):
+        from zipfast.data.imagefolder import FewShotImageFolder
+
+        FewShotImageFolder.from_root(base.dataset, base.shots, base.seed, base.test_per_class)
+
+
+def probe_encoder(cfg: TrainConfig, cache: dict) -> None:
+    """Load BlackVIP's encoder of `cfg` into the cache before any run; a failure names compare's option."""
+    from zipfast.methods import blackvip, resolve_options
+    from zipfast.spaces.coordinator import BACKBONES, EncoderLoadError
+
+    options, _ = task.task_options(cfg.dataset, "blackvip", cfg.method_options)
+    mcfg = resolve_options("blackvip", options)
+    try:
+        blackvip.encoder(cfg, mcfg, cache)
+    except EncoderLoadError as e:
+        cause = e.__cause__
+        reason = f"{type(cause).__name__}: {str(cause)[:200]}" if cause is not None else str(e)
+        hub = BACKBONES.get(mcfg.backbone, mcfg.backbone)
+        raise ConfigError(
+            f"--methods blackvip: could not load BlackVIP's encoder {mcfg.encoder or hub!r} ({reason}). Without "
+            f"internet access, download {hub!r} on another machine (huggingface-cli download {hub} --local-dir DIR) "
+            f"and pass --method-opt blackvip.encoder=DIR, or --method-opt blackvip.encoder=none for random weights "
+            f"of its architecture") from e
+
+
+def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[str] | None = None,
+            seeds: Sequence[int] = (1, 2, 3), eval_every: int = 250, targets: Sequence[float] = (50, 60, 70),
+            method_options: dict | None = None, output_dir=None, progress: bool = True) -> list[dict]:
+    """Run every method × seed with base's task, model and budget; write the outputs; return the runs.
+
+    methods: None = every method that can run on base.dataset. method_options: {method: {option:
+    value}}. load(cfg) → (model, tokenizer, classnames, data) (default zipfast.run.task.load).
+    """
+    methods = list(default_methods(base.dataset) if methods is None else methods)
+    check_methods(methods, base.dataset)
+    check_seeds(seeds)
+    EvalEvery(eval_every)  # checks eval_every before any run
+    method_options = method_options or {}
+    cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="", method_options=method_options.get(m) or {}).validate()
+            for m in methods for s in seeds]
+    check_data(cfgs[0])  # a missing folder is named before any model or encoder loads
+    runs, cache = [], {}
+    if "blackvip" in methods:  # a pretrained encoder that cannot load fails here, before any run
+        probe_encoder(next(c for c in cfgs if c.method == "blackvip"), cache)
+    for i, cfg in enumerate(cfgs, 1):
+        if progress:
+            print(f"[{i}/{len(cfgs)}] {cfg.method} seed {cfg.seed}", flush=True)
+        runs.append(run_one(cfg, load, eval_every, progress, cache))
+    rows = summarise(runs, methods, targets)
+    if output_dir is not None:
+        write_outputs(Path(output_dir), runs, rows, targets, base)
+    return runs
+
+
+def summarise(runs: list[dict], methods: Sequence[str], targets: Sequence[float]) -> list[dict]:
+    rows = []
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        accs = [r["test_acc"] for r in rs]
+        row = {"method": m, "seeds": len(rs), "test_acc_mean": statistics.fmean(accs),
+               "test_acc_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+               "queries": rs[0]["queries"] if rs else 0,
+               "train_s_mean": statistics.fmean(r["train_s"] for r in rs)}
+        row["queries_per_s"] = (row["queries"] / row["train_s_mean"]) if row["train_s_mean"] > 0 else None
+        for t in targets:
+            reached = [q for q in (first_reach(r["curve"], t) for r in rs) if q is not None]
+            row[f"q_to_{t:g}"] = statistics.fmean(reached) if reached else None
+            row[f"n_reached_{t:g}"] = len(reached)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], targets: Sequence[float]) -> str:
+    head = ["method", "test acc % (mean ± std)"] + [f"queries to {t:g} %" for t in targets] + \
+        ["queries", "train time s", "queries/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], f"{r['test_acc_mean']:.1f} ± {r['test_acc_std']:.1f}"]
+        for t in targets:
+            q, n = r[f"q_to_{t:g}"], r[f"n_reached_{t:g}"]
+            cells.append("–" if q is None else f"{q:.0f} ({n}/{r['seeds']})")
+        qps = r["queries_per_s"]
+        cells += [str(r["queries"]), f"{r['train_s_mean']:.1f}", "–" if not qps else f"{qps:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], methods: Sequence[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.2, 4.2), dpi=110)
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        if not rs:
+            continue
+        if rs[0]["queries"] == 0:
+            acc = statistics.fmean(r["test_acc"] for r in rs)
+            ax.axhline(acc, ls="--", lw=1.2, color="grey", label=f"{m} (0 queries)")
+            continue
+        qs = sorted({q for r in rs for q, _ in r["curve"]})
+        series = [[_at(r["curve"], q) for q in qs] for r in rs]
+        mean = [statistics.fmean(v) for v in zip(*series)]
+        line, = ax.plot(qs, mean, lw=1.8, label=m)
+        ax.fill_between(qs, [min(v) for v in zip(*series)], [max(v) for v in zip(*series)],
+                        color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xlabel("queries")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: no curve hidden
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _at(curve, q):
+    """Accuracy of the last evaluation at or before q (a step function)."""
+    acc = curve[0][1]
+    for qq, a in curve:
+        if qq > q:
+            break
+        acc = a
+    return acc
+
+
+def write_outputs(out: Path, runs, rows, targets, base: TrainConfig) -> None:
+    from zipfast.io import save_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [r["method"] for r in rows]
+    save_text("".join(json.dumps(r) + "\n" for r in runs), out / "runs.jsonl")
+    save_text(markdown_table(rows, targets), out / "compare.md")
+    with open(out / "compare.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "compare.csv.tmp").replace(out / "compare.csv")
+    seeds = sorted({r["seed"] for r in runs})
+    title = f"{base.dataset or 'task'}: test accuracy vs queries ({len(seeds)} seeds, mean and min–max)"
+    if base.dataset == synthetic.NAME and base.pretrained == "none":
+        title += "\nrandom-weight tiny CLIP on generated images: checks the pipeline, does not rank methods"
+    plot(runs, methods, out / "compare.png", title)

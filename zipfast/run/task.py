@@ -1,0 +1,129 @@
+"""Task setup, one place for `train`, `eval`, `compare` and `bench-paper`.
+
+- `load(cfg)`: dataset name → (model, tokenizer, classnames, data): the planted tasks, the generated
+  image task, a paper dataset by name (the official surface) or an image folder; the model from its
+  open_clip name and weights (a random init seeded by the run seed for `pretrained none`, so that
+  `eval` rebuilds the very model `train` used).
+- `fit(cfg, model, data, ...)`: the task fitted to the model and the method: the task's defaults of
+  the method's options, then the user's; the image size the model takes (and BAR's frame); the
+  method's pretrained resources (BlackVIP's encoder); the fixed text of the image-side methods (the
+  dataset's hand-written template). Every change is logged and listed in the report's adjustments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from zipfast.data import synthetic
+from zipfast.data.classnames import PLANTED_TASKS
+from zipfast.data.imagefolder import FewShotImageFolder
+from zipfast.env import resolve_device
+from zipfast.errors import ConfigError, UserError
+from zipfast.evaluate.base import Task, adapt_config
+from zipfast.methods import engine_backends, get, resolve_options
+
+log = logging.getLogger("zipfast.run")
+
+
+def load(cfg, task_seed: int = 0):
+    """(model, tokenizer, classnames, data) for a TrainConfig's model and dataset."""
+    from zipfast.data.planted import make_planted_task, planted_model
+    from zipfast.engine.text_tower import TextTower
+    from zipfast.models import load_clip
+
+    if cfg.dataset in PLANTED_TASKS:
+        if cfg.model == "zipfast-planted":
+            model, tokenizer = planted_model(task_seed)
+        else:
+            model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+        task = make_planted_task(TextTower(model), tokenizer, PLANTED_TASKS[cfg.dataset], n_ctx=cfg.context_tokens,
+                                 shots=cfg.shots or 16, test_per_class=cfg.test_per_class or 100, seed=task_seed)
+        return model, tokenizer, task.classnames, task
+    if cfg.dataset.startswith("paper:"):  # a dataset of the paper by name (the official train.py surface)
+        from zipfast.datasets.ids import build_paper_data
+
+        paper, data = build_paper_data(cfg)
+        data.fewshot_source = paper.fewshot_source
+        return (*_seeded_model(cfg), data.classnames, data)
+    if not cfg.dataset:
+        raise UserError(f"no dataset: pass --data ROOT (an image folder), --data {synthetic.NAME} or --data planted")
+    if cfg.dataset == synthetic.NAME:  # the generated image folder; its random tiny CLIP is part of the task
+        data = FewShotImageFolder.from_root(synthetic.folder(), cfg.shots, cfg.seed, cfg.test_per_class)
+        if cfg.model == synthetic.MODEL and cfg.pretrained == "none":
+            return (*synthetic.model(), data.classnames, data)
+    else:
+        data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
+    return (*_seeded_model(cfg), data.classnames, data)
+
+
+def _seeded_model(cfg):
+    """(model, tokenizer); a checkpoint holds no model weights: a random init (pretrained none) is
+    seeded by the run seed, so that `eval` rebuilds the very model `train` used."""
+    from zipfast.models import load_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+    return model, tokenizer
+
+
+def task_options(dataset: str, method: str, given: dict | None) -> tuple[dict, list[str]]:
+    """(options, notes): the task's defaults for `method` (a built-in task whose tiny model the paper's
+    defaults do not fit), then the user's `given` (which win); a note per task default applied."""
+    base = dict(get(method).task_defaults.get(dataset, {}))
+    given = dict(given or {})
+    notes = [f"{dataset}: {method} {k}={v} (the task's default for its tiny model; set it with --method-opt)"
+             for k, v in base.items() if k not in given]
+    for n in notes:
+        log.info(n)
+    return {**base, **given}, notes
+
+
+def fit(config, model, data, classnames, tokenizer=None, *, options=None, encoder=None, encoder_source=None,
+        template: str | None = None, ctx0=None, cache: dict | None = None, adjustments=(), progress: bool = True):
+    """(Task, options) of a run of config.method on `model` and `data`.
+
+    options: the method's options as given in full (the official surface: the yaml's, nothing fitted
+    but the model's input size where the method has no rule of its own), else built from the task's
+    defaults and config.method_options. encoder_source overrides BlackVIP's `encoder` option;
+    template: the fixed text of the image-side methods (default: the dataset's)."""
+    from zipfast.methods.zeroshot import template_for
+
+    config.validate()
+    method = get(config.method)
+    notes = list(adjustments)
+    images = isinstance(data, FewShotImageFolder)
+    if method.needs_images and not images:
+        raise ConfigError(f"--method {config.method} acts on the image tower and needs images: pass --data an image "
+                          f"folder (got {config.dataset!r})")
+    if options is None:
+        values, task_notes = task_options(config.dataset, config.method, config.method_options)
+        notes += task_notes
+        options = resolve_options(config.method, values)  # parses KEY=VALUE strings, validates
+        given = set(config.method_options)
+    else:
+        given = {f.name for f in dataclasses.fields(options)} | {"image_size"}
+    if encoder_source and "encoder" in {f.name for f in dataclasses.fields(options)}:
+        options = dataclasses.replace(options, encoder=encoder_source)
+    if method.fit is not None and images:
+        config, options, fit_notes = method.fit(config, options, model, given)
+    else:
+        config, fit_notes = adapt_config(config, model, images)
+    notes += fit_notes
+    if encoder is None and method.resources is not None:
+        encoder = method.resources(config, options, cache)
+    if template is None and method.towers == ("image",):  # the text side fixed: the dataset's template
+        template = template_for(config.dataset)
+    if tokenizer is None:
+        import open_clip
+
+        from zipfast.config import official_model_name
+
+        tokenizer = open_clip.get_tokenizer(official_model_name(config.model))
+    device = resolve_device(config.device)
+    task = Task(config, model.to(device), tokenizer, list(classnames), data, device,
+                engine_backends(config.method, config.backend), template, ctx0, encoder, notes, progress)
+    return task, options
