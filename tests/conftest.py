@@ -8,6 +8,10 @@ import pytest
 # huggingface_hub reads HF_HUB_OFFLINE once, when it is imported: set it before any test module
 # imports open_clip, so that no test tries to download weights.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton reads TRITON_INTERPRET when it is imported, and a test module of any folder may import it
+# (through torch.compile); without a GPU the Triton kernels run under the interpreter (`make test-gpu`
+# sets it to 0).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TINY_CLASSES = ("annual_crop", "forest", "sea_lake")
 TINY_PER_CLASS = 6

@@ -114,6 +114,41 @@ def test_no_import_cycles():
             visit(m)
 
 
+# The package's layers, bottom first (docs/development.md draws them): a module imports only from its own
+# layer or those below. The data flow config → run → method (space + optimiser + evaluator) → engine →
+# kernels reads top to bottom; nothing low reaches back up.
+LAYERS = (("zipfast.errors", "zipfast.env", "zipfast.io"),
+          ("zipfast.reference", "zipfast.ops"),
+          ("zipfast.models",),
+          ("zipfast.engine",),
+          ("zipfast.data", "zipfast.datasets", "zipfast.spaces", "zipfast.optim"),
+          ("zipfast.evaluate",),
+          ("zipfast.methods",),
+          ("zipfast.config",),
+          ("zipfast.run",),
+          ("zipfast.paper",),
+          ("zipfast.backends", "zipfast.verify_gpu", "zipfast.commands", "zipfast.cli"))
+
+
+def _layer(module: str) -> int | None:
+    hits = [(len(n), i) for i, names in enumerate(LAYERS) for n in names if module == n or module.startswith(n + ".")]
+    return max(hits)[1] if hits else None
+
+
+def test_no_import_reaches_a_higher_layer():
+    """Every module is in a layer, and none imports (lazily or not) from a layer above its own. The
+    package root is the public facade (its lazy `Trainer`, `TrainConfig`) and stands outside."""
+    modules = {}
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        modules[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = path
+    modules.pop("zipfast")
+    assert [m for m in modules if _layer(m) is None] == []
+    up = [f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})" for m, p in sorted(modules.items())
+          for d in sorted(_imports(p, m)) if d in modules and _layer(d) > _layer(m)]
+    assert up == [], "\n".join(up)
+
+
 def test_bottom_modules_import_alone():
     """zipfast.env and zipfast.ops import in a fresh interpreter without loading the layers above."""
     code = ("import sys, zipfast.env, zipfast.ops; "

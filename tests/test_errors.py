@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zipfast.cli
-import zipfast.run.commands
+import zipfast.commands
 import zipfast.evaluate.text
 from zipfast import ZIPTrainer
 from zipfast.run.checkpoint import CHECKPOINT_NAME
@@ -171,7 +171,7 @@ def test_internal_error_exits_1_with_traceback_and_debug_shows_all(monkeypatch, 
     def boom(args):
         raise RuntimeError("an invariant broke")
 
-    monkeypatch.setattr(zipfast.run.commands, "info", boom)
+    monkeypatch.setattr(zipfast.commands, "info", boom)
     parser = zipfast.cli.parser
     monkeypatch.setattr(zipfast.cli, "parser", lambda: _with_fn(parser(), "info", boom))
     assert main(["info"]) == 1

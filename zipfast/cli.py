@@ -1,4 +1,4 @@
-"""The `zipfast` command line: parses it and dispatches to zipfast.run.commands; turns errors into
+"""The `zipfast` command line: parses it and dispatches to zipfast.commands; turns errors into
 exit codes (2: a bad input, named; 1: a bug, with its traceback; 129/130/143: stopped by a signal)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import shlex
 import sys
 import traceback
 from zipfast.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USER, UserError, is_user_os_error
-from zipfast.run import commands
-from zipfast.run.commands import DEMO_DIR
+from zipfast import commands
+from zipfast.commands import DEMO_DIR
 
 def _add_common(p):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, hpu or auto (default)")

@@ -21,6 +21,7 @@ import yaml
 
 from zipfast.config.train import OFFICIAL_KEYS, TrainConfig, _is_int, _suggest, merge_flags
 from zipfast.errors import ConfigError
+from zipfast.models import OPENAI_BACKBONES, official_backbone, official_model_name  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from yacs.config import CfgNode
@@ -207,31 +208,6 @@ def _coerce(key: str, old: Any, new: Any, raw: Any, source: str) -> Any:
 
 
 # ------------------------------------------------------------------------------ official → TrainConfig
-
-# OpenAI's CLIP models (clip.available_models(), the official MODEL.BACKBONE.NAME values) → the
-# open_clip config of the same network. OpenAI's CLIP uses QuickGELU in every MLP (clip/model.py);
-# open_clip's plain configs (ViT-B-16, RN50, …) use nn.GELU, so the -quickgelu configs are the match.
-OPENAI_BACKBONES = {
-    "RN50": "RN50-quickgelu", "RN101": "RN101-quickgelu", "RN50x4": "RN50x4-quickgelu",
-    "RN50x16": "RN50x16-quickgelu", "RN50x64": "RN50x64-quickgelu", "ViT-B/32": "ViT-B-32-quickgelu",
-    "ViT-B/16": "ViT-B-16-quickgelu", "ViT-L/14": "ViT-L-14-quickgelu", "ViT-L/14@336px": "ViT-L-14-336-quickgelu",
-}
-
-
-def official_model_name(name: str) -> str:
-    """The open_clip name of a --model value: OpenAI's spelling of its CLIP models ("ViT-B/16",
-    "ViT-L/14@336px") names OpenAI's network, i.e. the -quickgelu config ("ViT-B-16-quickgelu");
-    any other name is open_clip's own (a stray "/" read as "-")."""
-    if "/" in name or "@" in name:
-        return OPENAI_BACKBONES.get(name, name.replace("/", "-"))
-    return name
-
-
-def official_backbone(name: str) -> str:
-    """The open_clip name of an official MODEL.BACKBONE.NAME: the official trainer always builds
-    OpenAI's CLIP, so "RN50" is "RN50-quickgelu" there too."""
-    return OPENAI_BACKBONES.get(name, official_model_name(name))
-
 
 def cfg_to_train_config(cfg: "CfgNode", **flag_overrides: Any) -> TrainConfig:
     """Map an official config onto TrainConfig, apply our flags (None = not given), validate."""

@@ -269,8 +269,10 @@ def _validate_relations(cfg: TrainConfig) -> None:
     if cfg.rank > d_t:
         raise ConfigError(f"{_label('rank')} {cfg.rank} exceeds intrinsic_dim // n_ctx = "
                           f"{cfg.intrinsic_dim} // {m} = {d_t} (the per-token intrinsic size, {tokens})")
-    if cfg.method == "zip" and cfg.budget < 2 * cfg.sp_avg:
-        raise ConfigError(f"{OFFICIAL_KEYS['budget']}: budget {cfg.budget} is smaller than one step "
-                          f"(2*sp_avg = {2 * cfg.sp_avg} queries)")
+    from zipfast.methods import get
+
+    check = get(cfg.method).check_config  # a method's own rule on the shared settings (ZIP's one step)
+    if check is not None:
+        check(cfg)
 
 

@@ -90,7 +90,7 @@ class DecodedPixelSource(PixelSource):
 def build_pixel_source(dataset, size: int, mean, std, interpolation: str = "bicubic", transforms=DEFAULT_CHOICES,
                        augment: str = "tensor", device="cpu", progress: bool = False):
     """(source, adjustments) for `augment` "tensor" | "pil". INPUT.TRANSFORMS other than the
-    official list run on the PIL path (the rule of trainer.adapt_config): one log line and one
+    official list run on the PIL path (the rule of zipfast.evaluate.base.adapt_config): one log line and one
     adjustment note. progress: a tqdm bar "decode" while the tensor path decodes."""
     note = pil_fallback(augment, transforms)
     if note:

@@ -65,7 +65,7 @@ class TextEvaluator(Evaluator):
 
     def use_template(self, template: str) -> None:
         """Zero-shot: classify with the text features of `template` ("{}" for the class name)."""
-        from zipfast.methods.zeroshot import text_features
+        from zipfast.evaluate.zeroshot import text_features
 
         self.template = template
         self.zeroshot_text = text_features(self.tower, self.tokenizer, self.classnames, template)

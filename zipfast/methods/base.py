@@ -53,6 +53,8 @@ class Method:
     fit: Callable | None = None
     # task_defaults: {dataset: options} where the paper's defaults do not fit a built-in task's tiny model
     task_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # check_config(config): ConfigError unless the shared settings suit the method (ZIP: one step fits)
+    check_config: Callable | None = None
     # resources(config, options, cache) → a pretrained module the space needs (BlackVIP's encoder) or None
     resources: Callable | None = None
 

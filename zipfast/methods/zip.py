@@ -58,6 +58,13 @@ def check_intrinsic_dim(intrinsic_dim: int, n_ctx: int, width: int) -> None:
             f"coordinates, its Fastfood projection takes at most {L}; use at most {L * n_ctx}")
 
 
+def check_config(cfg) -> None:
+    """The budget pays for one step (2·sp_avg queries)."""
+    if cfg.budget < 2 * cfg.sp_avg:
+        raise ConfigError(f"TRAINER.BASIC.MAX_API_CALLS: budget {cfg.budget} is smaller than one step "
+                          f"(2*sp_avg = {2 * cfg.sp_avg} queries)")
+
+
 def build(task, options: ZIPOptions, seeds: Seeds) -> Parts:
     c = task.config
     ev = text_evaluator(task, seeds)
@@ -68,5 +75,5 @@ def build(task, options: ZIPOptions, seeds: Seeds) -> Parts:
 
 
 METHOD = Method("zip", "ZIP: low-rank Fastfood space, clipped SPSA (the official defaults)", ZIPOptions,
-                "2·sp_avg = 10 per step", build, official=("ZIP", "ZIP"),
+                "2·sp_avg = 10 per step", build, official=("ZIP", "ZIP"), check_config=check_config,
                 hint="Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use precision fp32.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zipfast.methods.base import Method, Parts, Seeds, need
-from zipfast.methods.zeroshot import template_for
+from zipfast.evaluate.zeroshot import template_for
 from zipfast.methods.zip import text_evaluator
 
 

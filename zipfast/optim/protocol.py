@@ -67,7 +67,7 @@ class Optimizer:
     def discard(self) -> None:
         """Forget the last ask() (its losses were unusable). What the ask changed (a generator's
         draw, a stage switch…) is undone by the trainer, which restores the state dict it took
-        before the ask (run_loop.raise_if_nonfinite)."""
+        before the ask (zipfast.run.loop.raise_if_nonfinite)."""
         self._pending = None
 
     def state_dict(self) -> dict:

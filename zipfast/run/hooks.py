@@ -1,8 +1,8 @@
 """Periodic test evaluation during training (`--eval-every N` queries; `zipfast compare`'s curves).
 
-For ZIP's trainer the test image features are encoded once and cached by the data source, so
-one evaluation is one text-tower pass plus a matmul; the image-side trainers put the test
-images through the prompted image tower. Points go to `<output dir>/curve.jsonl` (when given)
+For the text-side methods the test image features are encoded once and cached by the data source,
+so one evaluation is one text-tower pass plus a matmul; the image-side methods put the test
+images through the prompted image tower (zipfast.evaluate). Points go to `<output dir>/curve.jsonl` (when given)
 as {"queries", "step", "test_acc"}; evaluations cost no queries and no training time.
 """
 
@@ -21,7 +21,7 @@ CURVE_FILE = "curve.jsonl"
 
 class EvalEvery:
     """A trainer step hook: evaluate at the start, when the query count crosses a multiple of
-    `every`, and at the end. The run loop (run_loop.BudgetedRun) calls `on_start` once it holds
+    `every`, and at the end. The run loop (zipfast.run.loop.BudgetedRun) calls `on_start` once it holds
     the run directory and `on_end` when the budget is spent."""
 
     def __init__(self, every: int, output_dir=None):

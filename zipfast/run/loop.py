@@ -1,4 +1,4 @@
-"""The budgeted training loop every trainer shares (ZIPTrainer, ImagePromptTrainer).
+"""The budgeted training loop of the one trainer (zipfast.run.trainer.Trainer), for every method.
 
 `BudgetedRun.fit()` owns what does not depend on the method: the budget check, the run
 directory (locked for the run, its log cut back to a resumed checkpoint's step), the progress

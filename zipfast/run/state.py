@@ -22,7 +22,7 @@ import dataclasses
 
 from zipfast.data.transforms import DEFAULT_CHOICES
 from zipfast.methods import get, options_dict, resolve_options
-from zipfast.methods.zeroshot import DEFAULT_TEMPLATE
+from zipfast.evaluate.zeroshot import DEFAULT_TEMPLATE
 from zipfast.run.checkpoint import Checkpoint, CheckpointMismatchError, read_checkpoint
 
 STATE_FORMAT = "zipfast-run-v2"

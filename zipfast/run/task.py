@@ -90,7 +90,7 @@ def fit(config, model, data, classnames, tokenizer=None, *, options=None, encode
     but the model's input size where the method has no rule of its own), else built from the task's
     defaults and config.method_options. encoder_source overrides BlackVIP's `encoder` option;
     template: the fixed text of the image-side methods (default: the dataset's)."""
-    from zipfast.methods.zeroshot import template_for
+    from zipfast.evaluate.zeroshot import template_for
 
     config.validate()
     method = get(config.method)
@@ -120,7 +120,7 @@ def fit(config, model, data, classnames, tokenizer=None, *, options=None, encode
     if tokenizer is None:
         import open_clip
 
-        from zipfast.config import official_model_name
+        from zipfast.models import official_model_name
 
         tokenizer = open_clip.get_tokenizer(official_model_name(config.model))
     device = resolve_device(config.device)

@@ -51,7 +51,7 @@ class Trainer(BudgetedRun):
         self.template = self.evaluator.template
         self.queries, self.elapsed = 0, 0.0
         self.last_record: dict | None = None
-        self.step_hooks: list = []  # callables hook(trainer, record) after every round (paper.hooks)
+        self.step_hooks: list = []  # callables hook(trainer, record) after every round (zipfast.run.hooks)
         self.run_dir = as_run_dir(output_dir, overwrite)
         self.output_dir = self.run_dir.path if self.run_dir is not None else None
 

@@ -1,16 +1,20 @@
-"""Parameter spaces that act on the image side: flat vectors w [K, dim] → what the image tower sees.
+"""Prompt spaces: a batch of flat vectors w [K, dim] → a prompt of any kind.
 
-Two kinds (`zipfast.engine.image` evaluates both, batched or one candidate at a time):
+- text context tokens [K, m, D] (`contexts(w)`): ZIP's low-rank Fastfood space
+  (`context.ZIPSpace`) and the dense random projection p0 + A·w (`context.ProjectionSpace`,
+  SharpZO's);
+- pixels (`prepare(images)` once per minibatch, then `apply(prepared, w)` → prompted pixels
+  [K, B, 3, H, W]): BAR's reprogramming frame (`frame.ReprogrammingFrame`), BlackVIP's
+  coordinator (`coordinator.CoordinatorPrompter`);
+- visual and text tokens at once (`visual_tokens(w)` → [K, n, W] appended to the patch sequence,
+  `text_ctx(w)` → [K, m, D]): BPT-VLM (`bptvlm.BPTVLMSpace`).
 
-- pixel prompters (`prepare(images)` once per minibatch, then `apply(prepared, w)` →
-  prompted pixels [K, B, 3, H, W]): BAR's reprogramming frame (`bar.ReprogrammingFrame`),
-  BlackVIP's coordinator (`blackvip.CoordinatorPrompter`);
-- token prompters (`visual_tokens(w)` → [K, n, W] appended to the patch sequence, and
-  `text_ctx(w)` → text context [K, m, D]): BPT-VLM (`bptvlm.BPTVLMSpace`).
+The evaluators (zipfast.evaluate) call these; a space knows nothing of the optimiser searching it.
 """
 
-from zipfast.spaces.frame import ReprogrammingFrame
-from zipfast.spaces.coordinator import CoordinatorPrompter
 from zipfast.spaces.bptvlm import BPTVLMSpace
+from zipfast.spaces.context import ProjectionSpace, ZIPSpace
+from zipfast.spaces.coordinator import CoordinatorPrompter
+from zipfast.spaces.frame import ReprogrammingFrame
 
-__all__ = ["ReprogrammingFrame", "CoordinatorPrompter", "BPTVLMSpace"]
+__all__ = ["ZIPSpace", "ProjectionSpace", "ReprogrammingFrame", "CoordinatorPrompter", "BPTVLMSpace"]

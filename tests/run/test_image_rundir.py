@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import zipfast.evaluate.image
-from test_image_methods import folder, make, models, records  # noqa: F401 (fixtures)
+from methods.test_image_methods import folder, make, models, records  # noqa: F401 (fixtures)
 from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main
 from zipfast.run.rundir import RunDir, RunDirBusyError

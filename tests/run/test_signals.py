@@ -8,7 +8,7 @@ import signal
 import pytest
 
 import zipfast.cli
-import zipfast.run.commands
+import zipfast.commands
 import zipfast.evaluate.text
 import zipfast.run.trainer
 from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
@@ -77,8 +77,8 @@ def test_sigterm_outside_the_step_loop_still_says_where_the_checkpoint_is(refere
     """No step in flight (model load, final evaluation): SIGHUP/SIGTERM stop at once with one line."""
     out = tmp_path / "run"
     argv = ["train", *ARGS, "--output-dir", str(out), *OPTS]
-    real_build = zipfast.run.commands.load
-    monkeypatch.setattr(zipfast.run.commands, "load", lambda *a: os.kill(os.getpid(), signal.SIGHUP) or real_build(*a))
+    real_build = zipfast.commands.load
+    monkeypatch.setattr(zipfast.commands, "load", lambda *a: os.kill(os.getpid(), signal.SIGHUP) or real_build(*a))
     assert main(argv) == 129
     assert capsys.readouterr().err.strip().splitlines()[-1] == "zipfast train: stopped by SIGHUP"
     monkeypatch.undo()

@@ -110,7 +110,7 @@ def test_fused_step_through_triton_interpreter(setup):
     code = textwrap.dedent("""
         import os, sys, torch
         sys.path.insert(0, os.getcwd())
-        from tests.test_step import setup as _s, _fused_steps
+        from tests.engine.test_step import setup as _s, _fused_steps
         engine, space, w0, task = _s.__wrapped__()
         fused, _ = _fused_steps(engine, space, w0, task, 1, "spsa-clip", q=2)
         from zipfast.ops import registry
@@ -120,7 +120,7 @@ def test_fused_step_through_triton_interpreter(setup):
     out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"zipfast-step-{os.getpid()}.pt")
     env = dict(os.environ, TRITON_INTERPRET="1", ZIPFAST_BACKEND_CANDIDATES="triton",
                ZIPFAST_BACKEND_CLIP_LOSS="triton", ZIPFAST_BACKEND_SPSA_UPDATE="triton")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run([sys.executable, "-c", code, out], cwd=root, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -11,7 +11,7 @@ from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.methods import METHODS, SHARPZO_RELEASED, MethodOptionError, resolve_options
 from zipfast.optim.protocol import Optimizer
 from zipfast.engine.text_tower import TextTower
-from zipfast.methods import zeroshot
+from zipfast.evaluate import zeroshot
 
 SMALL_SHARPZO = {"dim": 24, "popsize": 8, "grad_dirs": 2, "change_point": 2, "prune_interval": 3, "std": 0.05}
 

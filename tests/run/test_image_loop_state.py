@@ -6,7 +6,7 @@ its own step number."""
 import pytest
 import torch
 
-from test_image_methods import folder, make, models, records  # noqa: F401 (fixtures)
+from methods.test_image_methods import folder, make, models, records  # noqa: F401 (fixtures)
 from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.run.loop import NonFiniteLossError
 

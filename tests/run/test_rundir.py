@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import zipfast.cli
-import zipfast.run.commands
+import zipfast.commands
 from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main
 from zipfast.errors import OutputDirError, UserError
@@ -34,7 +34,7 @@ def no_model_load(monkeypatch):
     """Fail loudly if the command gets as far as loading a model."""
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the output directory was checked")
-    monkeypatch.setattr(zipfast.run.commands, "load", refuse)
+    monkeypatch.setattr(zipfast.commands, "load", refuse)
 
 
 # ------------------------------------------------------------------------------ ownership

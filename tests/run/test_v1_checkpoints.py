@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-FIXTURES = Path(__file__).parent / "fixtures" / "v1"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "v1"
 KINDS = ("zip", "sharpzo", "zo-sgd", "bptvlm", "bar", "blackvip")
 TIMING = ("time_s",)
 

@@ -2,7 +2,7 @@
 
 Recorded by the pre-refactor code at commit 5261919, before the trainers were merged (issue 15); the
 refactor must not change any method's trajectory, so DO NOT REGENERATE the JSON after it. (To
-record it on the pre-refactor code: `HF_HUB_OFFLINE=1 python tests/test_trajectories.py`.)
+record it on the pre-refactor code: `HF_HUB_OFFLINE=1 python tests/test_trajectories.py`, where it lay then.)
 
 Each run goes through the public CLI (`zipfast train ... --device cpu --precision fp32`) on one CPU
 thread (fp32 reductions depend on the thread count). Recorded: the per-step losses of log.jsonl, the
@@ -22,7 +22,7 @@ import torch
 
 from fixtures.cli_args import COMMON, SMALL_ZIP_SPACE, images, method_opts as _opts, planted
 
-FIXTURE = Path(__file__).parent / "fixtures" / "trajectories.json"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "trajectories.json"
 PLANTED, IMAGES = planted(1), images(2)
 
 
@@ -40,7 +40,6 @@ RUNS = {
     # synthetic-images' own small random encoder (encoder=none would build vit-mae-base: ~20 s on a 2-core CPU)
     "blackvip": ["--method", "blackvip", *_opts(sp_avg=2), *IMAGES, "--budget", "24", *COMMON],
 }
-# where each method's point is in today's (v1) checkpoint; zsclip has none
 # the prompt's point in the checkpoint (layout v2 stores it at "point" for every method; it equals the
 # v1 layouts' "w", "optimizer/best_x", "optimizer/w" and "optimizer/spsa/w" the trajectories were recorded from)
 POINT_KEY = {"zip": "point", "zo-sgd": "point", "sharpzo": "point", "zsclip": None, "bptvlm": "point",
@@ -103,7 +102,7 @@ def write() -> None:
 
     import zipfast
 
-    assert Path(zipfast.__file__).resolve().is_relative_to(Path(__file__).resolve().parents[1]), zipfast.__file__
+    assert Path(zipfast.__file__).resolve().is_relative_to(Path(__file__).resolve().parents[2]), zipfast.__file__
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(1)
     out = {}
@@ -116,5 +115,5 @@ def write() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's zipfast
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's zipfast
     write()

@@ -12,7 +12,7 @@ import pytest
 from conftest import write_tiny_image_folder
 from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 from zipfast.cli import main
-from zipfast.methods.zeroshot import DEFAULT_TEMPLATE, template_for
+from zipfast.evaluate.zeroshot import DEFAULT_TEMPLATE, template_for
 
 TINY = ["--model", "zipfast-tiny", "--pretrained", "none", "--shots", "2", "--batch-size", "4", "--device", "cpu",
         "--no-progress", "--precision", "fp32"]

@@ -13,7 +13,7 @@ import torch
 import paper_data
 from image_fixtures import tiny_clip
 from paper_runs import image_trainer_configs, official_configs, register_random_openai_weights
-from test_image_methods import make
+from methods.test_image_methods import make
 from zipfast.run.checkpoint import CheckpointMismatchError
 from zipfast.cli import main
 from zipfast.datasets import build_dataset

@@ -111,7 +111,7 @@ def _resume_template(ck, cfg) -> tuple[str | None, list[str]]:
     import logging
 
     from zipfast.methods import get
-    from zipfast.methods.zeroshot import template_for
+    from zipfast.evaluate.zeroshot import template_for
 
     theirs = ck.fingerprint.get("template")
     if get(cfg.method).towers != ("image",) or theirs is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from zipfast.run.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from zipfast.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUDGET = 80  # 40 steps of 2 queries: 19 steps of slack after the last signal
 ARGS = ["--data", "planted", "--device", "cpu", "--no-progress", "--batch-size", "16", "--budget", str(BUDGET),
         "--checkpoint-every", "4"]

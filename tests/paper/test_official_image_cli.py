@@ -8,7 +8,7 @@ import pytest
 
 import paper_data
 from paper_runs import image_trainer_configs, official_configs, register_random_openai_weights
-from test_image_methods import BAR_YAML, BLACKVIP_YAML, BPTVLM_YAML
+from methods.test_image_methods import BAR_YAML, BLACKVIP_YAML, BPTVLM_YAML
 from zipfast.cli import main
 
 
