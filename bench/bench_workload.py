@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from zipfast.data.classnames import CIFAR100, EUROSAT
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 
 MODEL = "ViT-B-16"  # GELU config (the paper: ViT-B-16-quickgelu); kept so results stay comparable
 SEED = 0

@@ -18,7 +18,7 @@ import torch
 from bench_workload import MODEL, N_CTX, SEED, classnames
 from report import floor_rates  # one definition, shared with the report
 from zipfast.models import load_clip
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 
 _LOAD_AT_START = None
 

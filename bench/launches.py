@@ -28,7 +28,7 @@ from zipfast.data.planted import make_planted_task, planted_model  # noqa: E402
 from zipfast.optim import SPSA  # noqa: E402
 from zipfast.spaces.context import ZIPSpace  # noqa: E402
 from zipfast.engine.step import FusedZIPStep  # noqa: E402
-from zipfast.engine.text_tower import ClassPrompts, TextTower  # noqa: E402
+from zipfast.engine.towers import ClassPrompts, TextTower  # noqa: E402
 
 Q, B = 5, 128
 

@@ -28,7 +28,7 @@ from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.engine.text import ReferenceEngine
 from zipfast.io import save_json
-from zipfast.engine.text_tower import TextTower
+from zipfast.engine.towers import TextTower
 
 
 def differences(engine, space, w, z, ck, feats, labels):

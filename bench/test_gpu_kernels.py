@@ -93,7 +93,7 @@ def test_gpu_fused_step(benchmark, graph):
     from zipfast.engine.batched import make_engine
     from zipfast.spaces.context import ZIPSpace
     from zipfast.engine.step import FusedZIPStep
-    from zipfast.engine.text_tower import ClassPrompts, TextTower
+    from zipfast.engine.towers import ClassPrompts, TextTower
     from zipfast.data.classnames import EUROSAT
 
     model = open_clip.create_model("ViT-B-16", pretrained=None).cuda().eval()

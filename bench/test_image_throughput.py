@@ -26,9 +26,9 @@ from bench_workload import SEED, classnames, run_case
 from zipfast.engine.batched import BatchedEngine
 from zipfast.engine.text import ReferenceEngine
 from zipfast.engine.image import BatchedImageEngine, ReferenceImageEngine
-from zipfast.engine.image_tower import ImageTower
+from zipfast.engine.towers import ImageTower
 from zipfast.spaces import BPTVLMSpace, ReprogrammingFrame
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 
 B = 32
 

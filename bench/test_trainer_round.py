@@ -20,7 +20,7 @@ from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
 
 try:
-    from zipfast.engine.text_tower import TextTower
+    from zipfast.engine.towers import TextTower
 except ImportError:  # a checkout from before the one-pipeline layout
     from zipfast.text import TextTower
 

@@ -43,7 +43,7 @@ def tiny_image_folder(tmp_path_factory):
 def planted_task():
     """(model, tokenizer, task): the planted task at test size (4 context tokens, 4 shots, 5 test images per class)."""
     from zipfast.data.planted import make_planted_task, planted_model
-    from zipfast.engine.text_tower import TextTower
+    from zipfast.engine.towers import TextTower
 
     model, tokenizer = planted_model(0)
     task = make_planted_task(TextTower(model), tokenizer, n_ctx=4, shots=4, test_per_class=5, seed=0)

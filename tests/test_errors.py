@@ -196,7 +196,7 @@ def test_every_error_type_is_a_user_error():
     from zipfast.run.checkpoint import CheckpointError, CheckpointMismatchError
     from zipfast.errors import DeviceError, OutputDirError
     from zipfast.models import ModelLoadError
-    from zipfast.engine.text_tower import UnsupportedModelError
+    from zipfast.engine.towers import UnsupportedModelError
     from zipfast.run.trainer import NonFiniteLossError
 
     for cls in (ConfigError, DatasetError, CheckpointError, CheckpointMismatchError, ModelLoadError, DeviceError,

@@ -92,7 +92,7 @@ def test_graph_step_replays_equal_eager():
     from zipfast.data.planted import make_planted_task, planted_model
     from zipfast.spaces.context import ZIPSpace
     from zipfast.engine.step import FusedZIPStep
-    from zipfast.engine.text_tower import ClassPrompts, TextTower
+    from zipfast.engine.towers import ClassPrompts, TextTower
 
     model, tok = planted_model(0)
     model = model.cuda()

@@ -129,7 +129,7 @@ def _planted_step(device: torch.device, use_graph: bool | None):
     from zipfast.data.planted import make_planted_task, planted_model
     from zipfast.spaces.context import ZIPSpace
     from zipfast.engine.step import FusedZIPStep
-    from zipfast.engine.text_tower import ClassPrompts, TextTower
+    from zipfast.engine.towers import ClassPrompts, TextTower
 
     model, tok = planted_model(0)
     model = model.to(device)
@@ -202,7 +202,7 @@ def figures(device: torch.device, n: int = 20, classes=(10, 1000)) -> dict:
     from zipfast.data.planted import planted_model
     from zipfast.spaces.context import ZIPSpace
     from zipfast.engine.step import FusedZIPStep
-    from zipfast.engine.text_tower import ClassPrompts, TextTower
+    from zipfast.engine.towers import ClassPrompts, TextTower
 
     out = {"workload": {}}
     if device.type == "cuda":

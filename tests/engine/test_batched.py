@@ -9,7 +9,7 @@ from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.engine.text import ReferenceEngine
 from zipfast.models import load_clip
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 
 MIXED = ["Annual Crop Land", "Forest", "sea_or_lake", "a", "Herbaceous Vegetation Land with a very long name"]
 VARIANTS = {

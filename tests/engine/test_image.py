@@ -8,7 +8,7 @@ import torch
 from image_fixtures import images, tiny_clip, tiny_coordinator
 from zipfast.engine.image import BatchedImageEngine, ReferenceImageEngine, focal_loss, image_logits, \
     losses_and_accuracy
-from zipfast.engine.image_tower import ImageTower
+from zipfast.engine.towers import ImageTower
 from zipfast.spaces import BPTVLMSpace, ReprogrammingFrame
 
 TOL = 1e-5

@@ -13,7 +13,7 @@ from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.optim import SPSA
 from zipfast.spaces.context import ZIPSpace
 from zipfast.engine.step import FusedZIPStep
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 
 PARAMS = (1.0, 0.01, 0.01, 0.4, 0.1)
 

@@ -10,7 +10,7 @@ from zipfast.config import ConfigError, TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.methods import METHODS, SHARPZO_RELEASED, MethodOptionError, resolve_options
 from zipfast.optim.protocol import Optimizer
-from zipfast.engine.text_tower import TextTower
+from zipfast.engine.towers import TextTower
 from zipfast.evaluate import zeroshot
 
 SMALL_SHARPZO = {"dim": 24, "popsize": 8, "grad_dirs": 2, "change_point": 2, "prune_interval": 3, "std": 0.05}
@@ -199,7 +199,7 @@ def test_short_planted_run_improves_over_its_start(planted, method, opts, budget
 def test_sharpzo_released_preset_starts_from_a_photo_of_a(planted, small_task):
     # The release's context: the token embeddings of its 4 words (not zipfast's random N_CTX tokens).
     from zipfast.data.sources import FeatureSource
-    from zipfast.engine.text_tower import init_context_from_text
+    from zipfast.engine.towers import init_context_from_text
 
     model, tok = planted
     t = small_task

@@ -163,7 +163,7 @@ def test_the_ops_run_through_the_checked_backend(monkeypatch):
 def test_a_report_lists_a_self_check_fallback(monkeypatch):
     from zipfast.config import TrainConfig
     from zipfast.data.planted import make_planted_task, planted_model
-    from zipfast.engine.text_tower import TextTower
+    from zipfast.engine.towers import TextTower
     from zipfast.run.trainer import ZIPTrainer
 
     install(monkeypatch, "perturb", fake("perturb", "nan"))

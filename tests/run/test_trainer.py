@@ -10,7 +10,7 @@ from zipfast import reference as ref
 from zipfast.config import TrainConfig
 from zipfast.data.planted import make_planted_task, planted_model
 from zipfast.optim import SPSA
-from zipfast.engine.text_tower import TextTower
+from zipfast.engine.towers import TextTower
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from zipfast.spaces.context import random_ctx0
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 from zipfast.data.classnames import EUROSAT, LABEL_SETS
 
 PLANTED_MODEL = "zipfast-planted"  # 4-layer, 256-wide text tower (the planted-task calibration point)

@@ -28,7 +28,7 @@ from torch import nn
 from zipfast.engine.text import PRECISIONS, Engine, ReferenceEngine, autocast_for
 from zipfast.env import log_once
 from zipfast import ops
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 
 
 @dataclass

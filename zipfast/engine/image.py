@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from zipfast.errors import UserError
 from zipfast.engine.text import PRECISIONS, autocast_for, resolve_precision
 from zipfast.env import precision_substitution
-from zipfast.engine.image_tower import ImageTower
+from zipfast.engine.towers import ImageTower
 
 
 class ImageEngine:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from zipfast import reference as ref
 from zipfast.env import PRECISIONS, precision_substitution, resolve_precision
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 
 def autocast_for(device: torch.device, precision: str):
     """The autocast context of a precision name; fp32 → no autocast."""

@@ -21,8 +21,8 @@ from zipfast.data.pixels import build_pixel_source
 from zipfast.data.sources import batch_indices
 from zipfast.engine.batched import make_engine
 from zipfast.engine.image import image_logits, losses_and_accuracy, make_image_engine
-from zipfast.engine.image_tower import ImageTower
-from zipfast.engine.text_tower import ClassPrompts, TextTower
+from zipfast.engine.towers import ImageTower
+from zipfast.engine.towers import ClassPrompts, TextTower
 from zipfast.errors import UserError
 from zipfast.evaluate.base import Evaluator, Task
 

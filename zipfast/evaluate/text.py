@@ -21,7 +21,7 @@ from zipfast.data.sources import DecodedImageSource, FeatureSource, ImageSource,
 from zipfast.data.verify import verify_images
 from zipfast.engine.batched import make_engine
 from zipfast.engine.text import autocast_for
-from zipfast.engine.text_tower import ClassPrompts, TextTower, init_context_from_text
+from zipfast.engine.towers import ClassPrompts, TextTower, init_context_from_text
 from zipfast.errors import UserError
 from zipfast.evaluate.base import SHARED_TRAJECTORY, Evaluator, Task
 from zipfast.spaces.context import random_ctx0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from zipfast.engine.text_tower import TextTower
+from zipfast.engine.towers import TextTower
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 

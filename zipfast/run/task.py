@@ -31,7 +31,7 @@ log = logging.getLogger("zipfast.run")
 def load(cfg, task_seed: int = 0):
     """(model, tokenizer, classnames, data) for a TrainConfig's model and dataset."""
     from zipfast.data.planted import make_planted_task, planted_model
-    from zipfast.engine.text_tower import TextTower
+    from zipfast.engine.towers import TextTower
     from zipfast.models import load_clip
 
     if cfg.dataset in PLANTED_TASKS:

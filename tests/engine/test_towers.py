@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zipfast.models import load_clip
-from zipfast.engine.text_tower import ClassPrompts, TextTower, UnsupportedModelError, init_context_from_text
+from zipfast.engine.towers import ClassPrompts, TextTower, UnsupportedModelError, init_context_from_text
 
 NAMES = ["Annual Crop Land", "Forest", "sea_or_lake", "Herbaceous Vegetation Land", "a"]
 
