@@ -70,7 +70,7 @@ setup(
         "threadpoolctl",  # one BLAS thread around pycma's small matrix algebra
         "transformers",  # BlackVIP's coordinator encoder (ViT-MAE), as the official code loads it
         "matplotlib",  # zipfast compare's accuracy-vs-queries plot
-        "safetensors",  # checkpoints (zipfast.checkpoint)
+        "safetensors",  # checkpoints (zipfast.run.checkpoint)
     ],
     extras_require={
         # pybind11/cmake/ninja: the tests (re)build csrc/ (cached) to check the kernels' math and the nvcc compile.
