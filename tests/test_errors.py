@@ -143,6 +143,7 @@ def test_image_folder_reader_gives_dataset_or_dataset_error(tree, split, shots, 
 
 @pytest.mark.parametrize("argv, named", [
     (["--device", "tpu"], "'tpu'"),
+    (["--device", "meta"], "'meta' holds no data"),
     (["TRAINER.ZIP.INTRINSIC_DIM", "100000000"], "TRAINER.ZIP.INTRINSIC_DIM"),
     (["--seed", str(10**30)], "SEED"),
     (["SEED", str(2**64)], "SEED"),
@@ -207,16 +208,21 @@ def test_every_error_type_is_a_user_error():
 # ------------------------------------------------------------------------------ fail before training
 
 
-def test_corrupt_test_image_fails_before_the_first_step(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("method", ["zip", "bar"])  # a text-side and an image-side method: one check
+def test_corrupt_test_image_fails_before_the_first_step(method, tmp_path, capsys, monkeypatch):
+    import zipfast.evaluate.image
+
     root = write_tiny_image_folder(tmp_path / "data")
     bad = FewShotImageFolder.from_root(root, shots=2, seed=1).test[-1][0]
     Path(bad).write_bytes(Path(bad).read_bytes()[:60])  # truncated PNG
     steps = []
-    real = zipfast.evaluate.text.batch_indices
-    monkeypatch.setattr(zipfast.evaluate.text, "batch_indices", lambda *a: steps.append(a) or real(*a))
+    for module in (zipfast.evaluate.text, zipfast.evaluate.image):
+        real = module.batch_indices
+        monkeypatch.setattr(module, "batch_indices", lambda *a, real=real: steps.append(a) or real(*a))
     out = tmp_path / "out"
     rc = main(["train", "--data", str(root), "--model", "zipfast-tiny", "--pretrained", "none", "--shots", "2",
-               "--batch-size", "4", "--budget", "20", "--no-progress", "--output-dir", str(out)])
+               "--batch-size", "4", "--budget", "20", "--no-progress", "--output-dir", str(out),
+               "--method", method, *(["--method-opt", "q=1"] if method == "bar" else [])])
     assert rc == 2 and steps == []
     err = capsys.readouterr().err
     assert bad in err and "cannot read image file" in err

@@ -165,6 +165,8 @@ def _check_device(device) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"--device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
                               f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "meta":  # tensors there hold no values: every computation would fail later
+        raise DeviceError(f"--device {str(device)!r} holds no data (shapes only); use --device cpu, cuda or auto")
     elif dev.type == "hpu" and not _hpu_available():
         raise DeviceError(f"--device {str(device)!r}: no Intel Gaudi (HPU) is available; use --device cpu or auto")
     elif dev.type not in ("cpu", "cuda", "hpu"):

@@ -150,6 +150,17 @@ def test_trainer_uses_the_fused_step_when_asked(monkeypatch, tmp_path):
     assert rel(runs["1"][0], runs["0"][0]) <= 1e-4
 
 
+def test_a_bad_fused_step_setting_exits_2_naming_it(monkeypatch, tmp_path, capsys):
+    from zipfast.cli import main
+
+    monkeypatch.setenv("ZIPFAST_FUSED_STEP", "garbage")
+    assert main(["train", "--data", "planted", "--budget", "20", "--device", "cpu", "--no-progress",
+                 "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "ZIPFAST_FUSED_STEP='garbage'" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "log.jsonl").exists()  # named before the run started
+
+
 def test_fused_step_logs_checkpoints_and_resumes_like_the_plain_rounds(monkeypatch, tmp_path):
     """With an output directory (log_every 2, checkpoint_every 3, budget 64 = 6 steps of 10 queries
     and a last one of 4): the fused run logs and checkpoints the steps the plain run does, and

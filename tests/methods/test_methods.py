@@ -62,8 +62,9 @@ def test_options_defaults_presets_and_errors():
         resolve_options("sharpzo", {"keep_fraction": 0})
     with pytest.raises(ConfigError, match="method must be one of zip, sharpzo, zo-sgd, zip-cma, zsclip, bptvlm, bar, blackvip; got .cma."):
         TrainConfig(method="cma").validate()
-    with pytest.raises(ConfigError, match="template"):
-        TrainConfig(method="zsclip", method_options={"template": "no placeholder"}).validate()
+    for bad in ("no placeholder", "{} {}", "{0} and {}", "a {name}", "{"):  # each would fail only when formatted
+        with pytest.raises(ConfigError, match="zsclip.template must be a text with exactly one"):
+            TrainConfig(method="zsclip", method_options={"template": bad}).validate()
     z = resolve_options("zip-cma")
     assert (z.popsize, z.sigma0, z.point) == (20, 0.03, "mean")
     with pytest.raises(MethodOptionError, match="zip-cma.point must be mean or best"):

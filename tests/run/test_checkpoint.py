@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 import pathlib
 import pickle
 
@@ -220,6 +221,25 @@ def test_bad_checkpoint_exits_2_naming_the_file(run_ckpt, tmp_path, capsys, make
     assert main(["eval", str(bad), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and problem in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_without_reading(kind, tmp_path, capsys):
+    # a named pipe would block the read forever; /dev/zero would never end it
+    if kind == "fifo":
+        path = tmp_path / CHECKPOINT_NAME
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("no /dev/zero here")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_checkpoint(path)
+    assert main(["eval", str(path), "--device", "cpu"]) == 2
+    assert main(["train", "--data", "planted", "--resume", str(path), "--device", "cpu", "--no-progress",
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("not a regular file") == 2 and str(path) in err and "Traceback" not in err
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(run_ckpt, tmp_path, monkeypatch):

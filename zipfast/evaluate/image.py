@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from zipfast.data.pixels import build_pixel_source
 from zipfast.data.sources import batch_indices
+from zipfast.data.verify import verify_images
 from zipfast.engine.batched import make_engine
 from zipfast.engine.image import image_logits, losses_and_accuracy, make_image_engine
 from zipfast.engine.towers import ImageTower
@@ -65,6 +66,9 @@ class ImageEvaluator(Evaluator):
         if tower.image_size is not None and size != tower.image_size:
             raise UserError(f"{key} is {size} but the model's image tower takes {tower.image_size} px; "
                             f"set it to {tower.image_size}")
+        # every image opened and verified before the first query: a bad test image must not cost the budget
+        verify_images([p for p, _ in task.data.train + task.data.test], workers=c.num_workers or None,
+                      progress=task.progress)
         source, notes = build_pixel_source(task.data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation,
                                            c.transforms, c.augment, task.device, task.progress)
         task.adjustments.extend(notes)

@@ -49,6 +49,7 @@ class TextEvaluator(Evaluator):
         self.engine, self.engines = engine, (engine,)
         self.query_precision = engine.precision
         self.zeroshot_text: torch.Tensor | None = None
+        fused_setting()  # a bad value is named now, before any run starts
 
     @property
     def n_ctx(self) -> int:
@@ -96,13 +97,11 @@ class TextEvaluator(Evaluator):
         """The fused static-buffer step (zipfast.engine.step.FusedZIPStep) where it applies: ZIP's SPSA
         on the counter-based stream, the batched engine, no step hooks; on CUDA (a captured graph) by
         default, anywhere with ZIPFAST_FUSED_STEP=1 (eager), never with ZIPFAST_FUSED_STEP=0."""
-        import os
-
         from zipfast.engine.batched import BatchedEngine
         from zipfast.engine.step import FusedZIPStep
         from zipfast.optim import SPSA
 
-        want = os.environ.get("ZIPFAST_FUSED_STEP", "auto")
+        want = fused_setting()
         if want == "0" or (want != "1" and self.device.type != "cuda") or hooks:
             return None
         if not (isinstance(optimizer, SPSA) and optimizer.perturbation == "philox"
@@ -119,6 +118,17 @@ class TextEvaluator(Evaluator):
         feats, labels = self.source.train_batch(batch_indices(self.source.n_train, c.batch_size, step, c.seed),
                                                 step, c.seed)
         return feats.to(self.device, torch.float32), labels.to(self.device)
+
+
+def fused_setting() -> str:
+    """ZIPFAST_FUSED_STEP: "1" (the fused step anywhere), "0" (never) or "auto" (on CUDA; the default)."""
+    import os
+
+    want = os.environ.get("ZIPFAST_FUSED_STEP", "auto")
+    if want not in ("auto", "0", "1"):
+        raise UserError(f"ZIPFAST_FUSED_STEP={want!r}: use 1 (the fused step), 0 (the plain rounds) or auto "
+                        "(fused on CUDA), or unset it")
+    return want
 
 
 def feature_source(task: Task):

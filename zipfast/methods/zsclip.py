@@ -17,7 +17,15 @@ class ZeroShotOptions:
     template: str = ""
 
     def check(self) -> None:
-        need(self, "zsclip", "template", self.template == "" or "{}" in self.template, 'a text containing "{}"')
+        need(self, "zsclip", "template", self.template == "" or _one_slot(self.template),
+             'a text with exactly one "{}" (the class name) and no other braces')
+
+
+def _one_slot(template: str) -> bool:
+    try:
+        return template.count("{}") == 1 and template.format("x") == template.replace("{}", "x")
+    except (IndexError, KeyError, ValueError):
+        return False
 
 
 def build(task, options: ZeroShotOptions, seeds: Seeds) -> Parts:

@@ -163,6 +163,9 @@ def resolve_checkpoint_path(path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path (a run stopped before its "
                               "first checkpoint has none: start it again, with --overwrite)")
+    if not path.is_file():  # a named pipe would block the read forever, a device never end it
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a regular file (a named pipe, socket or device); "
+                              "pass the checkpoint.safetensors file of a run")
     return path
 
 
