@@ -222,3 +222,29 @@ def test_non_finite_loss(planted_task, tmp_path, monkeypatch):
     resumed.load_checkpoint(out / "checkpoint.safetensors")
     assert (resumed.step, resumed.queries) == (2, 20)
     assert torch.equal(resumed.w.cpu(), sd["point"])
+
+
+def test_a_checkpoint_with_a_non_finite_point_is_refused(tmp_path, capsys):
+    from zipfast.run.checkpoint import read_checkpoint, write_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "planted", "--budget", "20", "--device", "cpu", "--no-progress",
+                 "--output-dir", str(out)]) == 0
+    ck = read_checkpoint(out / "checkpoint.safetensors")
+    bad = dict(ck.state, point=torch.full_like(ck.state["point"], float("nan")))
+    write_checkpoint(out / "checkpoint.safetensors", bad, ck.fingerprint)  # a valid file, a NaN prompt
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint.safetensors"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "not a finite float vector" in err and "Traceback" not in err
+
+
+def test_an_image_method_checkpoint_evaluated_on_features_only_exits_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ZIPFAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bar"
+    assert main(["train", "--data", "synthetic-images", "--method", "bar", "--method-opt", "q=1", "--budget", "4",
+                 "--shots", "1", "--device", "cpu", "--no-progress", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint.safetensors"), "--data", "planted", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--method bar acts on the image tower and needs images" in err and "Traceback" not in err

@@ -199,9 +199,14 @@ def bench_paper(args, entry) -> int:
     """One of the paper's four protocols: run (skipping finished runs), then tables and plots."""
     from zipfast.paper.protocols import Plan, run_protocol
 
-    split = lambda v, kind=str: [kind(x) for x in v.split(",") if x] if v else None  # noqa: E731
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    for flag, value in (("--cpus-per-job", args.cpus_per_job), ("--gpus-per-job", args.gpus_per_job)):
+        if not value >= 0 or (flag == "--cpus-per-job" and not value > 0):
+            raise ConfigError(f"{flag} {value}: give a {'positive' if flag == '--cpus-per-job' else 'non-negative'} "
+                              "number of devices per job")
     plan = Plan(args.protocol, args.root, args.output, datasets=split(args.datasets),
-                seeds=split(args.seeds, int) or (1, 2, 3), methods=split(args.methods) or ("zip",), shots=args.shots,
+                seeds=_int_list("--seeds", args.seeds) if args.seeds else (1, 2, 3),
+                methods=split(args.methods) or ("zip",), shots=args.shots,
                 config_file=args.config_file or "", eval_every=args.eval_every, opts=args.opts or (),
                 config_dir=args.config_dir or "",
                 method_flags={"blackvip": ["--blackvip-encoder", args.blackvip_encoder]}

@@ -109,3 +109,20 @@ def test_ray_runner_on_a_local_instance(data, weights, tmp_path):
         ray.shutdown()
     assert s["runner"] == "ray" and s["ran"] == 1 and not s["failed"]
     assert read_accuracy(tmp_path / "basic/ZIP/eurosat/nctx8/seed1") is not None
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--seeds", "x"], "--seeds takes comma-separated integers, got 'x'"),
+    (["--seeds", "1,1"], "--seeds: give each seed once"),
+    (["--methods", "garbage"], "unknown method(s) 'garbage'"),
+    (["--cpus-per-job", "-1"], "--cpus-per-job -1"),
+    (["--gpus-per-job", "-0.5"], "--gpus-per-job -0.5"),
+])
+def test_bench_paper_refuses_bad_arguments_before_any_job(argv, named, tmp_path, capsys):
+    from zipfast.cli import main
+
+    assert main(["bench-paper", "few-shot", "--root", str(tmp_path), "--output", str(tmp_path / "out"),
+                 "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # no job started

@@ -45,10 +45,13 @@ class Plan:
         configs/trainers folder, from which each method reads <TRAINER>/vit_b16.yaml (ZIP/ for
         zip and zsclip, unless config_file is given); method_flags: extra flags per method."""
         if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-        for m in methods:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+            raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ConfigError(f"--methods: unknown method(s) {', '.join(map(repr, bad)) or 'none given'}; "
+                              f"bench-paper runs {', '.join(METHODS)}")
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds: give each seed once, at least one (got {list(seeds)!r}), e.g. --seeds 1,2,3")
         default = {"few-shot": FEWSHOT_DATASETS, "base2new": FEWSHOT_DATASETS,
                    "cross-dataset": CROSS_DATASET_TARGETS, "ood": OOD_DATASETS}[protocol]
         self.protocol, self.methods, self.seeds, self.shots = protocol, list(methods), list(seeds), shots

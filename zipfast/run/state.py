@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from zipfast.data.transforms import DEFAULT_CHOICES
 from zipfast.methods import get, options_dict, resolve_options
 from zipfast.evaluate.zeroshot import DEFAULT_TEMPLATE
@@ -92,4 +94,10 @@ def read_run(path) -> Checkpoint:
     if not isinstance(ck.state.get("config"), dict):
         raise CheckpointMismatchError(f"checkpoint {str(ck.path)!r} lacks the trainer's state (config); "
                                       "it was not written by zipfast's trainer")
+    point = ck.state.get("point")
+    if point is not None and not (isinstance(point, torch.Tensor) and point.is_floating_point()
+                                  and bool(torch.isfinite(point).all())):
+        raise CheckpointMismatchError(f"checkpoint {str(ck.path)!r}: its prompt's point is not a finite float "
+                                      "vector (NaN/inf or another type); it cannot be evaluated or resumed: use "
+                                      "another checkpoint")
     return ck
