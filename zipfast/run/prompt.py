@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from zipfast.methods import get
 from zipfast.run.checkpoint import Checkpoint, CheckpointMismatchError
 from zipfast.run.state import read_run, upgrade
@@ -104,8 +102,3 @@ def check_prompt_settings(ck: Checkpoint, method: str, config: dict, method_conf
 
 def _random_encoder(source: str) -> bool:
     return source.lower() in ("none", "random")
-
-
-def prompt_point(ck: Checkpoint) -> torch.Tensor:
-    """The prompt's point [dim] (float32, CPU): what the training run evaluated."""
-    return upgrade(ck).state["point"].float().cpu()
