@@ -74,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
     e.add_argument("--pretrained", default=None, help="override the checkpoint's weights source")
     e.add_argument("--test-per-class", type=int, default=None)
+    e.add_argument("--blackvip-encoder", default=None, metavar="DIR|none",
+                   help="BlackVIP's encoder (default: the one the run trained with, from its checkpoint)")
     _add_common(e)
     e.set_defaults(fn=commands.eval_checkpoint)
 

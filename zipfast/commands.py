@@ -151,7 +151,7 @@ def eval_checkpoint(args) -> int:
 
         options = method_options(cfg.method, **ck.fingerprint["method_config"])
     trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, options=options,
-                      template=sd.get("template"), progress=False)
+                      template=sd.get("template"), encoder_source=args.blackvip_encoder, progress=False)
     acc = trainer.evaluate(trainer.load_prompt(ck)) if sd.get("point") is not None else trainer.evaluate()
     print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": cfg.dataset, "step": sd.get("step"),
                       "queries": int(sd["queries"]), "test_acc": round(acc, 4)}))

@@ -332,3 +332,19 @@ def test_a_nonfinite_loss_checkpoints_the_optimiser_before_its_round(planted_tas
     resumed.load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)
     resumed.fit()
     assert torch.equal(resumed.w.cpu(), full.w.cpu()) and resumed.queries == full.queries
+
+
+def test_a_deeply_nested_header_or_config_is_refused_by_name(tmp_path, capsys):
+    header = ('{"a":' * 200000 + "1" + "}" * 200000).encode()
+    path = tmp_path / CHECKPOINT_NAME
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointError, match="nests deeper"):
+        read_checkpoint(path)
+    yml = tmp_path / "deep.yaml"
+    yml.write_text("a: " + "[" * 100000 + "]" * 100000 + "\n")
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("TRAINER:\n  ZIP:\n    CTX_INIT: caf\xe9\n".encode("latin-1"))
+    for cfg, named in ((yml, "nests deeper"), (bad, "is not UTF-8 text (byte 0xe9")):
+        assert main(["train", "--data", "planted", "--config-file", str(cfg), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert named in err and str(cfg) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -93,6 +93,20 @@ def test_train_on_synthetic_images_uses_the_tasks_blackvip_encoder(cache, tmp_pa
     assert report(out)["queries"] == 2
 
 
+def test_eval_rebuilds_blackvips_encoder_from_the_checkpoint_and_takes_an_override(cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "synthetic-images", "--method", "blackvip", "--method-opt", "sp_avg=1",
+                 "--budget", "2", "--shots", "1", "--device", "cpu", "--no-progress", "--output-dir", str(out)]) == 0
+    trained = report(out)["test_acc"]
+    capsys.readouterr()
+    ckpt = str(out / CHECKPOINT_NAME)
+    assert main(["eval", ckpt, "--device", "cpu"]) == 0  # the task's own encoder, rebuilt: the same accuracy
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_acc"] == pytest.approx(trained, abs=1e-4)
+    assert main(["eval", ckpt, "--device", "cpu", "--blackvip-encoder", "none"]) == 2  # another encoder: refused
+    err = capsys.readouterr().err
+    assert "BlackVIP encoder" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o002])
 def test_the_generated_folder_gets_the_umasks_directory_mode(cache, mask):
     from zipfast.data import synthetic

@@ -119,8 +119,13 @@ def _read_yaml(path: str | os.PathLike) -> Mapping[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: the parser's message spans several
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); pass the official yaml file") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests deeper than any config; pass the official yaml file") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):

@@ -202,6 +202,8 @@ def _read_safetensors(path: Path, blob: bytes) -> Checkpoint:
         header = json.loads(blob[8:8 + n])
     except (UnicodeDecodeError, ValueError):
         raise _bad(path, foreign.format("its header is not JSON")) from None
+    except RecursionError:  # nesting deeper than Python's stack: no checkpoint is written so
+        raise _bad(path, foreign.format("its header nests deeper than any checkpoint")) from None
     if not isinstance(header, dict):
         raise _bad(path, foreign.format("its header is not a JSON object"))
     meta = header.pop("__metadata__", None)
