@@ -276,20 +276,43 @@ def test_broken_cache_is_an_error_naming_it(tmp_path):
 
 # ------------------------------------------------------------------ property tests of the readers
 
-_entry = st.tuples(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
-                   st.integers(0, 50), st.text(max_size=8))
+_path = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@st.composite
+def _splits(draw):
+    """train/val/test entries whose labels name classes of one class list (one name per label)."""
+    names = draw(st.lists(st.text(max_size=8), min_size=1, max_size=6))
+    entry = st.builds(lambda rel, label: (rel, label, names[label]), _path, st.integers(0, len(names) - 1))
+    return {k: draw(st.lists(entry, max_size=6)) for k in ("train", "val", "test")}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(split=st.fixed_dictionaries({k: st.lists(_entry, max_size=6) for k in ("train", "val", "test")}))
+@given(split=_splits())
 def test_read_split_round_trips(tmp_path_factory, split):
     path = tmp_path_factory.mktemp("split") / "split.json"
     path.write_text(json.dumps({k: [list(e) for e in v] for k, v in split.items()}))
+    labels = {label for v in split.values() for _, label, _ in v}
+    if labels != set(range(max(labels, default=-1) + 1)):  # a class without any image: refused by name
+        with pytest.raises(DatasetError, match="labels must be the classes 0"):
+            read_split(path, Path("/img"))
+        return
     out = read_split(path, Path("/img"))
     for key, entries in split.items():
         assert [(d.impath, d.label, d.classname) for d in out[key]] == [
             (str(Path("/img")) + "/" + rel if not rel.startswith("/") else rel, label, name)
             for rel, label, name in entries]
+
+
+def test_read_split_refuses_labels_that_disagree_or_skip_a_class(tmp_path):
+    path = tmp_path / "split.json"
+    good = [["a.jpg", 0, "cat"], ["b.jpg", 1, "dog"]]
+    path.write_text(json.dumps({"train": good, "val": good, "test": [["c.jpg", 1, "cat"], ["d.jpg", 2, "dog"]]}))
+    with pytest.raises(DatasetError, match=r"test\[0\] gives label 1 the class 'cat', elsewhere it is 'dog'"):
+        read_split(path, tmp_path)  # the test labels shifted by one
+    path.write_text(json.dumps({"train": [["a.jpg", 0, "cat"], ["b.jpg", 2, "dog"]], "val": [], "test": []}))
+    with pytest.raises(DatasetError, match="no image has label.s. 1"):
+        read_split(path, tmp_path)
 
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),

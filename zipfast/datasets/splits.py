@@ -59,10 +59,29 @@ def read_split(path: Path, image_dir: Path, keys: tuple[str, ...] = SPLIT_KEYS) 
         split = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"cannot read split file '{path}': {e}") from e
+    except RecursionError:
+        raise DatasetError(f"split file '{path}' nests deeper than any split file") from None
     if not isinstance(split, dict):
         raise DatasetError(f"split file '{path}' holds a {type(split).__name__}, not a mapping of splits")
-    return {key: [Datum(os.path.join(image_dir, rel), label, name) for rel, label, name in _entries(split, key, path)]
-            for key in keys}
+    entries = {key: _entries(split, key, path) for key in keys}
+    _check_labels(entries, path)
+    return {key: [Datum(os.path.join(image_dir, rel), label, name) for rel, label, name in items]
+            for key, items in entries.items()}
+
+
+def _check_labels(entries: dict, path: Path) -> None:
+    """Labels are the classes 0 … n−1, each with one class name in every split: a label out of range or
+    a split whose labels are shifted would otherwise fail after training, or score silently wrong."""
+    names: dict[int, str] = {}
+    for key, items in entries.items():
+        for i, (_, label, name) in enumerate(items):
+            if names.setdefault(label, name) != name:
+                raise DatasetError(f"split file '{path}': {key}[{i}] gives label {label} the class {name!r}, elsewhere "
+                                   f"it is {names[label]!r}; the splits disagree on the classes")
+    missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+    if missing:
+        raise DatasetError(f"split file '{path}': labels run to {max(names)} but no image has label(s) "
+                           f"{', '.join(map(str, missing[:10]))}; labels must be the classes 0 … n−1")
 
 
 def read_fgvc(dataset_dir: Path, image_dir: Path, files: tuple[str, ...], what: str) -> dict[str, list[Datum]]:
