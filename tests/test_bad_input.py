@@ -248,3 +248,10 @@ def test_an_image_method_checkpoint_evaluated_on_features_only_exits_2(tmp_path,
     assert main(["eval", str(out / "checkpoint.safetensors"), "--data", "planted", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "--method bar acts on the image tower and needs images" in err and "Traceback" not in err
+
+
+def test_pretrained_weights_on_the_planted_tasks_own_model_are_refused_not_ignored(tmp_path, capsys):
+    assert main(["train", "--data", "planted", "--pretrained", "/nonexistent.pt", "--budget", "20", "--device", "cpu",
+                 "--no-progress", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "'/nonexistent.pt'" in err and "zipfast-planted" in err and "Traceback" not in err

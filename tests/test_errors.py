@@ -188,6 +188,18 @@ def test_internal_error_exits_1_with_traceback_and_debug_shows_all(monkeypatch, 
     assert "Traceback" in err and "DatasetError" in err and missing in err
 
 
+def test_a_user_error_is_one_line_whatever_its_message(monkeypatch, capsys):
+    def multi(args):
+        raise UserError("weights file x.pt is for another model:\n  text pos_embed width changed\n\n  (a, b)")
+
+    parser = zipfast.cli.parser
+    monkeypatch.setattr(zipfast.cli, "parser", lambda: _with_fn(parser(), "info", multi))
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["zipfast info: error: weights file x.pt is for another model: text pos_embed width "
+                                "changed (a, b)"]
+
+
 def _with_fn(ap, cmd, fn):
     ap._subparsers._group_actions[0].choices[cmd].set_defaults(fn=fn)
     return ap

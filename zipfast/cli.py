@@ -245,7 +245,9 @@ def _run(args, argv, debug) -> int:
         if debug:
             traceback.print_exc()
         if _is_user_error(e):
-            print(f"zipfast {args.cmd}: error: {e}{_last_checkpoint_note(e, args, argv)}", file=sys.stderr, flush=True)
+            message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line, always
+            print(f"zipfast {args.cmd}: error: {message}{_last_checkpoint_note(e, args, argv)}", file=sys.stderr,
+                  flush=True)
             return EXIT_USER
         if not debug:
             traceback.print_exc()

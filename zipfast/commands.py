@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zipfast.data import synthetic
 from zipfast.data.classnames import PLANTED_TASKS as PLANTED  # built-in planted task name → label set
-from zipfast.errors import ConfigError, UserError
+from zipfast.errors import EXIT_INTERNAL, EXIT_USER, ConfigError, UserError
 from zipfast.run.task import load
 
 DEMO_DIR = "runs/demo"
@@ -28,10 +28,10 @@ def _config_from_args(args):
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
              "feature_bank": args.feature_bank, "augment": args.augment, "method": args.method,
              "method_options": parse_method_opts(args.method_opt)}
-    if args.data in PLANTED and args.model is None:
-        flags.update(model="zipfast-planted", pretrained="none")
+    if args.data in PLANTED and args.model is None:  # the task's own model; a --pretrained given is checked by load
+        flags.update(model="zipfast-planted", pretrained=args.pretrained or "none")
     if args.data == synthetic.NAME and args.model is None:
-        flags.update(model=synthetic.MODEL, pretrained="none")
+        flags.update(model=synthetic.MODEL, pretrained=args.pretrained or "none")
     cfg = load_official(args.config_file, args.opts or ())
     return cfg_to_train_config(cfg, **flags)
 
@@ -220,7 +220,9 @@ def bench_paper(args, entry) -> int:
         if path.endswith(".md"):
             print(open(path).read())
     print(json.dumps(summary))
-    return 1 if summary["failed"] else 0
+    if not summary["failed"]:
+        return 0
+    return EXIT_USER if all(c == EXIT_USER for c in summary.get("exit_codes", [])) else EXIT_INTERNAL
 
 
 def compare(args) -> int:

@@ -126,3 +126,12 @@ def test_bench_paper_refuses_bad_arguments_before_any_job(argv, named, tmp_path,
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # no job started
+
+
+def test_a_protocol_whose_runs_fail_on_user_errors_exits_2(tmp_path, capsys):
+    from zipfast.cli import main
+
+    # the dataset is not under --root: every run is refused with exit 2, so the protocol exits 2, not 1 (a bug)
+    assert main(["bench-paper", "few-shot", "--root", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+                 "--datasets", "eurosat", "--seeds", "1", "--no-progress"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -83,8 +83,8 @@ class RayRunner:
 
 def run_stages(stages: list[list[Job]], runner, progress: bool = True) -> dict:
     """Run stage after stage (a stage may read the previous one's prompts); skip finished jobs.
-    Returns {"ran": n, "skipped": n, "failed": [output dirs]}."""
-    ran, skipped, failed = 0, 0, []
+    Returns {"ran": n, "skipped": n, "failed": [output dirs], "exit_codes": [the failed jobs' exit codes]}."""
+    ran, skipped, failed, exit_codes = 0, 0, [], []
     for jobs in stages:
         todo = [j for j in jobs if not j.done]
         for j in jobs:
@@ -96,4 +96,5 @@ def run_stages(stages: list[list[Job]], runner, progress: bool = True) -> dict:
         codes = runner.run(todo, progress)
         ran += len(todo)
         failed += [j.output_dir for j, c in zip(todo, codes) if c != 0]
-    return {"ran": ran, "skipped": skipped, "failed": failed}
+        exit_codes += [c for c in codes if c != 0]
+    return {"ran": ran, "skipped": skipped, "failed": failed, "exit_codes": exit_codes}

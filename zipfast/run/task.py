@@ -35,6 +35,9 @@ def load(cfg, task_seed: int = 0):
     from zipfast.models import load_clip
 
     if cfg.dataset in PLANTED_TASKS:
+        if cfg.model == "zipfast-planted" and cfg.pretrained != "none":
+            raise ConfigError(f"--pretrained {cfg.pretrained!r}: the planted task's model (zipfast-planted) is built "
+                              "from its seed and loads no weights; drop --pretrained, or pass --model with it")
         if cfg.model == "zipfast-planted":
             model, tokenizer = planted_model(task_seed)
         else:
