@@ -375,3 +375,12 @@ def test_classnames_reader_round_trips(tmp_path_factory, pairs):
     path = tmp_path_factory.mktemp("cn") / "classnames.txt"
     path.write_text("".join(f"{k} {v}\n" for k, v in pairs.items()))
     assert list(read_classnames(path, "dataset ImageNet").items()) == list(pairs.items())
+
+
+def test_a_classnames_file_that_is_not_utf8_is_refused_by_name(tmp_path):
+    from zipfast.datasets.splits import read_classnames
+
+    path = tmp_path / "classnames.txt"
+    path.write_bytes("n01440764 tench\nn01443537 caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"is not UTF-8 text \(byte 0xe9"):
+        read_classnames(path, "ImageNet")

@@ -348,3 +348,30 @@ def test_a_deeply_nested_header_or_config_is_refused_by_name(tmp_path, capsys):
         assert main(["train", "--data", "planted", "--config-file", str(cfg), "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert named in err and str(cfg) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change", ["no optimizer", "short point", "negative step", "queries abc"])
+def test_a_sound_file_with_unfit_content_is_refused_naming_it(change, tmp_path, capsys):
+    """The checksum holds (zipfast wrote the file) but the content does not fit the method: exit 2, not a crash."""
+    out = tmp_path / "run"
+    args = ["train", "--data", "planted", "--budget", "20", "--device", "cpu", "--no-progress"]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    ck = read_checkpoint(out / CHECKPOINT_NAME)
+    state = dict(ck.state)
+    if change == "no optimizer":
+        state.pop("optimizer")
+    elif change == "short point":
+        state["point"] = state["point"][:-1]
+        state["optimizer"] = dict(state["optimizer"], w=state["optimizer"]["w"][:-1])
+    elif change == "negative step":
+        state["optimizer"] = dict(state["optimizer"], step=-3)
+    else:
+        state["queries"] = "abc"
+    write_checkpoint(out / CHECKPOINT_NAME, state, ck.fingerprint)
+    capsys.readouterr()
+    rc = main([*args[:3], "40", *args[4:], "--resume", str(out / CHECKPOINT_NAME)])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(out / CHECKPOINT_NAME) in err and "Traceback" not in err, err
+    if change == "short point":  # eval reads only the prompt (point and space): a point that does not fit is refused
+        assert main(["eval", str(out / CHECKPOINT_NAME), "--device", "cpu"]) == 2
+        assert "Traceback" not in capsys.readouterr().err

@@ -140,7 +140,12 @@ def read_classnames(path: Path, what: str) -> dict[str, str]:
     """{folder (wnid): class name} from CoOp's classnames.txt ("n01440764 tench" per line), in file order."""
     require_file(path, what, " (CoOp's ImageNet classnames.txt)")
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"'{path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                           "pass CoOp's classnames.txt") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         folder, *words = line.strip().split(" ")

@@ -10,6 +10,7 @@ identically for every method. What differs between methods is their file in zipf
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -228,10 +229,17 @@ class Trainer(BudgetedRun):
         if diff:
             raise CheckpointMismatchError(f"checkpoint {ck.path} is from another configuration: " + "; ".join(diff))
         sd = ck.state
-        if self.optimizer is not None:
-            self._load_space(sd["space"])
-            self.optimizer.load_state_dict(sd["optimizer"], self.device)
-        self.queries, self.elapsed = int(sd["queries"]), float(sd["elapsed"])
+        with _content_of(ck.path):
+            queries, elapsed = sd["queries"], float(sd["elapsed"])
+            if not (isinstance(queries, int) and not isinstance(queries, bool) and queries >= 0):
+                raise ValueError(f"queries {queries!r} is not a count of queries")
+            if self.optimizer is not None:
+                self._load_space(sd["space"])
+                self.optimizer.load_state_dict(sd["optimizer"], self.device)
+                if self.optimizer.point.shape != (self.space.dim,) or self.optimizer.step < 0:
+                    raise ValueError(f"the optimiser's point has shape {tuple(self.optimizer.point.shape)} for a "
+                                     f"space of {self.space.dim} dimensions, step {self.optimizer.step}")
+        self.queries, self.elapsed = queries, elapsed
         if sd.get("v1_batches") is not None and int(sd["v1_batches"]) != self.batches:
             raise CheckpointMismatchError(f"{ck.path}: its minibatch counter ({sd['v1_batches']}) disagrees with its "
                                           f"optimiser's ({self.batches}); the checkpoint is inconsistent")
@@ -259,9 +267,27 @@ class Trainer(BudgetedRun):
         ck = upgrade(source) if isinstance(source, Checkpoint) else read_run(source)
         require_method(ck, self.config.method)
         check_prompt_settings(ck, self.config.method, self.config.to_dict(), self.method_config())
-        if self.space is not None and ck.state.get("space") is not None:
-            self._load_space(ck.state["space"])
-        return ck.state["point"].float().to(self.device)
+        with _content_of(ck.path):
+            if self.space is not None and ck.state.get("space") is not None:
+                self._load_space(ck.state["space"])
+            point = ck.state["point"].float().to(self.device)
+            if self.space is not None and point.shape != (self.space.dim,):
+                raise ValueError(f"the point has shape {tuple(point.shape)} for a space of {self.space.dim} dimensions")
+        return point
+
+
+@contextlib.contextmanager
+def _content_of(path):
+    """A checkpoint whose file is sound (its checksum holds) but whose content does not fit this run's method
+    (a missing part, a vector of another length, a count that is not one) is refused naming the file."""
+    try:
+        yield
+    except CheckpointMismatchError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        what = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        raise CheckpointMismatchError(f"checkpoint {str(path)!r} does not hold a state this run's method "
+                                      f"({what}); use another checkpoint") from None
 
 
 def read_checkpoint(path) -> dict:
