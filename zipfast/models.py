@@ -9,8 +9,9 @@ import warnings
 from pathlib import Path
 
 
+from zipfast import weights
 from zipfast.env import resolve_device  # noqa: F401  (re-exported: old import path)
-from zipfast.errors import UserError
+from zipfast.weights import ModelLoadError  # noqa: F401  (a UserError; raised here, defined with the readers)
 
 # OpenAI's CLIP models (clip.available_models(), the official MODEL.BACKBONE.NAME values) → the
 # open_clip config of the same network. OpenAI's CLIP uses QuickGELU in every MLP (clip/model.py);
@@ -40,10 +41,6 @@ def official_backbone(name: str) -> str:
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 log = logging.getLogger("zipfast.models")
-
-
-class ModelLoadError(UserError):
-    """A model name, tag or weights file that cannot be loaded."""
 
 
 def _register_configs():
@@ -86,24 +83,60 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
             raise ModelLoadError(f"{tag!r} is neither a pretrained tag of {name} (known: {', '.join(tags) or 'none'}) "
                                  f"nor an existing checkpoint file")
     force_quick_gelu, notes = quick_gelu_rule(name, tag)
+    path = tag if tag is not None and os.path.exists(tag) else None
+    preprocess = {}
+    if tag is not None and path is None:
+        # A cached tag loads from the cache with no network; an uncached one is fetched only if the hub
+        # answers: unreachable, its client would retry for a minute before failing.
+        path = weights.cached_tag_file(name, tag)
+        if path is None:
+            why = weights.hub_unreachable()
+            if why:
+                raise weights.offline_error(name, tag, why)
+        else:
+            cfg = open_clip.get_pretrained_cfg(name, tag)
+            preprocess = {f"image_{k}": cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}
+    state = weights.read_state_dict(path) if path is not None else None  # a bad file fails before the build
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_random_init(state is not None):
             # the QuickGELU mismatch warning cannot fire any more (quick_gelu_rule decided); others pass
             warnings.filterwarnings("ignore", message="QuickGELU mismatch")
-            model, _, preprocess_val = open_clip.create_model_and_transforms(
-                name, pretrained=tag, device=device, force_quick_gelu=force_quick_gelu)
+            if state is None:
+                model, _, preprocess_val = open_clip.create_model_and_transforms(
+                    name, pretrained=tag, device=device, force_quick_gelu=force_quick_gelu)
+            else:  # built empty, then filled by zipfast's reader (which checks the file fits the model)
+                model, _, preprocess_val = open_clip.create_model_and_transforms(
+                    name, pretrained=None, device=device, force_quick_gelu=force_quick_gelu,
+                    pretrained_text=False, **preprocess)
     except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors on a failed download
-        if tag is not None and not os.path.exists(tag):
-            raise ModelLoadError(
-                f"could not fetch pretrained weights {tag!r} for {name} ({type(e).__name__}: {str(e)[:200]}). "
-                f"Without internet access, download the checkpoint on another machine (open_clip's "
-                f"open_clip_pytorch_model.bin / .safetensors for this model and tag) and pass its local path: "
-                f"--pretrained /path/to/checkpoint (pretrained=path in the Python API)") from e
-        raise ModelLoadError(f"could not create {name} with pretrained={tag!r}: {e}") from e
+        if tag is not None and path is None:
+            raise weights.fetch_error(name, tag, e) from e
+        raise ModelLoadError(f"could not create {name} with pretrained={tag!r}: {weights.short(e)}") from e
+    if state is not None:
+        weights.load_state_dict(model, state, name, path)
     model.eval().requires_grad_(False)
     model.zipfast_load_notes = tuple(notes)
     tokenizer = open_clip.get_tokenizer(name)
     return model, tokenizer, preprocess_val
+
+
+class _quiet_random_init:
+    """Silence open_clip's "initialized randomly" warning (root logger) while a model is built empty
+    to be filled from a file right after."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def filter(self, record) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    def __enter__(self):
+        if self.on:
+            logging.getLogger().addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeFilter(self)
 
 
 def quick_gelu_rule(name: str, tag: str | None) -> tuple[bool, list[str]]:
