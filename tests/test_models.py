@@ -202,3 +202,24 @@ def test_random_and_local_weights_follow_the_name(tmp_path):
     assert quick_gelu_rule("ViT-B-16-quickgelu", None) == (False, [])
     tiny, _, _ = load_clip("zipfast-tiny", "none")
     assert activation(tiny) == "gelu" and load_notes(tiny) == []
+
+
+def test_cached_tag_loads_with_no_network(openai_vit_b16, monkeypatch, inputs):
+    # Outside `make` (HF_HUB_OFFLINE unset) a tag already in the hub cache loads from it, and neither
+    # the hub client nor the network check is asked (with no network the client retries for a minute).
+    import huggingface_hub
+    import huggingface_hub.constants as hf
+    import open_clip.pretrained
+
+    from zipfast import weights
+
+    def asked(*a, **k):
+        raise AssertionError("the network was asked")
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(openai_vit_b16[1]))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for module in (huggingface_hub, open_clip.pretrained):
+        monkeypatch.setattr(module, "hf_hub_download", asked)
+    monkeypatch.setattr(weights, "hub_unreachable", asked)
+    _assert_official(_load_quietly("ViT-B-16-quickgelu", "openai"), openai_vit_b16[0], inputs)

@@ -79,10 +79,11 @@ def hub_unreachable(timeout: float = HUB_TIMEOUT_S) -> str | None:
     import urllib.request
 
     url, outcome = hf.ENDPOINT, {}
+    opener = urllib.request.build_opener()  # the proxies set now (urlopen keeps the first ones it saw)
 
     def ask():
         try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
         except urllib.error.HTTPError:
             pass  # a status code: something answered
         except Exception as e:  # noqa: BLE001 (every failure to connect means the same: offline)
@@ -155,7 +156,7 @@ def _torch_cause(e: Exception) -> str:
                 "or the open_clip tag instead")
     if "zip archive" in text or "central directory" in text:
         return "a damaged or truncated zip archive"
-    kept = [s for s in re.split(r"(?<=\.)\s+", text) if not re.search(r"weights_only|arbitrary code|trusted source", s)]
+    kept = [s for s in re.split(r"(?<=\.)\s+", text) if not re.search(r"weights_only|arbitrary code|trusted", s)]
     return f"{type(e).__name__}: {short(' '.join(kept), 100)}" if kept else f"torch.load refused it ({type(e).__name__})"
 
 
