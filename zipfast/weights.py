@@ -31,7 +31,10 @@ def short(text: str, limit: int = 160) -> str:
         return text
     cut = text[:limit]
     end = cut.rfind(". ")
-    return cut[:end + 1] if end > limit // 2 else cut[:cut.rfind(" ")].rstrip(",;:") + " …"
+    if end > limit // 2:
+        return cut[:end + 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > 0 else cut).rstrip(",;:") + " …"
 
 
 # ------------------------------------------------------------------ tags: the cache and the network
@@ -113,9 +116,12 @@ def offline_error(name: str, tag: str, why: str) -> ModelLoadError:
 
 def fetch_error(name: str, tag: str, exc: BaseException) -> ModelLoadError:
     """The error for a tag whose download failed although the hub answered."""
-    cause = exc
-    while cause.__cause__ is not None or cause.__context__ is not None:  # the innermost says why
+    cause, seen = exc, {id(exc)}
+    while (cause.__cause__ or cause.__context__) is not None:  # the innermost says why
         cause = cause.__cause__ or cause.__context__
+        if id(cause) in seen:
+            break
+        seen.add(id(cause))
     repo, files = hub_files(name, tag)
     return ModelLoadError(
         f"could not download pretrained weights {tag!r} of {name} from https://huggingface.co/{repo} "
@@ -152,12 +158,13 @@ def _torch_cause(e: Exception) -> str:
             return f"it refers to Python code ({code.group(1)}), which zipfast never runs"
         return f"it holds more than tensors ({short(detail, 80)}); zipfast never runs code from a file"
     if "TorchScript" in text:
-        return ("it is a TorchScript archive (OpenAI's original .pt?), which holds code; pass a state_dict file "
-                "or the open_clip tag instead")
+        return "it is a TorchScript archive (OpenAI's original .pt?), which holds code"
     if "zip archive" in text or "central directory" in text:
         return "a damaged or truncated zip archive"
     kept = [s for s in re.split(r"(?<=\.)\s+", text) if not re.search(r"weights_only|arbitrary code|trusted", s)]
-    return f"{type(e).__name__}: {short(' '.join(kept), 100)}" if kept else f"torch.load refused it ({type(e).__name__})"
+    if not kept:
+        return f"torch.load refused it ({type(e).__name__})"
+    return f"{type(e).__name__}: {short(' '.join(kept), 100)}"
 
 
 def read_state_dict(path: str) -> dict:
@@ -191,7 +198,8 @@ def read_state_dict(path: str) -> dict:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
-        raise refuse(f"it holds {'an empty dict' if obj == {} else type(obj).__name__}, not a state_dict")
+        raise refuse(f"it holds {'an empty dict' if isinstance(obj, dict) else 'a ' + type(obj).__name__}, "
+                     "not a state_dict")
     bad = next((k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise refuse(f"its entry {str(bad)[:60]!r} is a {type(obj[bad]).__name__}, not a tensor")
@@ -249,6 +257,12 @@ def _shapes(model) -> dict:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _buildable(cfg: dict | None) -> bool:
+    """A CLIP config of open_clip's own towers (not timm, Hugging Face or CoCa)."""
+    return bool(cfg) and "timm_model_name" not in cfg.get("vision_cfg", {}) \
+        and "hf_model_name" not in cfg.get("text_cfg", {}) and "multimodal_cfg" not in cfg
+
+
 def _config_shapes(name: str) -> dict | None:
     """Parameter shapes of open_clip config `name`, built on the meta device (no memory, no init);
     None for configs with a timm or Hugging Face tower (building those may need the network)."""
@@ -256,11 +270,9 @@ def _config_shapes(name: str) -> dict | None:
     import torch
 
     cfg = open_clip.get_model_config(name)
-    if not cfg or "timm_model_name" in cfg.get("vision_cfg", {}) or "hf_model_name" in cfg.get("text_cfg", {}):
+    if not _buildable(cfg):
         return None
     cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
-    if "multimodal_cfg" in cfg:
-        return None
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -269,33 +281,55 @@ def _config_shapes(name: str) -> dict | None:
         return None
 
 
-def guess_model(sd: dict, exclude: str = "", limit: int = 40) -> list[str]:
-    """open_clip models (zipfast's configs first) whose parameters the state_dict `sd` fits exactly.
+def _layers(sd: dict, prefix: str) -> int | None:
+    idx = {k[len(prefix):].split(".", 1)[0] for k in sd if k.startswith(prefix)}
+    return len(idx) or None
 
-    Cheap: only configs of the file's embedding and text widths are built, on the meta device,
-    at most `limit` of them."""
+
+def _signature(sd: dict) -> dict:
+    """What a state_dict says of its config, as (config section, key) → value, read from shapes."""
+    sig = {}
+    for key, section, field, dim in (("text_projection", None, "embed_dim", -1),
+                                     ("token_embedding.weight", "text_cfg", "width", -1),
+                                     ("token_embedding.weight", "text_cfg", "vocab_size", 0),
+                                     ("visual.conv1.weight", "vision_cfg", "width", 0),
+                                     ("visual.conv1.weight", "vision_cfg", "patch_size", -1)):
+        t = sd.get(key)
+        if section == "vision_cfg" and "visual.class_embedding" not in sd:
+            continue  # a ResNet's conv1 is its stem, not a patch embedding
+        if t is not None and t.ndim >= 2:
+            sig[section, field] = t.shape[dim]
+    sig["text_cfg", "layers"] = _layers(sd, "transformer.resblocks.")
+    sig["vision_cfg", "layers"] = _layers(sd, "visual.transformer.resblocks.")
+    return sig
+
+
+def guess_model(sd: dict, exclude: str = "", limit: int = 12) -> list[str]:
+    """open_clip models (zipfast's configs first) that the state_dict `sd` fits.
+
+    Cheap: only configs whose widths, vocabulary, patch size and layer counts match the file's
+    shapes are built, on the meta device, at most `limit` of them; exact fits are named first."""
     from pathlib import Path
 
     import open_clip
 
-    proj, tok = sd.get("text_projection"), sd.get("token_embedding.weight")
-    embed = proj.shape[-1] if proj is not None and proj.ndim == 2 else None
-    width = tok.shape[-1] if tok is not None and tok.ndim == 2 else None
+    sig = {k: v for k, v in _signature(sd).items() if v is not None}
     own = sorted(p.stem for p in (Path(__file__).parent / "model_configs").glob("*.json"))
-    others = []
-    for name in open_clip.list_models():
-        cfg = open_clip.get_model_config(name) or {}
-        if name in own or cfg.get("embed_dim") != embed or cfg.get("text_cfg", {}).get("width") != width:
-            continue
-        others.append(name)
+    candidates = []
+    for name in [*own, *sorted(set(open_clip.list_models()) - set(own), key=lambda n: ("quickgelu" in n, n))]:
+        cfg = open_clip.get_model_config(name)
+        if not _buildable(cfg) or name == exclude or name.removesuffix("-quickgelu") in candidates:
+            continue  # a -quickgelu config has its plain twin's shapes: the plain one is named
+        if all((cfg.get(section, {}) if section else cfg).get(field, value) == value
+               for (section, field), value in sig.items()):
+            candidates.append(name)
     fits = []
-    for name in [*own, *sorted(others, key=lambda n: ("quickgelu" in n, n))][:limit]:
-        if name == exclude or name.removesuffix("-quickgelu") in fits:  # same shapes: name the plain one
-            continue
+    for name in candidates[:limit]:
         shapes = _config_shapes(name)
         if shapes is not None and not _misfit(shapes, sd):
-            fits.append(name)
-    return fits
+            exact = all(tuple(sd[k].shape) == v for k, v in shapes.items())
+            fits.insert(len([f for f in fits if f[1]]) if exact else len(fits), (name, exact))
+    return [name for name, _ in fits]
 
 
 def load_state_dict(model, sd: dict, name: str, path: str) -> None:
