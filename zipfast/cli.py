@@ -93,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--root", required=True, help="the folder holding the datasets ($DATA)")
     b.add_argument("--output", default="output", help="run folders (the official scripts' layout), tables/, plots/")
     b.add_argument("--datasets", default=None, help="comma-separated (default: the protocol's datasets)")
+    b.add_argument("--skip-missing", action="store_true",
+                   help="run only the datasets present under --root (default: exit 2 listing the missing ones)")
     b.add_argument("--seeds", default="1,2,3")
     b.add_argument("--methods", default="zip", help="comma-separated: zip, zsclip, bptvlm, bar, blackvip")
     b.add_argument("--shots", type=int, default=16)
@@ -103,7 +105,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-every", type=int, default=None, metavar="N", help="test accuracy every N queries (plots)")
     b.add_argument("--model", default=None, help="open_clip model (default: the config's ViT-B/16)")
     b.add_argument("--pretrained", default=None, help="weights (default openai)")
-    b.add_argument("--ray", default=None, metavar="auto|ADDRESS|local", help="run the jobs as Ray tasks")
+    b.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the jobs as Ray tasks; --ray alone (= --ray local) joins the cluster of RAY_ADDRESS or the "
+                        "one last started here with `ray start`, else starts a local one; --ray auto joins such a "
+                        "cluster and fails if none runs; --ray HOST:PORT or ray://HOST:PORT joins that cluster")
     b.add_argument("--cpus-per-job", type=float, default=1)
     b.add_argument("--gpus-per-job", type=float, default=0)
     _add_common(b)

@@ -215,7 +215,7 @@ def bench_paper(args, entry) -> int:
                                          ("--device", args.device), ("--backend", args.backend))
                        if v for f in (flag, v)])
     summary = run_protocol(plan, entry, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, skip_missing=args.skip_missing)
     for path in summary["tables"]:
         if path.endswith(".md"):
             print(open(path).read())

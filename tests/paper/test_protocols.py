@@ -49,7 +49,8 @@ def test_few_shot_protocol_runs_tabulates_plots_and_skips(data, weights, tmp_pat
 
     assert f"| ZIP | {np.mean(accs):.1f} ± {np.std(accs):.1f} | {np.mean(accs):.1f} |" in md
     assert "| ZeroshotCLIP |" in md and "EuroSAT" in md
-    assert (tmp_path / "tables" / "few-shot.csv").read_text().splitlines()[0] == "Method,EuroSAT,Average"
+    assert (tmp_path / "tables" / "few-shot.csv").read_text().splitlines()[0] == \
+        "Method,EuroSAT,EuroSAT_mean,EuroSAT_std,EuroSAT_n,Average,Average_mean,Average_std,Average_n"
     png = Path(summary["plot"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = [json.loads(x) for x in (tmp_path / "basic/ZIP/eurosat/nctx8/seed1/curve.jsonl").read_text().splitlines()]
@@ -70,8 +71,9 @@ def test_base2new_cross_dataset_and_ood_protocols(data, weights, tmp_path):
     s = run_protocol(plan("ood", data, tmp_path, weights, datasets=["imagenetv2", "imagenet_a"], seeds=(1,)),
                      main, progress=False)
     assert s["ran"] == 2 and s["skipped"] == 1 and not s["failed"]  # the ImageNet prompt is reused
-    header = (tmp_path / "tables/ood.csv").read_text().splitlines()[0]
-    assert header == "Method,ImageNet,ImageNetV2,ImageNetA,Average"
+    header = (tmp_path / "tables/ood.csv").read_text().splitlines()[0].split(",")
+    assert header[::4] == ["Method", "ImageNet_n", "ImageNetV2_n", "ImageNetA_n", "Average_n"]
+    assert header[1::4] == ["ImageNet", "ImageNetV2", "ImageNetA", "Average"]
 
 
 def _fake_run(folder: Path, acc: float, eval_only=False):
@@ -131,7 +133,10 @@ def test_bench_paper_refuses_bad_arguments_before_any_job(argv, named, tmp_path,
 def test_a_protocol_whose_runs_fail_on_user_errors_exits_2(tmp_path, capsys):
     from zipfast.cli import main
 
-    # the dataset is not under --root: every run is refused with exit 2, so the protocol exits 2, not 1 (a bug)
+    # the dataset's folder is there but holds no split file: every run is refused with exit 2, so the
+    # protocol exits 2, not 1 (a bug)
+    (tmp_path / "data" / "eurosat").mkdir(parents=True)
     assert main(["bench-paper", "few-shot", "--root", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
                  "--datasets", "eurosat", "--seeds", "1", "--no-progress"]) == 2
+    assert (tmp_path / "out/basic/ZIP/eurosat/nctx8/seed1/log.txt").is_file()  # the job ran, and failed
     assert "Traceback" not in capsys.readouterr().err

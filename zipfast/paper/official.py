@@ -44,6 +44,7 @@ TRAINERS = {"ZIP": "zip", "ZeroshotCLIP": "zsclip", "ZSCLIP": "zsclip"}
 NOT_IMPLEMENTED = ("ZeroshotCLIP2", "CoOp", "CoCoOp")
 RESULT_FILE = "result.json"
 SUBSAMPLES = ("all", "base", "new")  # DATASET.SUBSAMPLE_CLASSES: every class, the first half, the rest
+LOG_ONLY = "--log-only"  # bench-paper's jobs: Dassl's lines to log.txt only, the terminal keeps its progress bar
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--best_or_last", default="last", help=argparse.SUPPRESS)
     g.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="evaluate on the test split every N queries (curve.jsonl; plots in bench-paper)")
+    g.add_argument(LOG_ONLY, action="store_true",
+                   help="write Dassl's lines to <output-dir>/log.txt only, not also to the terminal")
 
 
 def wanted(args) -> bool:
@@ -158,6 +161,9 @@ _UNUSED_FLAGS = (("head", ""), ("source_domains", None), ("target_domains", None
 
 
 def refuse_unused_flags(args) -> None:
+    if getattr(args, "log_only", False) and not wanted(args):
+        raise ConfigError(f"{LOG_ONLY} applies to the official train.py surface (--root, --trainer, …), whose runs "
+                          f"write Dassl's log.txt; this command line does not use it: drop {LOG_ONLY}")
     for name, default in _UNUSED_FLAGS:
         value = getattr(args, name, default)
         if value != default:
@@ -235,7 +241,7 @@ def run(args) -> int:
         if args.eval_only or kind == "zsclip":  # nothing trains: skip decoding the (possibly huge) train split
             cfg = dataclasses.replace(cfg, augment="pil").validate()
     out = cfg.output_dir or None
-    dlog = DasslLog(out)
+    dlog = DasslLog(out, echo=not getattr(args, "log_only", False))
     try:
         dlog(f"Setting fixed seed: {cfg.seed}")
         if image:

@@ -9,9 +9,11 @@ Methods: zip and zsclip (the ZIP trainer) and the image-side trainers bptvlm, ba
 each run as its official TRAINER.NAME. Run folders follow the official scripts' layout under
 --output (ZIP: <protocol dir>/ZIP/<dataset>/nctx8/seed<s>; the image-side trainers:
 <protocol dir>/<TRAINER>/<dataset>/seed<s>), so finished runs are skipped exactly as the scripts
-skip them and CoOp's parse_test_res.py reads them too. Tables (markdown + CSV, mean ± std over
-seeds) go to <output>/tables/, accuracy-vs-queries plots (--eval-every curves of the trained
-methods) to <output>/plots/.
+skip them and CoOp's parse_test_res.py reads them too. Every dataset's folder is checked under
+--root before any job (all missing ones named at once; --skip-missing runs the others). Tables
+(markdown + CSV, mean ± std over seeds; the CSV also as plain numbers) go to <output>/tables/,
+accuracy-vs-queries plots (--eval-every curves of the trained methods, zero-shot as a line) to
+<output>/plots/.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import logging
 from pathlib import Path
 
 from zipfast.config import ConfigError
+from zipfast.data.imagefolder import DatasetError
 from zipfast.datasets import CROSS_DATASET_TARGETS, FEWSHOT_DATASETS, OOD_DATASETS, get_spec
 from zipfast.config import paper_opts
 from zipfast.methods import IMAGE_TRAINERS
 from zipfast.paper.sweep import Job, LocalRunner, RayRunner, run_stages
-from zipfast.paper.tables import Table, average_row, curve_points, fmt, fmt_avg, harmonic, mean_std, plot_curves, read_accuracy
+from zipfast.paper.tables import Stat, Table, average_row, curve_points, harmonic, mean_std, plot_curves, read_accuracy
 
 PROTOCOLS = ("few-shot", "base2new", "cross-dataset", "ood")
 ZIP_SIDE = {"zip": "ZIP", "zsclip": "ZeroshotCLIP"}  # methods of the ZIP trainer → official TRAINER.NAME
@@ -95,6 +98,36 @@ class Plan:
         if role == "new":
             return self.output / "base2new" / "new" / METHODS[method] / dataset / self._leaf(method, seed)
         return self.output / "xd" / "evaluation" / METHODS[method] / dataset / f"seed{seed}"
+
+    # ------------------------------------------------------------------ data
+
+    def check_data(self, skip_missing: bool = False) -> list[str]:
+        """Before any job: every dataset the plan reads (ImageNet too, the source of cross-dataset and
+        ood) must have its folder under --root. DatasetError listing every missing one, or with
+        skip_missing drop the missing ones (logged) and return their keys; ImageNet as the source
+        missing, or no dataset left, stays an error."""
+        source = ["imagenet"] if self.protocol in ("cross-dataset", "ood") else []
+        wanted = list(dict.fromkeys(source + self.datasets))
+        missing = {d: Path(self.root) / get_spec(d).dataset_dir for d in wanted
+                   if not (Path(self.root) / get_spec(d).dataset_dir).is_dir()}
+        if not missing:
+            return []
+        listed = ", ".join(f"{get_spec(d).name} (looked for '{folder}')" for d, folder in missing.items())
+        what = f"{len(missing)} of the {len(wanted)} datasets of {self.protocol} are missing under --root '{self.root}': {listed}"
+        present = [d for d in dict.fromkeys(self.datasets) if d not in missing]  # --datasets names targets only
+        if not skip_missing:
+            have = f"--datasets {','.join(present)} (those present)" if present else \
+                "--datasets with the ones you have (none of these is under this --root: check it)"
+            raise DatasetError(f"{what}; pass {have} or --skip-missing to run only the present ones")
+        if "imagenet" in missing and source:
+            raise DatasetError(f"{what}; {self.protocol} trains every prompt on ImageNet, which --skip-missing "
+                               f"cannot skip: put ImageNet in '{missing['imagenet']}'")
+        if not present:
+            raise DatasetError(f"{what}: --skip-missing leaves nothing to run; check --root (the folder holding the "
+                               f"datasets, $DATA)")
+        log.warning("--skip-missing: skipping %s", listed)
+        self.datasets = [d for d in self.datasets if d not in missing]
+        return list(missing)
 
     # ------------------------------------------------------------------ jobs
 
@@ -178,14 +211,13 @@ class Plan:
                 row = [get_spec(d).name]
                 for m in self.methods:
                     b, n = mean_std(self._acc(m, d, 1, "base")), mean_std(self._acc(m, d, 1, "new"))
-                    h = None if b is None or n is None else harmonic(b[0], n[0])
                     avg[m].append((b, n))
-                    row += [fmt(b), fmt(n), "–" if h is None else f"{h:.1f}"]
+                    row += [b, n, None if b is None or n is None else Stat(harmonic(b.mean, n.mean))]
                 t.add(row)
             row = ["Average"]
             for m in self.methods:
                 bs, ns = average_row([x[0] for x in avg[m]]), average_row([x[1] for x in avg[m]])
-                row += [fmt_avg(bs), fmt_avg(ns), "–" if bs is None or ns is None else f"{harmonic(bs[0], ns[0]):.1f}"]
+                row += [bs, ns, None if bs is None or ns is None else Stat(harmonic(bs.mean, ns.mean))]
             t.add(row)
             return [t]
         if p == "few-shot":
@@ -199,32 +231,44 @@ class Plan:
         for m in self.methods:
             row = [METHODS[m]]
             if p != "few-shot":
-                row.append(fmt(mean_std(self._acc(m, "imagenet", 1, "eval" if m == "zsclip" else "train"))))
+                row.append(mean_std(self._acc(m, "imagenet", 1, "eval" if m == "zsclip" else "train")))
             cells = [mean_std(self._acc(m, d, 1, role)) for d in cols]
-            t.add(row + [fmt(c) for c in cells] + [fmt_avg(average_row(cells))])
+            t.add(row + cells + [average_row(cells)])
         return [t]
 
+    def _plotted(self) -> list[str]:
+        """The datasets whose training runs the plots show (ImageNet, the source, for cross-dataset and ood)."""
+        return self.datasets if self.protocol in ("few-shot", "base2new") else ["imagenet"]
+
     def curves(self) -> dict:
-        out = {}
-        datasets = self.datasets if self.protocol in ("few-shot", "base2new") else ["imagenet"]
-        role = "base" if self.protocol == "base2new" else "basic"
-        for d in datasets:
-            out[d] = {METHODS[m]: [curve_points(self.train_dir(d, s, role, m)) for s in self.seeds]
-                      for m in self.methods if m != "zsclip"}
-        return out
+        """{dataset: {TRAINER: [curve per seed]}} of the trained methods' --eval-every curves."""
+        folder = "base" if self.protocol == "base2new" else "basic"
+        return {d: {METHODS[m]: [curve_points(self.train_dir(d, s, folder, m)) for s in self.seeds]
+                    for m in self.methods if m != "zsclip"} for d in self._plotted()}
+
+    def zero_shot(self) -> dict:
+        """{dataset: {ZeroshotCLIP: accuracy}} on the test split of the curves (base2new: the base
+        classes), when zsclip ran: the plots' dashed line, as compare draws zero-shot."""
+        if "zsclip" not in self.methods:
+            return {}
+        role = {"few-shot": "train", "base2new": "base"}.get(self.protocol, "eval")  # _acc's name for that run
+        accs = {d: mean_std(self._acc("zsclip", d, 1, role)) for d in self._plotted()}
+        return {d: {METHODS["zsclip"]: a.mean} for d, a in accs.items() if a is not None}
 
     def report(self) -> dict:
         tables = [t.write(self.output / "tables", self.protocol) for t in self.tables()]
         plot = plot_curves(self.curves(), self.output / "plots" / f"{self.protocol}.png",
-                           f"{self.protocol}: test accuracy vs queries")
+                           f"{self.protocol}: test accuracy vs queries", self.zero_shot())
         return {"tables": [str(p) for pair in tables for p in pair], "plot": str(plot) if plot else None}
 
 
 def run_protocol(plan: Plan, entry, ray: str | None = None, cpus_per_job: float = 1, gpus_per_job: float = 0,
-                 progress: bool = True) -> dict:
-    """Run (or skip) every job of the plan through entry (the CLI's main), then write its tables and plot."""
-    runner = (RayRunner(entry, None if ray == "local" else ray, cpus_per_job, gpus_per_job) if ray
-              else LocalRunner(entry))
+                 progress: bool = True, skip_missing: bool = False) -> dict:
+    """Check the datasets (Plan.check_data), then run (or skip) every job of the plan through entry (the
+    CLI's main), each job's output going to its log.txt; then write its tables and plot. ray: the --ray
+    value (sweep.RayRunner), None to run the jobs in this process."""
+    skipped = plan.check_data(skip_missing)
+    runner = RayRunner(entry, ray, cpus_per_job, gpus_per_job) if ray else LocalRunner(entry)
     summary = run_stages(plan.stages(), runner, progress)
-    summary.update(plan.report(), runner=runner.name)
+    summary.update(plan.report(), runner=runner.name, skipped_datasets=skipped)
     return summary

@@ -3,18 +3,25 @@
 A job is the argument list of one `zipfast train` call and its output folder. Jobs whose folder
 already holds a result are skipped (the official scripts skip existing output folders; zipfast
 reruns a folder without a result, which resumes from its checkpoint). With Ray each job is one
-task with its CPU/GPU request; results are gathered the same way in both modes.
+task with its CPU/GPU request; results are gathered the same way in both modes. A job's output goes
+to its log.txt, not to the terminal, which shows the progress bar and one line per failed job.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from zipfast.paper.official import RESULT_FILE
+from zipfast.errors import ConfigError
+from zipfast.paper.dassl_log import DasslLog
+from zipfast.paper.official import LOG_ONLY, RESULT_FILE
 
 log = logging.getLogger("zipfast.paper")
 
@@ -30,10 +37,43 @@ class Job:
         return (Path(self.output_dir) / RESULT_FILE).is_file()
 
 
-def run_job(entry, argv: list[str]) -> int:
+def _logs(folder: Path) -> dict:
+    return {f: (f.stat().st_mtime_ns, f.stat().st_size) for f in folder.glob("log.txt*")} if folder.is_dir() else {}
+
+
+def run_job(entry, argv: list[str], output_dir: str) -> tuple[int, str | None, str]:
     """One `zipfast train` call through entry (the CLI's main, passed in: this module sits below
-    the CLI; Ray pickles it by reference); returns its exit status."""
-    return entry(["train", *argv])
+    the CLI; Ray pickles it by reference), its output kept off the terminal: the job writes its Dassl
+    lines to its log only (train --log-only), and anything else it prints (warnings, its error line,
+    a traceback) is appended to that log. Returns (exit status, the log's path, the last line printed)."""
+    out, buf, code = Path(output_dir), io.StringIO(), None
+    before = _logs(out)
+    try:
+        with redirect_stdout(buf), redirect_stderr(buf):
+            code = entry(["train", LOG_ONLY, *argv])
+    finally:  # also when interrupted: what it printed stays in its log
+        text = buf.getvalue()
+        written = [f for f, stamp in _logs(out).items() if before.get(f) != stamp]
+        path = max(written, key=lambda f: f.stat().st_mtime_ns) if written else None
+        if path is None and (text.strip() or code != 0):  # failed before its log opened: a new one, Dassl's naming
+            dlog = DasslLog(out, echo=False)
+            dlog.close()
+            path = dlog.path
+        if text:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+    last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+    return code, None if path is None else str(path), last
+
+
+def report_failure(job: Job, result: tuple) -> None:
+    """One line on the terminal for a failed job: which, its exit status and last line, its log."""
+    code, path, last = result
+    m = job.meta
+    label = " ".join(str(x) for x in (m.get("method"), m.get("dataset"), f"seed {m.get('seed')}" if "seed" in m else None,
+                                      f"({m['role']})" if "role" in m else None) if x) or job.output_dir
+    with tqdm.external_write_mode(file=sys.stderr):  # above the progress bar, not through it
+        log.warning("job %s failed with exit %s%s; its log: %s", label, code, f" ({last})" if last else "", path)
 
 
 class LocalRunner:
@@ -42,40 +82,61 @@ class LocalRunner:
     def __init__(self, entry):
         self.entry = entry
 
-    def run(self, jobs: list[Job], progress: bool = True) -> list[int]:
-        codes = []
+    def run(self, jobs: list[Job], progress: bool = True) -> list[tuple]:
+        """run_job's result for each job, in order; a failure is reported as it happens."""
+        results = []
         for job in tqdm(jobs, desc="jobs", unit="job", disable=not progress):
-            codes.append(run_job(self.entry, job.argv))
-        return codes
+            results.append(run_job(self.entry, job.argv, job.output_dir))
+            if results[-1][0] != 0:
+                report_failure(job, results[-1])
+        return results
 
 
 class RayRunner:
-    """Jobs as Ray tasks on the cluster at `address` ("auto", "ray://host:port", or None = the
-    instance this process already joined / a new local one)."""
+    """Jobs as Ray tasks. address: the --ray value: "local" (--ray alone) joins the cluster named by
+    RAY_ADDRESS or the one last started on this machine with `ray start`, and else starts a local
+    one for this run (ray.init() without an address); "auto" joins such a cluster and fails if there
+    is none; "HOST:PORT" or "ray://HOST:PORT" that cluster. Nothing is started when this process has
+    already joined one (ray.init() before)."""
 
     name = "ray"
 
-    def __init__(self, entry, address: str | None = "auto", cpus_per_job: float = 1, gpus_per_job: float = 0):
+    def __init__(self, entry, address: str = "local", cpus_per_job: float = 1, gpus_per_job: float = 0):
+        if address not in ("local", "auto") and ":" not in address:
+            # e.g. `--ray TRAINER.X 5`: argparse reads the first KEY as --ray's value
+            raise ConfigError(f"--ray {address!r} is not a Ray address: give --ray alone (or --ray local), --ray auto, "
+                              f"--ray HOST:PORT or --ray ray://HOST:PORT; to write KEY VALUE pairs after it, use "
+                              f"--ray local")
         try:
             import ray
         except ImportError as e:
-            raise ImportError("--ray needs Ray: pip install 'zipfast[ray]'") from e
+            raise ConfigError("--ray needs Ray, which is not installed: pip install 'zipfast[ray]', or leave --ray "
+                              "out to run the jobs one after another in this process") from e
         self.ray, self.entry = ray, entry
         if not ray.is_initialized():
             try:
-                ray.init(address=address, ignore_reinit_error=True)
+                ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                from zipfast.config import ConfigError
-
-                raise ConfigError(f"cannot join the Ray cluster at --ray {address!r}: {e}; start one with "
-                                  f"`ray start --head` or pass its address (ray://host:10001)") from e
+                if address == "auto":
+                    where = (f"RAY_ADDRESS={os.environ['RAY_ADDRESS']!r} does not answer" if os.environ.get("RAY_ADDRESS")
+                             else "RAY_ADDRESS is unset and none was started on this machine")
+                    raise ConfigError(f"--ray auto: no running Ray cluster was found ({where}); pass --ray (or "
+                                      f"--ray local) to start a local one, or start a cluster first with "
+                                      f"`ray start --head`") from e
+                raise ConfigError(f"cannot join the Ray cluster at --ray {address!r}: {e}; check the address, start the "
+                                  f"cluster with `ray start --head`, or pass --ray alone for a local one") from e
         self.task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(run_job)
 
-    def run(self, jobs: list[Job], progress: bool = True) -> list[int]:
-        refs = [self.task.remote(self.entry, job.argv) for job in jobs]
+    def run(self, jobs: list[Job], progress: bool = True) -> list[tuple]:
+        refs = [self.task.remote(self.entry, job.argv, job.output_dir) for job in jobs]
+        which = dict(zip(refs, jobs))
         pending, bar = list(refs), tqdm(total=len(refs), desc="jobs (ray)", unit="job", disable=not progress)
         while pending:
             ready, pending = self.ray.wait(pending, num_returns=1)
+            for ref in ready:
+                result = self.ray.get(ref)
+                if result[0] != 0:
+                    report_failure(which[ref], result)
             bar.update(len(ready))
         bar.close()
         return self.ray.get(refs)
@@ -83,8 +144,9 @@ class RayRunner:
 
 def run_stages(stages: list[list[Job]], runner, progress: bool = True) -> dict:
     """Run stage after stage (a stage may read the previous one's prompts); skip finished jobs.
-    Returns {"ran": n, "skipped": n, "failed": [output dirs], "exit_codes": [the failed jobs' exit codes]}."""
-    ran, skipped, failed, exit_codes = 0, 0, [], []
+    Returns {"ran": n, "skipped": n, "failed": [output dirs], "logs": [their logs],
+    "exit_codes": [the failed jobs' exit codes]}."""
+    ran, skipped, failed, logs, exit_codes = 0, 0, [], [], []
     for jobs in stages:
         todo = [j for j in jobs if not j.done]
         for j in jobs:
@@ -93,8 +155,10 @@ def run_stages(stages: list[list[Job]], runner, progress: bool = True) -> dict:
         skipped += len(jobs) - len(todo)
         if not todo:
             continue
-        codes = runner.run(todo, progress)
+        results = runner.run(todo, progress)
         ran += len(todo)
-        failed += [j.output_dir for j, c in zip(todo, codes) if c != 0]
-        exit_codes += [c for c in codes if c != 0]
-    return {"ran": ran, "skipped": skipped, "failed": failed, "exit_codes": exit_codes}
+        bad = [(j, r) for j, r in zip(todo, results) if r[0] != 0]
+        failed += [j.output_dir for j, _ in bad]
+        logs += [r[1] for _, r in bad]
+        exit_codes += [r[0] for _, r in bad]
+    return {"ran": ran, "skipped": skipped, "failed": failed, "logs": logs, "exit_codes": exit_codes}

@@ -7,11 +7,13 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from zipfast.paper.dassl_log import END_TEST, END_TRAINING, metric_regex
 from zipfast.run.hooks import read_curve
+from zipfast.run.plots import draw_accuracy
 
 
 def read_accuracy(output_dir) -> float | None:
@@ -31,28 +33,51 @@ def read_accuracy(output_dir) -> float | None:
     return value
 
 
-def mean_std(values) -> tuple[float, float] | None:
-    """(mean, population std) as parse_test_res.py (np.std); None when there is nothing."""
+class Stat(NamedTuple):
+    """A table cell's numbers: the mean, the population std over seeds (None where the paper gives
+    none: Average, H) and how many values it summarises (seeds; datasets for Average)."""
+
+    mean: float
+    std: float | None = None
+    n: int | None = None
+
+
+def mean_std(values) -> Stat | None:
+    """(mean, population std, count) as parse_test_res.py (np.std); None when there is nothing."""
     vals = [v for v in values if v is not None]
-    return (float(np.mean(vals)), float(np.std(vals))) if vals else None
+    return Stat(float(np.mean(vals)), float(np.std(vals)), len(vals)) if vals else None
 
 
 def fmt(ms) -> str:
-    return "–" if ms is None else f"{ms[0]:.1f} ± {ms[1]:.1f}"
+    """A cell as the tables show it: mean ± std, the mean alone where there is no std, – where no value."""
+    if ms is None:
+        return "–"
+    return f"{ms[0]:.1f}" if ms[1] is None or math.isnan(ms[1]) else f"{ms[0]:.1f} ± {ms[1]:.1f}"
 
 
 def harmonic(b: float, n: float) -> float:
     return 0.0 if b + n == 0 else 2 * b * n / (b + n)
 
 
-class Table:
-    """A header and rows of cells; rendered as markdown and CSV."""
+def _number(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(round(v, 4))
 
-    def __init__(self, title: str, header: list[str]):
-        self.title, self.header, self.rows = title, header, []
+
+class Table:
+    """A header and rows: `labels` text columns, then accuracy columns whose cells are Stat or None.
+    Markdown shows the formatted cells; the CSV adds X_mean, X_std, X_n after each accuracy column X,
+    as plain numbers (an empty cell where there is none)."""
+
+    def __init__(self, title: str, header: list[str], labels: int = 1):
+        self.title, self.header, self.labels, self.cells = title, header, labels, []
 
     def add(self, row: list) -> None:
-        self.rows.append([str(c) for c in row])
+        self.cells.append(list(row))
+
+    @property
+    def rows(self) -> list[list[str]]:
+        """The formatted cells (as markdown shows them)."""
+        return [[str(c) for c in r[:self.labels]] + [fmt(c) for c in r[self.labels:]] for r in self.cells]
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
@@ -63,8 +88,12 @@ class Table:
     def csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(self.header)
-        w.writerows(self.rows)
+        w.writerow(self.header[:self.labels] + [f"{h}{s}" for h in self.header[self.labels:]
+                                                 for s in ("", "_mean", "_std", "_n")])
+        for cells, text in zip(self.cells, self.rows):
+            numbers = [[t] + ([""] * 3 if c is None else [_number(c[0]), _number(c[1]), _number(c[2])])
+                       for c, t in zip(cells[self.labels:], text[self.labels:])]
+            w.writerow(text[:self.labels] + [v for group in numbers for v in group])
         return buf.getvalue()
 
     def write(self, folder, stem: str) -> tuple[Path, Path]:
@@ -76,20 +105,17 @@ class Table:
         return md, cs
 
 
-def average_row(cells: list) -> tuple[float, float] | None:
-    """Mean over datasets of the per-dataset means (the paper's Average column), std over seeds of
-    the per-seed averages when every dataset has every seed."""
+def average_row(cells: list) -> Stat | None:
+    """The paper's Average column: the mean over datasets of the per-dataset means, when every
+    dataset has one (n: the datasets; no std, as in the paper)."""
     means = [c[0] for c in cells if c is not None]
-    return (float(np.mean(means)), float("nan")) if means and len(means) == len(cells) else None
+    return Stat(float(np.mean(means)), None, len(means)) if means and len(means) == len(cells) else None
 
 
-def fmt_avg(avg) -> str:
-    return "–" if avg is None else (f"{avg[0]:.1f}" if math.isnan(avg[1]) else f"{avg[0]:.1f} ± {avg[1]:.1f}")
-
-
-def plot_curves(curves: dict, path, title: str) -> Path | None:
-    """curves {dataset: {method: [[(queries, acc), …] per seed]}} → one PNG, a panel per dataset,
-    mean over seeds with a min–max band."""
+def plot_curves(curves: dict, path, title: str, zero_shot: dict | None = None) -> Path | None:
+    """curves {dataset: {method: [[(queries, acc), …] per seed]}} → one PNG, a panel per dataset drawn as
+    `zipfast compare` draws its plot (zipfast.run.plots), with zero_shot {dataset: {method: acc}} as
+    dashed lines; one legend for all panels. None when no run recorded a curve."""
     curves = {d: m for d, m in curves.items() if any(any(runs) for runs in m.values())}
     if not curves:
         return None
@@ -102,28 +128,21 @@ def plot_curves(curves: dict, path, title: str) -> Path | None:
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    legend = {}
     for ax, (dataset, methods) in zip(axes.flat, curves.items()):
-        for method, runs in methods.items():
-            runs = [r for r in runs if r]
-            if not runs:
-                continue
-            q = sorted({p[0] for r in runs for p in r})
-            ys = np.array([np.interp(q, [p[0] for p in r], [p[1] for p in r]) for r in runs])
-            ax.plot(q, ys.mean(0), label=method)
-            if len(runs) > 1:
-                ax.fill_between(q, ys.min(0), ys.max(0), alpha=0.2)
+        draw_accuracy(ax, methods, (zero_shot or {}).get(dataset))
         ax.set_title(dataset)
-        ax.set_xlabel("queries")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
+    # one legend for all panels, outside them as compare's is outside its axes: no curve hidden
+    fig.legend(list(legend.values()), list(legend), fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

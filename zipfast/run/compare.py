@@ -32,6 +32,7 @@ from zipfast.data.classnames import PLANTED_TASKS
 from zipfast.methods import IMAGE_METHODS, METHODS, TEXT_METHODS
 from zipfast.run import task
 from zipfast.run.hooks import EvalEvery
+from zipfast.run.plots import draw_accuracy
 
 ALL_METHODS = tuple(METHODS)
 
@@ -201,38 +202,14 @@ def plot(runs: list[dict], methods: Sequence[str], path: Path, title: str) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.2, 4.2), dpi=110)
-    for m in methods:
-        rs = [r for r in runs if r["method"] == m]
-        if not rs:
-            continue
-        if rs[0]["queries"] == 0:
-            acc = statistics.fmean(r["test_acc"] for r in rs)
-            ax.axhline(acc, ls="--", lw=1.2, color="grey", label=f"{m} (0 queries)")
-            continue
-        qs = sorted({q for r in rs for q, _ in r["curve"]})
-        series = [[_at(r["curve"], q) for q in qs] for r in rs]
-        mean = [statistics.fmean(v) for v in zip(*series)]
-        line, = ax.plot(qs, mean, lw=1.8, label=m)
-        ax.fill_between(qs, [min(v) for v in zip(*series)], [max(v) for v in zip(*series)],
-                        color=line.get_color(), alpha=0.15, lw=0)
-    ax.set_xlabel("queries")
-    ax.set_ylabel("test accuracy (%)")
+    by_method = {m: rs for m in methods if (rs := [r for r in runs if r["method"] == m])}
+    draw_accuracy(ax, {m: [r["curve"] for r in rs] for m, rs in by_method.items() if rs[0]["queries"] > 0},
+                  {m: statistics.fmean(r["test_acc"] for r in rs) for m, rs in by_method.items() if rs[0]["queries"] == 0})
     ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: no curve hidden
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _at(curve, q):
-    """Accuracy of the last evaluation at or before q (a step function)."""
-    acc = curve[0][1]
-    for qq, a in curve:
-        if qq > q:
-            break
-        acc = a
-    return acc
 
 
 def write_outputs(out: Path, runs, rows, targets, base: TrainConfig) -> None:
