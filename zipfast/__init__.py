@@ -1,6 +1,14 @@
 """zipfast: fast zeroth-order intrinsic-dimensional prompt tuning (ZIP) of CLIP models."""
 
+import os
+
 __version__ = "0.1.0"
+
+# MKL's strict conditional numerical reproducibility: GEMMs give the same bits whatever the thread
+# count (a skinny fp32 GEMM otherwise splits its sums by thread), so a run's trajectory does not
+# depend on --threads. Read by MKL at its first call: set here, before zipfast computes anything;
+# MKL_CBWR set by the user wins. Measured cost: docs/performance.md.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __all__ = ["Trainer", "ZIPTrainer", "TrainConfig", "__version__"]
 

@@ -15,6 +15,11 @@ def _add_common(p):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, hpu or auto (default)")
     p.add_argument("--backend", default=None, help="query engine: auto (default) or torch-reference")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: $OMP_NUM_THREADS, else every core but one; see "
+                        "docs/performance.md for why)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="also print informational lines (backend choices, fitted settings)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="print the traceback of every error, not only of internal ones")
 
@@ -25,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
                                         "input (message names it), 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM "
                                         "after saving a checkpoint.")
     ap.add_argument("--debug", action="store_true", help="print the traceback of every error")
+    ap.add_argument("-v", "--verbose", action="store_true", help="also print informational lines")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a prompt with ZIP", description=(
@@ -211,7 +217,9 @@ def main(argv=None) -> int:
 
     import logging
 
-    log_to_stderr()  # fallbacks, substitutions, cleanups: one "zipfast: ..." line each on stderr
+    # warnings (fallbacks the user forced, substitutions, cleanups): one "zipfast: ..." line each on
+    # stderr; the informational lines (automatic backend choices, fitted settings) with -v
+    log_to_stderr(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
     # open_clip logs through the root logger's functions, which install a root handler on first
     # use; while a command runs, our records go to our handler only, not that one too.
     pkg = logging.getLogger("zipfast")
@@ -223,10 +231,22 @@ def main(argv=None) -> int:
         pkg.propagate = propagate
 
 
+_nested: list[str] = []  # the commands main() is running in this process (bench-paper runs its jobs through it)
+
+
 def _run(args, argv, debug) -> int:
     from zipfast.run.signals import RunInterrupted
 
+    import torch
+
+    from zipfast.env import set_threads
+
+    threads, outermost = torch.get_num_threads(), not _nested
+    _nested.append(args.cmd)
     try:
+        # a job that bench-paper runs in this process keeps the threads of the command that started it
+        if hasattr(args, "threads") and (args.threads is not None or outermost):
+            set_threads(args.threads)
         return args.fn(args)
     except RunInterrupted as e:
         line = f"zipfast {args.cmd}: {e}"
@@ -259,6 +279,9 @@ def _run(args, argv, debug) -> int:
         print(f"zipfast {args.cmd}: internal error ({type(e).__name__}); this is a bug in zipfast or a library it "
               "uses: please report it with the traceback above", file=sys.stderr, flush=True)
         return EXIT_INTERNAL
+    finally:
+        _nested.pop()
+        torch.set_num_threads(threads)  # main() called in-process (tests, bench-paper's jobs) leaves them as found
 
 
 if __name__ == "__main__":

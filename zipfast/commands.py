@@ -5,6 +5,7 @@ Every command sets its task up through zipfast.run.task and trains on the one `T
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -18,8 +19,10 @@ from zipfast.run.task import load
 DEMO_DIR = "runs/demo"
 
 
-def _config_from_args(args):
-    from zipfast.config import cfg_to_train_config, load_official
+def _config_from_args(args, resumed=None):
+    """The run's TrainConfig: the official yaml and KEY VALUE pairs, then the flags given. A resume
+    (resumed: the checkpoint's config) given neither starts from the checkpoint's configuration."""
+    from zipfast.config import TrainConfig, cfg_to_train_config, load_official, merge_flags
 
     flags = {"budget": args.budget, "shots": args.shots, "seed": args.seed, "model": args.model,
              "pretrained": args.pretrained, "dataset": args.data, "output_dir": args.output_dir,
@@ -28,12 +31,49 @@ def _config_from_args(args):
              "batch_size": args.batch_size, "checkpoint_every": args.checkpoint_every,
              "feature_bank": args.feature_bank, "augment": args.augment, "method": args.method,
              "method_options": parse_method_opts(args.method_opt)}
+    if resumed is not None and not (args.config_file or args.opts):
+        base = TrainConfig.from_dict(resumed)
+        flags["dataset"] = relocated(base.dataset, args.data)
+        return merge_flags(base, **flags)
     if args.data in PLANTED and args.model is None:  # the task's own model; a --pretrained given is checked by load
         flags.update(model="zipfast-planted", pretrained=args.pretrained or "none")
     if args.data == synthetic.NAME and args.model is None:
         flags.update(model=synthetic.MODEL, pretrained=args.pretrained or "none")
     cfg = load_official(args.config_file, args.opts or ())
     return cfg_to_train_config(cfg, **flags)
+
+
+def relocated(dataset: str, given: str | None) -> str | None:
+    """The dataset a checkpoint's run reads now: `given` (--data) where given (a paper dataset's id
+    keeps its name and takes the new root), else the checkpoint's own, which must still be there."""
+    from zipfast.datasets.ids import PAPER_PREFIX, paper_dataset_id, parse_dataset_id
+
+    if given is not None:
+        if dataset.startswith(PAPER_PREFIX) and not given.startswith(PAPER_PREFIX):
+            key, subsample, _ = parse_dataset_id(dataset)
+            return paper_dataset_id(key, subsample, given)
+        return given
+    where = parse_dataset_id(dataset)[2] if dataset.startswith(PAPER_PREFIX) else dataset
+    builtin = dataset in PLANTED or dataset == synthetic.NAME
+    if where and not builtin and not Path(where).expanduser().exists():
+        raise UserError(f"the run's dataset {where!r} is not there any more: pass --data with its new path (the "
+                        "checkpoint recognises its data by the classes and the few-shot split, not by the path)")
+    return None
+
+
+def default_run_dir(cfg) -> Path:
+    """runs/<method>-<data>-seed<s>-<YYYYmmdd-HHMMSS> (a -2, -3… suffix if taken): where `train`
+    writes when no --output-dir is given."""
+    from zipfast.datasets.ids import PAPER_PREFIX, parse_dataset_id
+
+    data = parse_dataset_id(cfg.dataset)[0] if cfg.dataset.startswith(PAPER_PREFIX) else \
+        Path(cfg.dataset.rstrip("/")).name or "data"
+    stem = Path("runs") / f"{cfg.method}-{data}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = stem, 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
+    return path
 
 
 def parse_method_opts(items) -> dict | None:
@@ -61,23 +101,23 @@ def train(args) -> int:
     official.refuse_unused_flags(args)
     if official.wanted(args):
         return official.run(args)
-    cfg = _config_from_args(args)
-    resolve_device(cfg.device)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other: --resume continues the run in the "
                         "output directory, --overwrite deletes it; pass one of them")
     ck = read_run(resolve_checkpoint_path(args.resume)) if args.resume else None
-    ckpt = ck.path if ck is not None else None
-    out = cfg.output_dir or (str(Path(ckpt).parent) if ckpt is not None else "")
-    run = None
-    if out:
-        mode = "resume" if args.resume else "overwrite" if args.overwrite else "fresh"
-        run = args.run_dir = RunDir(out, mode, resume_from=ckpt).acquire()
+    cfg = _config_from_args(args, ck.state["config"] if ck is not None else None)
+    resolve_device(cfg.device)
+    if ck is not None:  # the run continues in the checkpoint's folder unless --output-dir says otherwise
+        cfg = dataclasses.replace(cfg, output_dir=args.output_dir or str(Path(ck.path).parent))
+    elif not cfg.output_dir:
+        cfg = dataclasses.replace(cfg, output_dir=str(default_run_dir(cfg)))
+        print(f"zipfast train: writing the run to {cfg.output_dir}/ (choose with --output-dir)", file=sys.stderr)
+    mode = "resume" if ck is not None else "overwrite" if args.overwrite else "fresh"
+    run = args.run_dir = RunDir(cfg.output_dir, mode, resume_from=ck.path if ck is not None else None).acquire()
     try:
         report = _fit(cfg, args, run, ck)
     finally:
-        if run is not None:
-            run.release()
+        run.release()
     _print_report(report)
     return 0
 
@@ -139,7 +179,9 @@ def eval_checkpoint(args) -> int:
 
     ck = read_run(args.checkpoint)
     sd = ck.state
-    cfg = merge_flags(TrainConfig.from_dict(sd["config"]), dataset=args.data, pretrained=args.pretrained,
+    theirs = TrainConfig.from_dict(sd["config"])
+    dataset = args.data if args.data is not None else relocated(theirs.dataset, None)
+    cfg = merge_flags(theirs, dataset=dataset, pretrained=args.pretrained,
                       device=args.device, backend=args.backend, test_per_class=args.test_per_class)
     resolve_device(cfg.device)
     model, tokenizer, classnames, data = load(cfg)

@@ -7,6 +7,7 @@ Imports nothing from zipfast at module level (only zipfast.errors, itself import
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -65,14 +66,12 @@ def log_to_stderr(level: int = logging.INFO) -> logging.Handler:
 
     Idempotent: a second call returns the handler installed by the first.
     """
-    for h in logger.handlers:
-        if getattr(h, "_zipfast_cli", False):
-            h.setLevel(level)
-            return h
-    h = _StderrHandler()
-    h.setFormatter(_CliFormatter())
+    h = next((h for h in logger.handlers if getattr(h, "_zipfast_cli", False)), None)
+    if h is None:
+        h = _StderrHandler()
+        h.setFormatter(_CliFormatter())
+        logger.addHandler(h)
     h.setLevel(level)
-    logger.addHandler(h)
     if logger.level == logging.NOTSET or logger.level > level:
         logger.setLevel(level)
     return h
@@ -97,6 +96,55 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """torch's CPU threads for a CLI run: $OMP_NUM_THREADS where set, else every core but one.
+
+    torch's default (every core) collapses on a shared machine: its OpenMP barriers wait for the
+    slowest thread, so one core held by another process stalls every step (measured 10-25x slower in
+    docs/performance.md); leaving a core free costs at most 1/cores of the speed on an idle machine.
+    """
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, cpu_cores() - 1)
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op CPU threads (None: `default_threads()`); returns the number set."""
+    from zipfast.errors import ConfigError
+
+    if n is None:
+        n = default_threads()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"--threads {n!r}: give a positive number of CPU threads (this machine has "
+                          f"{cpu_cores()} cores)")
+    torch.set_num_threads(n)
+    return n
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one CPU thread inside: for CPU kernels whose rounding depends on how the work is split
+    between threads (F.interpolate's vectorised rows), so that a run does not depend on --threads."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def accelerators() -> list[str]:

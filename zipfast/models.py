@@ -8,6 +8,7 @@ import os
 import warnings
 from pathlib import Path
 
+import torch
 
 from zipfast import weights
 from zipfast.env import resolve_device  # noqa: F401  (re-exported: old import path)
@@ -53,11 +54,12 @@ def _register_configs():
         _registered = True
 
 
-def load_clip(name: str, pretrained: str = "openai", device="cpu"):
+def load_clip(name: str, pretrained: str = "openai", device="cpu", seed: int = 0):
     """Create an open_clip model (eval mode, frozen) and its tokenizer and preprocessing.
 
     pretrained: an open_clip tag ("openai", "laion2b_s34b_b88k", …), a path to a local
-    checkpoint file, or "none" for random initialisation (tests, the planted task).
+    checkpoint file, or "none" for random initialisation (tests, the planted task), seeded by
+    `seed` (the same weights in every process; torch's global generator is left as it was).
     The network gets the activation its weights were trained with (`quick_gelu_rule`): open_clip
     builds ViT-B-16 with GELU and only warns that the "openai" weights need QuickGELU.
     Returns (model, tokenizer, preprocess_val); `load_notes(model)` lists what was adjusted.
@@ -102,8 +104,10 @@ def load_clip(name: str, pretrained: str = "openai", device="cpu"):
             # the QuickGELU mismatch warning cannot fire any more (quick_gelu_rule decided); others pass
             warnings.filterwarnings("ignore", message="QuickGELU mismatch")
             if state is None:
-                model, _, preprocess_val = open_clip.create_model_and_transforms(
-                    name, pretrained=tag, device=device, force_quick_gelu=force_quick_gelu)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)  # a random init is a function of the seed, in every process
+                    model, _, preprocess_val = open_clip.create_model_and_transforms(
+                        name, pretrained=tag, device=device, force_quick_gelu=force_quick_gelu)
             else:  # built empty, then filled by zipfast's reader (which checks the file fits the model)
                 model, _, preprocess_val = open_clip.create_model_and_transforms(
                     name, pretrained=None, device=device, force_quick_gelu=force_quick_gelu,

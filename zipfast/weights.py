@@ -53,9 +53,14 @@ def hub_files(name: str, tag: str) -> tuple[str, list[str]]:
 
 
 def cached_tag_file(name: str, tag: str) -> str | None:
-    """The weights file of `tag` already in the local Hugging Face cache, or None (no network used)."""
+    """The weights file of `tag` on this machine: the local file its pretrained config names, or the
+    one already in the local Hugging Face cache; None if neither (no network used)."""
+    import open_clip
     from huggingface_hub import try_to_load_from_cache
 
+    local = (open_clip.get_pretrained_cfg(name, tag) or {}).get("file")
+    if local and os.path.isfile(local):
+        return local
     repo, files = hub_files(name, tag)
     if not repo:
         return None

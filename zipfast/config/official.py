@@ -144,6 +144,10 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
 
 def _pairs(opts: Sequence[Any]) -> Iterator[tuple[str, Any]]:
     opts = list(opts)
+    flag = next((str(o) for o in opts if str(o).startswith("--")), None)
+    if flag is not None:  # argparse hands everything after the first KEY to the pairs
+        raise ConfigError(f"{flag} comes after the KEY VALUE pairs: put every --flag before them (the pairs go "
+                          "last, as in the official scripts)")
     if len(opts) % 2:
         raise ConfigError(f"opts must be KEY VALUE pairs, got an odd number ({len(opts)}) of items: {opts}")
     return zip(map(str, opts[0::2]), opts[1::2])

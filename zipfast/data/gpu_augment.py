@@ -31,7 +31,7 @@ import math
 import torch
 from PIL import Image
 
-from zipfast.env import log_once
+from zipfast.env import log_once, one_thread
 from zipfast.data.imagefolder import DatasetError, load_image
 from zipfast.data.transforms import CROP_RATIO, CROP_SCALE, DEFAULT_CHOICES
 
@@ -167,8 +167,10 @@ def crop_resize_flip(images: DecodedImages, idx: torch.Tensor, boxes, size: int,
              "gathers on a CPU)", area="data")
     top, left, h, w, flip = (b.tolist() for b in boxes)
     out = torch.empty(len(idx), 3, size, size)
-    for b, i in enumerate(idx.tolist()):
-        out[b] = crop_resize_flip_reference(images.image(i), (top[b], left[b], h[b], w[b]), flip[b], size, mean, std)
+    with one_thread():  # F.interpolate's rounding depends on the thread split: a view must not depend on --threads
+        for b, i in enumerate(idx.tolist()):
+            out[b] = crop_resize_flip_reference(images.image(i), (top[b], left[b], h[b], w[b]), flip[b], size, mean,
+                                                std)
     return out
 
 

@@ -45,9 +45,7 @@ def planted_model(seed: int = 0, name: str = PLANTED_MODEL, logit_scale: float =
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model, tokenizer, _ = load_clip(name, pretrained="none")
+        model, tokenizer, _ = load_clip(name, pretrained="none", seed=seed)
     finally:
         quiet.setLevel(level)
     with torch.no_grad():

@@ -84,7 +84,7 @@ def as_run_dir(output_dir, overwrite: bool) -> RunDir | None:
 REPORT_KEYS = ("method", "config", "method_config", "seed", "queries", "steps", "budget", "wall_time_s",
                "queries_per_s", "train_loss", "train_acc", "test_acc", "n_classes", "param_dim", "template",
                "backend", "precision", "query_precision", "fallbacks", "activation", "adjustments", "device",
-               "versions")
+               "threads", "versions")
 
 
 class BudgetedRun:
@@ -209,7 +209,7 @@ class BudgetedRun:
             "backend": self.engine.name, "precision": self.engine.precision, "query_precision": self.query_precision,
             "fallbacks": run_fallbacks(*self.engines),  # every substitution, also logged
             "activation": activation(self.model), "adjustments": [*load_notes(self.model), *self.adjustments],
-            "device": str(self.device), "versions": versions()}
+            "device": str(self.device), "threads": torch.get_num_threads(), "versions": versions()}
         return {k: values[k] for k in REPORT_KEYS}
 
     def _call_hooks(self, name: str, *args) -> None:

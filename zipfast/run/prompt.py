@@ -75,12 +75,15 @@ def prompt_settings(ck: Checkpoint) -> tuple[dict, dict]:
     return fields, dict(fp.get("method_config") or {})
 
 
-def check_prompt_settings(ck: Checkpoint, method: str, config: dict, method_config: dict) -> None:
+def check_prompt_settings(ck: Checkpoint, method: str, config: dict, method_config: dict,
+                          weights: str | None = None) -> None:
     """Refuse ck when a setting that shapes its prompt differs from this run's (config:
-    TrainConfig.to_dict(), method_config: the method's settings as a dict); names each."""
+    TrainConfig.to_dict(), method_config: the method's settings as a dict, weights: the frozen
+    model's fingerprint, compared instead of the weights' path where the checkpoint has one); names each."""
+    from zipfast.run.identity import differences
+
     fp, theirs_m = ck.fingerprint, ck.fingerprint.get("method_config") or {}
-    diff = [f"{k}={fp.get(k)!r} (checkpoint) vs {config[k]!r} (this run)"
-            for k in PROMPT_SETTINGS if fp.get(k) != config[k]]
+    diff = differences(fp, {**config, "weights": weights}, keys=(*PROMPT_SETTINGS, "weights"))
     diff += [f"{k}={theirs_m.get(k)!r} (checkpoint) vs {method_config[k]!r} (this run)"
              for k in get(method).prompt_keys if theirs_m.get(k) != method_config[k]]
     if "encoder" in method_config:  # BlackVIP: the decoder was trained on this encoder's features

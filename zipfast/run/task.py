@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import torch
 
 from zipfast.data import synthetic
 from zipfast.data.classnames import PLANTED_TASKS
@@ -41,7 +40,7 @@ def load(cfg, task_seed: int = 0):
         if cfg.model == "zipfast-planted":
             model, tokenizer = planted_model(task_seed)
         else:
-            model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+            model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained, seed=cfg.seed)
         task = make_planted_task(TextTower(model), tokenizer, PLANTED_TASKS[cfg.dataset], n_ctx=cfg.context_tokens,
                                  shots=cfg.shots or 16, test_per_class=cfg.test_per_class or 100, seed=task_seed)
         return model, tokenizer, task.classnames, task
@@ -67,9 +66,7 @@ def _seeded_model(cfg):
     seeded by the run seed, so that `eval` rebuilds the very model `train` used."""
     from zipfast.models import load_clip
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained)
+    model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained, seed=cfg.seed)
     return model, tokenizer
 
 

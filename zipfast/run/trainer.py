@@ -19,6 +19,7 @@ from zipfast import __version__
 from zipfast.methods import get, options_dict
 from zipfast.methods.base import Seeds
 from zipfast.run.checkpoint import CheckpointMismatchError, write_checkpoint
+from zipfast.run.identity import data_identity, differences, weights_fingerprint
 from zipfast.run.loop import BudgetedRun, NonFiniteLossError, as_run_dir, raise_if_nonfinite, snapshot
 from zipfast.run.state import STATE_FORMAT, read_run
 from zipfast.run.task import fit
@@ -42,6 +43,7 @@ class Trainer(BudgetedRun):
                  template: str | None = None, output_dir=None, progress: bool = True, overwrite: bool = False,
                  adjustments=(), encoder_source: str | None = None, cache: dict | None = None):
         self.progress = progress
+        self.weights = weights_fingerprint(model)  # before fit() moves or casts it: what the caller gave
         task, self.options = fit(config, model, data, classnames, tokenizer, options=options, encoder=encoder,
                                  encoder_source=encoder_source, template=template, ctx0=ctx0, cache=cache,
                                  adjustments=adjustments, progress=progress)
@@ -50,6 +52,7 @@ class Trainer(BudgetedRun):
         self.classnames, self.adjustments = task.classnames, task.adjustments
         self.space, self.optimizer, self.evaluator = self.method.build(task, self.options, Seeds(task.config.seed))
         self.template = self.evaluator.template
+        self.data_identity = data_identity(task.config.dataset, data, task.classnames)
         self.queries, self.elapsed = 0, 0.0
         self.last_record: dict | None = None
         self.step_hooks: list = []  # callables hook(trainer, record) after every round (zipfast.run.hooks)
@@ -203,7 +206,7 @@ class Trainer(BudgetedRun):
         cfg = self.config.to_dict()
         return {"method": self.config.method, "method_config": self.method_config(),
                 **{k: cfg[k] for k in self.evaluator.trajectory_keys}, "classnames": self.classnames,
-                **self.evaluator.fingerprint()}
+                **self.evaluator.fingerprint(), "data": self.data_identity, "weights": self.weights}
 
     def state_dict(self) -> dict:
         """Tensors and JSON values only (the checkpoint contract, zipfast.run.checkpoint)."""
@@ -221,11 +224,11 @@ class Trainer(BudgetedRun):
 
     def load_checkpoint(self, path, checkpoint=None) -> None:
         """Restore a run (any layout, zipfast.run.state); the configuration must agree on every
-        trajectory setting. checkpoint: the one already read by `read_run(path)`. The next `fit()`
+        trajectory setting; the dataset and the weights are compared by content, not path (zipfast.run.identity).
+        checkpoint: the one already read by `read_run(path)`. The next `fit()`
         continues the run in its output directory (its log is cut back to the checkpoint's step)."""
         ck = read_run(path) if checkpoint is None else checkpoint
-        mine, theirs = self.fingerprint(), ck.fingerprint
-        diff = [f"{k}={theirs.get(k)!r} (checkpoint) vs {mine[k]!r} (this run)" for k in mine if theirs.get(k) != mine[k]]
+        diff = differences(ck.fingerprint, self.fingerprint())
         if diff:
             raise CheckpointMismatchError(f"checkpoint {ck.path} is from another configuration: " + "; ".join(diff))
         sd = ck.state
@@ -266,7 +269,7 @@ class Trainer(BudgetedRun):
 
         ck = upgrade(source) if isinstance(source, Checkpoint) else read_run(source)
         require_method(ck, self.config.method)
-        check_prompt_settings(ck, self.config.method, self.config.to_dict(), self.method_config())
+        check_prompt_settings(ck, self.config.method, self.config.to_dict(), self.method_config(), self.weights)
         with _content_of(ck.path):
             if self.space is not None and ck.state.get("space") is not None:
                 self._load_space(ck.state["space"])
