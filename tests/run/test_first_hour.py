@@ -31,7 +31,7 @@ def folder(tmp_path):
 
 def train(*argv) -> int:
     i = next((j for j, a in enumerate(argv) if a.startswith("TRAINER.")), len(argv))
-    return main(["train", *argv[:i], *TINY[:-6], *argv[i:], *TINY[-6:]])
+    return main(["train", *TINY[:-6], *argv[:i], *TINY[-6:], *argv[i:]])  # the test's flags win
 
 
 def records(run: Path) -> list[dict]:
@@ -135,16 +135,28 @@ def test_a_checkpoint_evaluated_on_other_weights_is_refused_naming_them(folder, 
     assert main(["eval", str(run), "--pretrained", str(same), "--no-progress"]) == 0
 
 
-def test_threads_are_recorded_and_fp32_does_not_depend_on_them(folder, tmp_path, capsys):
+# the planted task's text tower ends in a skinny GEMM that MKL splits by thread unless strict; BAR's
+# views go through F.interpolate, whose rounding follows the thread split
+@pytest.mark.parametrize("method,precision,data", [("zip", "fp32", "planted"), ("zip", "bf16", "planted"),
+                                                   ("bar", "fp32", "images")])
+def test_threads_are_recorded_and_runs_do_not_depend_on_them(method, precision, data, folder, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     before = torch.get_num_threads()
-    assert train("--data", str(folder), "--budget", "20", "--threads", "1", "--output-dir", str(one)) == 0
-    assert train("--data", str(folder), "--budget", "20", "--threads", "2", "--output-dir", str(two)) == 0
+    for threads, out in (("1", one), ("2", two)):
+        flags = ["--method", method, "--precision", precision, "--threads", threads, "--output-dir", str(out)]
+        if data == "planted":
+            assert main(["train", "--data", "planted", "--budget", "60", "--device", "cpu", "--no-progress",
+                         *flags]) == 0
+        else:
+            assert train("--data", str(folder), "--budget", "24", *flags) == 0
     assert torch.get_num_threads() == before  # main() leaves the process's threads as it found them
     reports = [json.loads((p / "report.json").read_text()) for p in (one, two)]
     assert [r["threads"] for r in reports] == [1, 2]
-    assert [r["loss"] for r in records(one)] == [r["loss"] for r in records(two)]
+    assert [r["loss"] for r in records(one)] == [r["loss"] for r in records(two)] and records(one)
     assert reports[0]["test_acc"] == reports[1]["test_acc"]
+
+
+def test_bad_threads_are_named(capsys):
     assert main(["train", "--data", "planted", "--threads", "0"]) == 2
     assert "--threads 0" in capsys.readouterr().err
 
@@ -190,3 +202,60 @@ def test_a_flag_after_the_key_value_pairs_is_named(tmp_path, capsys):
     assert main(["train", "--data", "planted", "TRAINER.ZIP.N_CTX", "4", "--model", "zipfast-tiny"]) == 2
     err = capsys.readouterr().err
     assert "--model comes after the KEY VALUE pairs" in err and not (tmp_path / "runs").exists()
+
+
+_SKINNY_GEMM = """
+import sys, torch
+if sys.argv[1] == "zipfast":
+    import zipfast  # noqa: F401  (sets MKL's strict reproducible mode before the first GEMM)
+g = torch.Generator().manual_seed(0)
+a, b = torch.randn(10, 256, generator=g), torch.randn(256, 256, generator=g)
+out = []
+for t in (1, 2):
+    torch.set_num_threads(t)
+    out.append(a @ b)
+print(torch.equal(*out))
+"""
+
+
+def _equal_across_threads(mode: str) -> bool:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    run = subprocess.run([sys.executable, "-c", _SKINNY_GEMM, mode], capture_output=True, text=True, env=env,
+                         check=True)
+    return run.stdout.strip() == "True"
+
+
+def test_importing_zipfast_makes_gemms_independent_of_the_thread_count():
+    if _equal_across_threads("plain"):
+        pytest.skip("this machine's BLAS gives the same bits for 1 and 2 threads anyway")
+    assert _equal_across_threads("zipfast")
+
+
+def test_the_cpu_augmentation_does_not_depend_on_the_thread_count():
+    from zipfast.data.gpu_augment import crop_resize_flip, crop_resize_flip_reference
+
+    class Images:  # the DecodedImages interface crop_resize_flip reads
+        def __init__(self, imgs):
+            self.imgs, self.data = imgs, imgs[0]
+
+        def image(self, i):
+            return self.imgs[i]
+
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randint(0, 256, (3, 61, 47), generator=g, dtype=torch.uint8) for _ in range(4)]
+    boxes = (torch.tensor([0, 3, 5, 1]), torch.tensor([2, 0, 4, 7]), torch.tensor([50, 41, 37, 60]),
+             torch.tensor([40, 33, 29, 39]), torch.tensor([False, True, False, True]))
+    before, out, ref = torch.get_num_threads(), [], []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out.append(crop_resize_flip(Images(imgs), torch.arange(4), boxes, 224, (0.5,) * 3, (0.25,) * 3))
+            ref.append(crop_resize_flip_reference(imgs[1], (3, 0, 41, 33), True, 224, (0.5,) * 3, (0.25,) * 3))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0], out[1]) and not out[0].isnan().any()
+    assert torch.equal(out[0][1], ref[0])  # the one-thread result of the per-view definition
+    # (F.interpolate alone, on 2 threads, may round otherwise: why the augmentation runs on one)
+    torch.testing.assert_close(ref[1], ref[0], rtol=1e-5, atol=1e-6)
