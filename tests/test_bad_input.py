@@ -45,7 +45,7 @@ def test_class_with_fewer_images_than_shots(tiny_image_folder, tmp_path, capsys)
     root = shutil.copytree(tiny_image_folder, tmp_path / "data")
     for extra in sorted((root / "forest").glob("*.png"))[1:]:
         extra.unlink()  # forest keeps 1 image; 2 shots are asked for
-    with pytest.raises(DatasetError, match=r"class 'forest' has 1 training image\(s\) but 2 shots"):
+    with pytest.raises(DatasetError, match=r"class 'forest' has 1 image\(s\): 2 shots and at least one test image need 3"):
         FewShotImageFolder.from_root(root, shots=2, seed=1)
     assert _train_cli(root, tmp_path / "out") == 2
     err = capsys.readouterr().err
@@ -247,7 +247,8 @@ def test_an_image_method_checkpoint_evaluated_on_features_only_exits_2(tmp_path,
     capsys.readouterr()
     assert main(["eval", str(out / "checkpoint.safetensors"), "--data", "planted", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "--method bar acts on the image tower and needs images" in err and "Traceback" not in err
+    assert "method bar (--method / TrainConfig.method) acts on the image tower and needs images" in err
+    assert "Traceback" not in err
 
 
 def test_pretrained_weights_on_the_planted_tasks_own_model_are_refused_not_ignored(tmp_path, capsys):

@@ -11,9 +11,17 @@ from zipfast.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USER, UserError, is_
 from zipfast import commands
 from zipfast.commands import DEMO_DIR
 
+def _default(field: str, note: str = "") -> str:
+    """"default: VALUE" and `note` from TrainConfig's field default, the one source of the run defaults (train's
+    flags default to None so that the official yaml and KEY VALUE pairs can set them)."""
+    from zipfast.config import TrainConfig
+
+    return f"default: {getattr(TrainConfig(), field)}{note}"
+
+
 def _add_common(p):
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, hpu or auto (default)")
-    p.add_argument("--backend", default=None, help="query engine: auto (default) or torch-reference")
+    p.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, hpu or auto ({_default('device')})")
+    p.add_argument("--backend", default=None, help=f"query engine: auto or torch-reference ({_default('backend')})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: $OMP_NUM_THREADS, else every core but one; see "
@@ -36,34 +44,46 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a prompt with ZIP", description=(
         "Train with ZIP. Accepts the official trainer yaml (--config-file) and trailing KEY VALUE "
         "overrides in the official scripts' style, e.g. TRAINER.ZIP.N_CTX 8 TRAINER.BASIC.MAX_API_CALLS 5000. "
-        "Flags override both."))
+        "Flags override both; the defaults shown apply where none of them sets a value."))
     t.add_argument("--config-file", default=None, help="official ZIP yaml (configs/trainers/ZIP/vit_b16.yaml)")
     t.add_argument("--data", default=None, help="image-folder root, planted / planted-cifar100, or synthetic-images "
                    "(a generated 4-class image folder with a random tiny CLIP)")
-    t.add_argument("--model", default=None, help="open_clip model name (default ViT-B-16-quickgelu; OpenAI "
-                   "spellings such as ViT-B/16 name the same network)")
-    t.add_argument("--pretrained", default=None, help="open_clip tag, local checkpoint path, or none")
-    t.add_argument("--budget", type=int, default=None, help="query budget (TRAINER.BASIC.MAX_API_CALLS)")
-    t.add_argument("--shots", type=int, default=None, help="images per class (DATASET.NUM_SHOTS)")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--method", default=None, help="zip (default), sharpzo, zo-sgd, zsclip, or the image-side "
-                   "bptvlm, bar, blackvip (these need --data an image folder)")
+    t.add_argument("--model", default=None, help=f"open_clip model name ({_default('model')}; on --data planted "
+                   "and synthetic-images the task's own random tiny model; OpenAI spellings such as ViT-B/16 name "
+                   "the same network)")
+    t.add_argument("--pretrained", default=None, help="open_clip tag, local checkpoint path, or none "
+                   f"({_default('pretrained', '; none on --data planted and synthetic-images')})")
+    t.add_argument("--budget", type=int, default=None,
+                   help="query budget (TRAINER.BASIC.MAX_API_CALLS; " + _default("budget", ", the paper's") + ")")
+    t.add_argument("--shots", type=int, default=None,
+                   help=f"images per class (DATASET.NUM_SHOTS; {_default('shots', '; 0 = every training image')})")
+    t.add_argument("--seed", type=int, default=None, help=f"the run's seed (SEED; {_default('seed')})")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help=f"training minibatch (DATALOADER.TRAIN_X.BATCH_SIZE; {_default('batch_size')})")
+    t.add_argument("--method", default=None, help="zip, sharpzo, zo-sgd, zsclip, or the image-side "
+                   f"bptvlm, bar, blackvip (these need --data an image folder; {_default('method')})")
     t.add_argument("--method-opt", action="append", default=None, metavar="KEY=VALUE",
                    help="an option of the method's section, e.g. change_point=30 (repeatable; docs/methods.md lists them)")
-    t.add_argument("--opt-type", default=None, help="ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc")
+    t.add_argument("--opt-type", default=None,
+                   help=f"ZIP's optimiser: spsa-clip (ZIP), spsa or spsa-gc ({_default('opt_type')})")
     t.add_argument("--perturbation", default=None, choices=("philox", "official"),
-                   help="ZIP's perturbation stream: philox (default; counter-based, regenerated on any device) "
-                        "or official (the official code's torch.Generator draw order)")
-    t.add_argument("--precision", default=None, help="auto (per device; default), fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC)")
-    t.add_argument("--test-per-class", type=int, default=None, help="cap on test images per class")
-    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+                   help="ZIP's perturbation stream: philox (counter-based, regenerated on any device) "
+                        f"or official (the official code's torch.Generator draw order; {_default('perturbation')})")
+    t.add_argument("--precision", default=None, help="auto (per device), fp32, bf16, fp16 or amp (TRAINER.ZIP.PREC; "
+                   f"{_default('precision')})")
+    t.add_argument("--test-per-class", type=int, default=None,
+                   help="cap on test images per class (default: every test image)")
+    t.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints (TRAIN.CHECKPOINT_FREQ; "
+                        f"{_default('checkpoint_every', '; 0 = only at the end')})")
     t.add_argument("--feature-bank", type=int, default=None, metavar="V",
-                   help="encode V augmented views per training image once and sample them per step (off)")
+                   help="encode V augmented views per training image once and sample them per step "
+                        f"({_default('feature_bank', ' (off)')})")
     t.add_argument("--augment", default=None, choices=("tensor", "pil"),
-                   help="training views: tensor (decode once, batched crop/flip on the device; default) or pil (reference)")
+                   help="training views: tensor (decode once, batched crop/flip on the device) or pil (reference; "
+                        f"{_default('augment')})")
     t.add_argument("--output-dir", default=None, help="where log.jsonl, checkpoint.safetensors, report.json go "
-                   "(default with --resume: the checkpoint's folder)")
+                   "(default: runs/<method>-<data>-seed<seed>-<time>/; with --resume, the checkpoint's folder)")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="checkpoint.safetensors (or its run folder) to continue from")
     t.add_argument("--overwrite", action="store_true",
@@ -78,18 +98,20 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="test accuracy of a checkpoint on a dataset")
     e.add_argument("checkpoint")
     e.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
-    e.add_argument("--pretrained", default=None, help="override the checkpoint's weights source")
-    e.add_argument("--test-per-class", type=int, default=None)
+    e.add_argument("--pretrained", default=None, help="override the checkpoint's weights source (default: the "
+                   "checkpoint's)")
+    e.add_argument("--test-per-class", type=int, default=None,
+                   help="cap on test images per class (default: the checkpoint's)")
     e.add_argument("--blackvip-encoder", default=None, metavar="DIR|none",
                    help="BlackVIP's encoder (default: the one the run trained with, from its checkpoint)")
     _add_common(e)
     e.set_defaults(fn=commands.eval_checkpoint)
 
     d = sub.add_parser("demo", help="ZIP on the built-in planted task (no downloads)")
-    d.add_argument("--budget", type=int, default=5000, help="query budget (default 5000, the paper's)")
-    d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--precision", default="auto", help="auto (per device), fp32, bf16, fp16")
-    d.add_argument("--output-dir", default=DEMO_DIR, help=f"(default {DEMO_DIR}, replaced on every demo)")
+    d.add_argument("--budget", type=int, default=5000, help="query budget (default: %(default)s, the paper's)")
+    d.add_argument("--seed", type=int, default=1, help="the run's seed (default: %(default)s)")
+    d.add_argument("--precision", default="auto", help="auto (per device), fp32, bf16, fp16 (default: %(default)s)")
+    d.add_argument("--output-dir", default=DEMO_DIR, help="(default: %(default)s, replaced on every demo)")
     d.add_argument("--overwrite", action="store_true", help="replace the run files in another --output-dir")
     _add_common(d)
     d.set_defaults(fn=commands.demo, device="auto", backend="auto")
@@ -128,19 +150,21 @@ def parser() -> argparse.ArgumentParser:
                    "an image-folder root")
     c.add_argument("--methods", default=None, help="comma-separated: zip, sharpzo, zo-sgd, zsclip, bptvlm, bar, "
                    "blackvip (default: every method that can run on --data; the last three need images)")
-    c.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-    c.add_argument("--budget", type=int, default=5000, help="query budget of every run (default 5000)")
-    c.add_argument("--eval-every", type=int, default=250, help="queries between test evaluations (default 250)")
-    c.add_argument("--targets", default="50,60,70", help="accuracies (%%) for the queries-to-reach columns")
-    c.add_argument("--shots", type=int, default=16)
-    c.add_argument("--batch-size", type=int, default=128, help="training minibatch of every method (default 128, "
-                   "the official configs')")
+    c.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default: %(default)s)")
+    c.add_argument("--budget", type=int, default=5000, help="query budget of every run (default: %(default)s)")
+    c.add_argument("--eval-every", type=int, default=250, help="queries between test evaluations (default: "
+                   "%(default)s)")
+    c.add_argument("--targets", default="50,60,70", help="accuracies (%%) for the queries-to-reach columns "
+                   "(default: %(default)s)")
+    c.add_argument("--shots", type=int, default=16, help="images per class (default: %(default)s)")
+    c.add_argument("--batch-size", type=int, default=128, help="training minibatch of every method (default: "
+                   "%(default)s, the official configs')")
     c.add_argument("--model", default=None, help="open_clip model (default: zipfast-planted on planted data, "
                    "zipfast-tiny224 on synthetic-images, else ViT-B-16-quickgelu)")
-    c.add_argument("--pretrained", default=None)
+    c.add_argument("--pretrained", default=None, help="weights (default: none on the built-in tasks, else openai)")
     c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")
-    c.add_argument("--output-dir", default="runs/compare")
+    c.add_argument("--output-dir", default="runs/compare", help="(default: %(default)s)")
     _add_common(c)
     c.set_defaults(fn=commands.compare)
 

@@ -197,33 +197,35 @@ def _hpu_available() -> bool:
     return getattr(torch, "hpu", None) is not None and torch.hpu.is_available()
 
 
+# Messages name the setting both ways: the CLI flag and the TrainConfig field of the Python API.
+DEVICE_SETTING = "--device / TrainConfig.device"
+
+
 def _check_device(device) -> torch.device:
     from zipfast.errors import DeviceError  # errors.py is bottom-level too; imported here to keep env import-free
 
+    name = f"device {str(device)!r} ({DEVICE_SETTING})"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise DeviceError(f"--device {str(device)!r} is not a device torch knows; use auto, cpu, cuda, cuda:N "
-                          "or hpu") from None
+        raise DeviceError(f"{name} is not a device torch knows; use auto, cpu, cuda, cuda:N or hpu") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"--device {str(device)!r}: no CUDA GPU is available here (torch "
-                              f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu "
-                              "or auto")
+            raise DeviceError(f"{name}: no CUDA GPU is available here (torch {torch.__version__}, CUDA build "
+                              f"{torch.version.cuda or 'none'}); use cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+            raise DeviceError(f"{name}: this machine has {torch.cuda.device_count()} CUDA "
                               f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     elif dev.type == "meta":  # tensors there hold no values: every computation would fail later
-        raise DeviceError(f"--device {str(device)!r} holds no data (shapes only); use --device cpu, cuda or auto")
+        raise DeviceError(f"device {str(device)!r} holds no data (shapes only); use cpu, cuda or auto ({DEVICE_SETTING})")
     elif dev.type == "hpu" and not _hpu_available():
-        raise DeviceError(f"--device {str(device)!r}: no Intel Gaudi (HPU) is available; use --device cpu or auto")
+        raise DeviceError(f"{name}: no Intel Gaudi (HPU) is available; use cpu or auto")
     elif dev.type not in ("cpu", "cuda", "hpu"):
         try:  # other torch device types (mps, xpu…): usable only if a tensor can live there
             torch.empty(1, device=dev)
         except Exception as e:
             reason = str(e).splitlines()[0][:120] if str(e) else ""
-            raise DeviceError(f"--device {str(device)!r} is not available here ({type(e).__name__}: {reason}); "
-                              "use --device cpu or auto") from None
+            raise DeviceError(f"{name} is not available here ({type(e).__name__}: {reason}); use cpu or auto") from None
     return dev
 
 

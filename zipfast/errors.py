@@ -31,6 +31,11 @@ class DeviceError(UserError):
     """The requested device does not exist or is not available on this machine."""
 
 
+class DatasetError(UserError):
+    """A dataset folder or image that cannot be used; the message says what and how to fix it.
+    Here, not in zipfast.data, so that the dataset specs and the image folder can both raise it."""
+
+
 # errno values that mean "the user's file system refuses this write", with what to do about it.
 _OS_ADVICE = {
     errno.ENOSPC: "the disk is full: free space (or choose another --output-dir)",

@@ -169,14 +169,15 @@ def test_empty_class_folder(tmp_path):
 def test_too_few_images_for_shots(tmp_path):
     root = make_flat(tmp_path)
     write_images(root / "small", 2, np.random.default_rng(0))
-    with pytest.raises(DatasetError, match=r"class 'small' has 2 .*but 4 shots.*lower --shots"):
+    with pytest.raises(DatasetError, match=r"class 'small' has 2 image\(s\): 4 shots .*lower the shots "
+                                           r"\(--shots / TrainConfig.shots\) to at most 1,"):
         FewShotImageFolder.from_root(root, shots=4, seed=0)
 
 
 def test_flat_layout_class_with_no_test_images(tmp_path):
     root = make_flat(tmp_path, per_class=5)
     write_images(root / "tiny", 2, np.random.default_rng(0))
-    with pytest.raises(DatasetError, match=r"class 'tiny' has no images left for the test split"):
+    with pytest.raises(DatasetError, match=r"class 'tiny' has 2 image\(s\): 2 shots and at least one test image"):
         FewShotImageFolder.from_root(root, shots=2, seed=0)
     with pytest.raises(DatasetError, match=r"class 'annual_crop' has no images left"):
         FewShotImageFolder.from_root(root, shots=0, seed=0)

@@ -5,6 +5,9 @@ Two layouts are read:
     (a) root/train/<class>/*  and optionally  root/test/<class>/*
     (b) root/<class>/*        (shots are drawn per class, the rest of the class is the test split)
 
+A folder in one of the paper's official layouts (zipfast.datasets.specs) is refused with the
+official command line that reads it, rather than misread as class folders.
+
 Class order is the sorted folder names; label i is the i-th folder. Sampling seeds a
 `random.Random` per class from (seed, folder name): it is deterministic across machines and
 Python runs (string seeds are hashed with SHA-512, not the salted `hash`) and a class's shots
@@ -15,21 +18,22 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from zipfast.errors import UserError
+from zipfast.errors import DatasetError  # noqa: F401  (re-exported: its import path before it moved)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 Sample = tuple[str, int]  # (image path, label)
 
-
-class DatasetError(UserError):
-    """A dataset folder or image that cannot be used; the message says what and how to fix it."""
+# How messages name a setting: the flag and the TrainConfig field, since both the CLI and the Python API land here.
+DATA_SETTING = "--data / TrainConfig.dataset"
+SHOTS_SETTING = "--shots / TrainConfig.shots"
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -79,6 +83,28 @@ def _scan(split_dir: Path) -> dict[str, list[str]]:
     return {f: _images_in(split_dir / f) for f in folders}
 
 
+def _refuse_official_layout(root: Path) -> None:
+    """An official dataset folder (or $DATA, the folder holding them) is no folder of class folders:
+    say how the official surface reads it, instead of failing on its image folder as an empty class."""
+    from zipfast.datasets.specs import SPECS, official_layout  # lazy: the zipfast.datasets package imports this module
+
+    if (root / "train").is_dir():  # layout (a) reads as it is (SVHN's official folders among them)
+        return
+    spec, where, parent = official_layout(root), root, root.parent
+    if spec is None:
+        inner = [(s, root / s.dataset_dir) for s in SPECS if (root / s.dataset_dir).is_dir()]
+        spec, where = next(((s, d) for s, d in inner if official_layout(d) is s), (None, root))
+        parent = root
+    if spec is None:
+        return
+    rest = "--eval-only --model-dir RUN_DIR" if spec.test_only else "..."
+    command = (f"zipfast train --root {shlex.quote(str(parent.absolute()))} --trainer ZIP --dataset-config-file "
+               f"configs/datasets/{spec.key}.yaml --config-file configs/trainers/ZIP/vit_b16.yaml {rest}")
+    raise DatasetError(
+        f"'{where}' holds the official {spec.name} layout: run it with `{command}` (see docs/official-drop-in.md) "
+        f"or pass an image folder of class folders ({DATA_SETTING})")
+
+
 def _check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test: list[str]) -> None:
     only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
     if only_train or only_test:
@@ -103,13 +129,33 @@ def _pick_shots(folder: str, files: list[str], shots: int, seed: int) -> tuple[l
     """(picked, rest) from sorted files; shots <= 0 picks all. Both keep the sorted order."""
     if shots <= 0:
         return list(files), []
-    if len(files) < shots:
-        raise DatasetError(
-            f"class '{folder}' has {len(files)} training image(s) but {shots} shots were "
-            f"requested; lower --shots to at most {len(files)} or add images to that class.")
     picked = set(_rng(seed, "shots", folder).sample(range(len(files)), shots))
     return ([f for i, f in enumerate(files) if i in picked],
             [f for i, f in enumerate(files) if i not in picked])
+
+
+def _check_shots(root: Path, train_files: dict[str, list[str]], shots: int, separate_test: bool) -> None:
+    """Raise naming the smallest class and the largest shots every class can give, if `shots` is too many.
+
+    Without a separate test split (layout b) a class's test images are what its shots leave over, so
+    each class must keep at least one: the advice is then one less than its image count."""
+    if shots <= 0:
+        return
+    keep = 0 if separate_test else 1
+    folder = min(train_files, key=lambda f: len(train_files[f]))
+    n = len(train_files[folder])
+    if n - keep >= shots:
+        return
+    most = n - keep
+    if separate_test:
+        raise DatasetError(
+            f"class '{folder}' has {n} training image(s) but {shots} shots were requested; "
+            f"lower the shots ({SHOTS_SETTING}) to at most {most} or add images to that class.")
+    lower = f"lower the shots ({SHOTS_SETTING}) to at most {most}, " if most >= 1 else ""
+    raise DatasetError(
+        f"class '{folder}' has {n} image(s): {shots} shots and at least one test image need {shots + 1} (with no "
+        f"test/ folder the test split is the images the shots leave); {lower}add images to that class, or "
+        f"provide a separate split as '{root}/train/<class>' and '{root}/test/<class>'.")
 
 
 def _cap(folder: str, files: list[str], cap: int | None, seed: int) -> list[str]:
@@ -155,15 +201,16 @@ class FewShotImageFolder:
         """
         root = Path(root).expanduser()
         if not root.exists():
-            raise DatasetError(f"dataset root '{root}' does not exist; check the --data path.")
+            raise DatasetError(f"dataset root '{root}' does not exist; check the path ({DATA_SETTING}).")
         if not root.is_dir():
             raise DatasetError(
-                f"dataset root '{root}' is not a directory; pass the folder that holds the "
-                "class folders (or train/ and test/).")
+                f"dataset root '{root}' is not a directory; pass the folder that holds the class folders, "
+                f"or train/ and test/ ({DATA_SETTING}).")
         if test_per_class is not None and test_per_class < 1:
             raise DatasetError(
                 f"test_per_class={test_per_class} is invalid; give a positive cap or None for all.")
 
+        _refuse_official_layout(root)
         train_dir, test_dir = root / "train", root / "test"
         if train_dir.is_dir():
             train_files = _scan(train_dir)
@@ -173,6 +220,7 @@ class FewShotImageFolder:
         else:
             train_files, test_files = _scan(root), None
 
+        _check_shots(root, train_files, shots, test_files is not None)
         folders = list(train_files)
         train, test = [], []
         for folder in folders:
@@ -180,10 +228,11 @@ class FewShotImageFolder:
             if test_files is not None:
                 rest = test_files[folder]
             elif not rest:
+                # only shots <= 0 (every image) gets here: _check_shots refused the others
                 raise DatasetError(
-                    f"class '{folder}' has no images left for the test split after taking "
-                    f"{len(picked)} as shots; lower --shots, add images to that class, or "
-                    f"provide a separate split as '{root}/train/<class>' and '{root}/test/<class>'.")
+                    f"class '{folder}' has no images left for the test split after taking all {len(picked)} "
+                    f"as shots (shots {shots} = every image); give a positive number of shots ({SHOTS_SETTING}) "
+                    f"or provide a separate split as '{root}/train/<class>' and '{root}/test/<class>'.")
             train.append(picked)
             test.append(_cap(folder, rest, test_per_class, seed))
 

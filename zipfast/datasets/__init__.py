@@ -132,7 +132,8 @@ def build_dataset(name: str, root, shots: int = 16, seed: int = 1, subsample: st
                 write_json_cache(dataset_dir, shots, seed, {"train": train} | ({} if val is None else {"val": val}))
         else:
             train, val = cached["train"], cached.get("val")
-        log.info("%s: %d-shot split for seed %d from %s", spec.name, shots, seed, source)
+        log.info("%s: %d-shot split for seed %d: %s", spec.name, shots, seed,
+                 "drawn" if source == "drawn" else f"read from the {source}")
         check_files(train, _what(spec))
     if val is None:
         train, test = subsample_classes(train, test, subsample=subsample)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zipfast.data.imagefolder import DatasetError
+from zipfast.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,25 @@ def get_spec(name: str) -> DatasetSpec:
     except KeyError:
         known = ", ".join(s.key for s in SPECS)
         raise DatasetError(f"unknown dataset {name!r}; known: {known} (or their DATASET.NAME spelling)") from None
+
+
+def official_layout(path) -> DatasetSpec | None:
+    """The dataset whose official folder `path` is (its split file, or classnames.txt, beside its image
+    folder), else None. A folder of the dataset's name wins where several layouts share file names
+    (ImageNet and ImageNet-Sketch both keep images/ and classnames.txt)."""
+    from pathlib import Path
+
+    path = Path(path)
+    found = []
+    for spec in SPECS:
+        markers = [f for f in spec.split_files if f != "variants.txt"] or ["classnames.txt"]
+        if not any((path / f).is_file() for f in markers):
+            continue
+        if spec.image_dir and not (path / spec.image_dir).is_dir():
+            continue
+        found.append(spec)
+    named = [s for s in found if s.dataset_dir.lower() == path.name.lower()]
+    return (named or found or [None])[0]
 
 
 def template_for(name: str) -> str:

@@ -268,12 +268,19 @@ def format_table(device=None) -> str:
     rows = table(device)
     if not rows:
         return "(no ops registered)"
+    # One reason (e.g. "device is cpu, not cuda") holds for every op of a backend: each is a numbered
+    # note under the table, printed once, and the rows cite its number.
+    notes: dict[str, int] = {}
+    for r in rows:
+        if r["why_not"]:
+            notes.setdefault(r["why_not"], len(notes) + 1)
     head = ("op", "backend", "available", "active", "why not")
     body = [(r["op"], r["backend"], "yes" if r["available"] else "no", "*" if r["active"] else "",
-             r["why_not"]) for r in rows]
+             f"[{notes[r['why_not']]}]" if r["why_not"] else "") for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths) + "  {}"
-    return "\n".join(fmt.format(*line).rstrip() for line in [head, *body])
+    lines = [fmt.format(*line).rstrip() for line in [head, *body]]
+    return "\n".join(lines + [f"  [{n}] {why}" for why, n in notes.items()])
 
 
 def _reset_for_tests() -> None:

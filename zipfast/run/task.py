@@ -51,7 +51,8 @@ def load(cfg, task_seed: int = 0):
         data.fewshot_source = paper.fewshot_source
         return (*_seeded_model(cfg), data.classnames, data)
     if not cfg.dataset:
-        raise UserError(f"no dataset: pass --data ROOT (an image folder), --data {synthetic.NAME} or --data planted")
+        raise UserError(f"no dataset (--data / TrainConfig.dataset): give an image folder's root, {synthetic.NAME} "
+                        "or planted")
     if cfg.dataset == synthetic.NAME:  # the generated image folder; its random tiny CLIP is part of the task
         data = FewShotImageFolder.from_root(synthetic.folder(), cfg.shots, cfg.seed, cfg.test_per_class)
         if cfg.model == synthetic.MODEL and cfg.pretrained == "none":
@@ -97,8 +98,8 @@ def fit(config, model, data, classnames, tokenizer=None, *, options=None, encode
     notes = list(adjustments)
     images = isinstance(data, FewShotImageFolder)
     if method.needs_images and not images:
-        raise ConfigError(f"--method {config.method} acts on the image tower and needs images: pass --data an image "
-                          f"folder (got {config.dataset!r})")
+        raise ConfigError(f"method {config.method} (--method / TrainConfig.method) acts on the image tower and needs "
+                          f"images: pass an image folder (--data / TrainConfig.dataset; got {config.dataset!r})")
     if options is None:
         values, task_notes = task_options(config.dataset, config.method, config.method_options)
         notes += task_notes

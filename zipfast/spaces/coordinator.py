@@ -177,7 +177,9 @@ class CoordinatorPrompter:
         self.shapes = [(n, tuple(p.shape)) for n, p in self.template.named_parameters()]
         self.dim = sum(p.numel() for p in self.template.parameters())
         if image_size != 7 * 32:
-            raise UserError(f"BlackVIP's decoder produces 224 px prompts; the image size is {image_size}")
+            raise UserError(f"BlackVIP's decoder produces 224 px prompts; the image size is {image_size} (the model's "
+                            "input size): use a model whose image size is 224 (--model / TrainConfig.model), e.g. "
+                            "ViT-B-16-quickgelu, or zipfast-tiny224 in place of the tiny demo model zipfast-tiny")
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
