@@ -3,7 +3,7 @@ docs/getting-started.md presents for trying a command in seconds (SHRINK below m
 
 The commands run page by page, in order, in one folder (an `eval` reads the checkpoint a `train`
 above it wrote; a command on several pages runs once); the placeholders the docs use are the data the tests generate: `/data/eurosat` an image
-folder of class folders, `$DATA` a root of the official layouts with the official configs beside it,
+folder of class folders (any `/data/<name>`), `$DATA` a root of the official layouts with the official configs beside it,
 `/path/to/vit-mae-base` a small saved ViT-MAE. A command that needs a GPU is skipped on a machine
 without one, naming why. A new documented command is picked up by itself.
 """
@@ -90,14 +90,15 @@ def world(tmp_path_factory):
     paper_data.ood(data)
     official_configs(base)
     image_trainer_configs(base, {"BAR": BAR_YAML})  # the official BAR yaml
-    eurosat = Path(shutil.copytree(synthetic.folder(), base / "eurosat"))
+    for name in ("eurosat", "my_images"):  # the image folders of class folders the docs call /data/<name>
+        shutil.copytree(synthetic.folder(), base / "images" / name)
     from transformers import ViTMAEConfig, ViTMAEModel
 
     torch.manual_seed(0)
     mae = base / "vit-mae-base"
     ViTMAEModel(ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                              image_size=224, patch_size=32, mask_ratio=0.0)).save_pretrained(mae)
-    return base, {"$DATA": str(data), "/data/eurosat": str(eurosat), "/path/to/vit-mae-base": str(mae)}
+    return base, {"$DATA": str(data), "/path/to/vit-mae-base": str(mae), "/data/": str(base / "images") + "/"}
 
 
 def test_every_page_with_commands_is_covered():
