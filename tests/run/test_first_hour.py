@@ -259,3 +259,20 @@ def test_the_cpu_augmentation_does_not_depend_on_the_thread_count():
     assert torch.equal(out[0][1], ref[0])  # the one-thread result of the per-view definition
     # (F.interpolate alone, on 2 threads, may round otherwise: why the augmentation runs on one)
     torch.testing.assert_close(ref[1], ref[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_refused_run_leaves_the_output_directory_as_it_found_it(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "planted", "--method", "bar"]) == 2  # the default run folder
+    assert not (tmp_path / "runs").exists()
+    assert main(["train", "--data", "planted", "--method", "bar", "--output-dir", "a/b/c"]) == 2
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    assert main(["train", "--data", "planted", "--method", "bar", "--output-dir", "mine"]) == 2
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    # refused after the task loaded: a corrupt image found by the check before the first query
+    for img in (folder / "class_0").iterdir():
+        img.write_bytes(b"not an image")
+    assert train("--data", str(folder), "--method", "bar", "--budget", "20", "--output-dir", "late") == 2
+    assert "cannot read image" in capsys.readouterr().err and not (tmp_path / "late").exists()

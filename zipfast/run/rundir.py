@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -41,6 +42,8 @@ class RunDir:
         self.path = Path(path).expanduser()
         self.mode, self.resume_from = mode, resume_from
         self._lock_fd: int | None = None
+        self._made: list[Path] = []  # the folders acquire() created, deepest last
+        self._made_lock = False  # whether acquire() created the lock file
 
     @property
     def checkpoint(self) -> Path:
@@ -75,13 +78,25 @@ class RunDir:
         return self
 
     def release(self) -> None:
-        if self._lock_fd is not None:
-            try:
-                os.ftruncate(self._lock_fd, 0)
-            except OSError:
-                pass
-            os.close(self._lock_fd)  # closing the descriptor drops the flock
-            self._lock_fd = None
+        """Drop the lock. A run that wrote none of its files (refused before its first step) leaves
+        the directory as it found it: the lock file and the folders acquire() created are removed."""
+        if self._lock_fd is None:
+            return
+        unused = not any((self.path / n).exists() for n in RUN_FILES)
+        try:
+            os.ftruncate(self._lock_fd, 0)
+        except OSError:
+            pass
+        if unused and self._made_lock:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_NAME).unlink()  # before the close: no other run can hold it yet
+        os.close(self._lock_fd)  # closing the descriptor drops the flock
+        self._lock_fd = None
+        if unused:
+            for folder in reversed(self._made):
+                with contextlib.suppress(OSError):  # not empty (someone else's files): kept
+                    folder.rmdir()
+            self._made = []
 
     def __enter__(self) -> "RunDir":
         return self.acquire()
@@ -95,7 +110,9 @@ class RunDir:
             raise OutputDirError(f"output directory {str(p)!r} is a file, not a directory; "
                                  "choose another --output-dir or remove the file")
         try:
+            missing = [q for q in (p, *p.parents) if not q.exists()]
             p.mkdir(parents=True, exist_ok=True)
+            self._made = missing[::-1]
             probe = p / f".zipfast-write-test-{os.getpid()}"
             with open(probe, "wb") as f:
                 f.write(b"zipfast")
@@ -107,6 +124,7 @@ class RunDir:
 
     def _lock(self) -> None:
         path = self.path / LOCK_NAME
+        existed = path.exists()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, default_file_mode())
         except OSError as e:
@@ -124,7 +142,7 @@ class RunDir:
             raise output_error(e, "locking", path) from e
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd, self._made_lock = fd, not existed
 
     def _check_contents(self) -> None:
         present = [n for n in RUN_FILES if (self.path / n).exists()]
