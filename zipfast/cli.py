@@ -140,7 +140,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--pretrained", default=None)
     c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")
-    c.add_argument("--output-dir", default="runs/compare")
+    c.add_argument("--output-dir", default="runs/compare", help="outputs, and one folder per run under runs/: "
+                   "the same command again skips finished runs and continues a stopped one (default runs/compare)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="delete the runs already in --output-dir first (needed when its settings differ)")
     _add_common(c)
     c.set_defaults(fn=commands.compare)
 
@@ -174,6 +177,12 @@ def resume_command(argv: list[str], checkpoint) -> str:
             out.append(a)
     i = out.index("train") + 1 if "train" in out else 0
     return shlex.join(["zipfast", *out[:i], "--resume", str(checkpoint), *out[i:]])
+
+
+def continue_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted `zipfast compare`: the same one, less
+    --overwrite (which would delete the runs it kept)."""
+    return shlex.join(["zipfast", *(a for a in argv if a != "--overwrite")])
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -252,6 +261,8 @@ def _run(args, argv, debug) -> int:
         line = f"zipfast {args.cmd}: {e}"
         if e.checkpoint is not None and args.cmd == "train":
             line += f"; resume with: {resume_command(argv, e.checkpoint)}"
+        elif args.cmd == "compare" and getattr(args, "output_dir", None):
+            line += f"; continue with the same command: {continue_command(argv)}"
         print(line, file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt as e:  # a second SIGINT, or a signal outside the step loop (signals.Terminated)

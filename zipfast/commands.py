@@ -292,10 +292,12 @@ def compare(args) -> int:
                        budget=args.budget, shots=args.shots, batch_size=args.batch_size, device=args.device or "auto",
                        backend=args.backend or "auto", checkpoint_every=0).validate()
     runs = run_compare(base, load, methods, seeds, args.eval_every, targets, options, args.output_dir,
-                   progress=not args.no_progress)
+                       progress=not args.no_progress, overwrite=args.overwrite,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
     rows = summarise(runs, methods, targets)
     print(markdown_table(rows, targets), end="")
-    print(f"outputs: {args.output_dir}/compare.png, compare.md, compare.csv, runs.jsonl")
+    print(f"outputs: {args.output_dir}/compare.png, compare.md, compare.csv, runs.jsonl; each run's folder in "
+          f"{args.output_dir}/runs/")
     return 0
 
 
