@@ -120,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(b)
     # "*", not REMAINDER: a REMAINDER right after the protocol would swallow the options written there
     b.add_argument("opts", nargs="*", help="KEY VALUE overrides for every run")
-    b.set_defaults(fn=lambda a: commands.bench_paper(a, main))
+    b.set_defaults(fn=lambda a: commands.bench_paper(a, main, parser))
 
     c = sub.add_parser("compare", help="several methods x seeds on one task, same budget: table and plot")
     c.add_argument("--data", default="planted", help="planted (default), planted-cifar100 (image features only: "

@@ -237,8 +237,10 @@ def _teacher_acc(trainer, task) -> float:
     return 100.0 * float((logits.argmax(-1).cpu() == task.test_labels).float().mean())
 
 
-def bench_paper(args, entry) -> int:
-    """One of the paper's four protocols: run (skipping finished runs), then tables and plots."""
+def bench_paper(args, entry, train_parser=None) -> int:
+    """One of the paper's four protocols: run (skipping finished runs), then tables and plots.
+    entry: the CLI's main (runs each job); train_parser(): the CLI's parser, which reads the jobs'
+    arguments for the up-front count of queries (None: the count says "?")."""
     from zipfast.paper.protocols import Plan, run_protocol
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
@@ -258,7 +260,7 @@ def bench_paper(args, entry) -> int:
                        if v for f in (flag, v)])
     summary = run_protocol(plan, entry, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
                            progress=not args.no_progress, skip_missing=args.skip_missing,
-                           announce=lambda stages: _announce_jobs(args.protocol, stages))
+                           announce=lambda stages: _announce_jobs(args.protocol, stages, train_parser))
     for path in summary["tables"]:
         if path.endswith(".md"):
             print(open(path).read())
@@ -268,24 +270,25 @@ def bench_paper(args, entry) -> int:
     return EXIT_USER if all(c == EXIT_USER for c in summary.get("exit_codes", [])) else EXIT_INTERNAL
 
 
-def _job_budget(argv: list[str]) -> int | None:
+def _job_budget(argv: list[str], parser) -> int | None:
     """The query budget of a bench-paper training job (its `zipfast train` arguments), read from its
     config and overrides as the job will (no model or data loaded); None if they do not parse (the
-    job then fails with the reason)."""
-    from zipfast.cli import parser
+    job then fails with the reason) or there is no parser."""
     from zipfast.paper import official
     from zipfast.paper.protocols import ZIP_SIDE, METHODS
 
+    if parser is None:
+        return None
     try:
         args = parser().parse_args(["train", *argv])
         if args.trainer in (METHODS[m] for m in ZIP_SIDE):
             return official.official_config(args)[0].budget
         return official.official_image_config(args)[1].budget
-    except Exception:  # noqa: BLE001 - the estimate is a courtesy; the job reports its own error
+    except (Exception, SystemExit):  # noqa: BLE001 - the count is a courtesy; the job reports its own error
         return None
 
 
-def _announce_jobs(protocol: str, stages) -> None:
+def _announce_jobs(protocol: str, stages, parser) -> None:
     """Before bench-paper's first job, on stderr: per method the jobs to run (training runs × queries,
     evaluations) and the total queries. No time: it depends on the datasets, the model and the device."""
     jobs = [j for stage in stages for j in stage]
@@ -299,7 +302,7 @@ def _announce_jobs(protocol: str, stages) -> None:
             row["eval"] += 1
             continue
         if m not in budgets:  # every training job of a method shares its config and overrides
-            budgets[m] = _job_budget(j.argv)
+            budgets[m] = _job_budget(j.argv, parser)
         row["train"] += 1
         row["queries"] = None if budgets[m] is None or row["queries"] is None else row["queries"] + budgets[m]
     done = len(jobs) - len(todo)

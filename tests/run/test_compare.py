@@ -226,14 +226,25 @@ def test_rerun_with_other_settings_in_the_same_folder_exits_2_naming_them(tmp_pa
     assert json.loads((out / "compare.json").read_text())["settings"]["budget"] == 80
 
 
+def test_other_method_options_for_a_method_already_run_are_refused(tmp_path):
+    from zipfast.config import ConfigError
+    from zipfast.run.compare import check_settings, write_settings
+
+    base = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", budget=40)
+    write_settings(tmp_path, base, 20, {"zip": {}})
+    with pytest.raises(ConfigError, match=r"--method-opt zip\.\*: \{'sp_avg': '2'\} \(its runs: none\)"):
+        check_settings(tmp_path, base, 20, {"zip": {"sp_avg": "2"}})
+    check_settings(tmp_path, base, 20, {"zip": {}, "sharpzo": {"change_point": "3"}})  # a method not run yet: fine
+
+
 def test_estimate_is_printed_up_front_with_runs_and_queries(tmp_path, capsys):
     rc = main(["compare", "--methods", "zip,zsclip", "--seeds", "1,2", "--budget", "40", "--eval-every", "20",
                "--no-progress", "--output-dir", str(tmp_path)])
     assert rc == 0
     err = capsys.readouterr().err
     assert "zipfast compare: 4 runs to do; estimated time ≈" in err and "timed here" in err
-    assert any(ln.split()[:6] == ["zip", "2", "runs", "×", "40", "queries"] and "≈" in ln and "ms/query" in ln
-               for ln in err.splitlines())
+    assert any(ln.split()[:6] == ["zip", "2", "runs", "×", "40", "queries"] and ("≈" in ln or "< 1 s" in ln)
+               and "ms/query" in ln for ln in err.splitlines())
     assert any(ln.split()[:6] == ["zsclip", "2", "runs", "×", "0", "queries"] for ln in err.splitlines())
     assert "warning" not in err
 

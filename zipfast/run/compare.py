@@ -209,6 +209,7 @@ def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[s
     cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="", method_options=method_options.get(m) or {}).validate()
             for m in methods for s in seeds]
     out = Path(output_dir) if output_dir is not None else None
+    method_options = {m: method_options.get(m) or {} for m in methods}  # a method run with its defaults: {}
     if out is not None and not overwrite:  # before any model loads: a folder of other settings is refused at once
         check_settings(out, base, eval_every, method_options)
     check_data(cfgs[0])  # a missing folder is named before any model or encoder loads
@@ -290,10 +291,8 @@ def check_settings(out: Path, base: TrainConfig, eval_every: int, method_options
                           "--overwrite to replace the runs in it") from None
     mine = _settings(base, eval_every, method_options)
     diff = [f"{_flag(k)} {v!r} (its runs: {old.get(k)!r})" for k, v in mine["settings"].items() if old.get(k) != v]
-    diff += [f"--method-opt {m}.*: {o or {}!r} (its runs: {old_opts.get(m) or {}!r})"
-             for m, o in mine["method_options"].items() if m in old_opts and (old_opts[m] or {}) != (o or {})]
-    diff += [f"--method-opt {m}.*: none (its runs: {o!r})" for m, o in old_opts.items()
-             if o and m in method_options and not method_options.get(m)]
+    diff += [f"--method-opt {m}.*: {o or 'none'} (its runs: {old_opts[m] or 'none'})"
+             for m, o in mine["method_options"].items() if m in old_opts and old_opts[m] != o]
     if diff:
         raise ConfigError(f"--output-dir {str(out)!r} holds compare runs made with other settings: "
                           f"{'; '.join(diff)}; their results would mix with these: choose another --output-dir, "
@@ -301,7 +300,7 @@ def check_settings(out: Path, base: TrainConfig, eval_every: int, method_options
 
 
 def write_settings(out: Path, base: TrainConfig, eval_every: int, method_options: dict) -> None:
-    """compare.json: the settings, and the options of every method run in `out` so far."""
+    """compare.json: the settings, and the options ({} for its defaults) of every method run in `out` so far."""
     from zipfast.io import save_json
 
     mine = _settings(base, eval_every, method_options)
