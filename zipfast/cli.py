@@ -142,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
     _add_common(b)
     # "*", not REMAINDER: a REMAINDER right after the protocol would swallow the options written there
     b.add_argument("opts", nargs="*", help="KEY VALUE overrides for every run")
-    b.set_defaults(fn=lambda a: commands.bench_paper(a, main))
+    b.set_defaults(fn=lambda a: commands.bench_paper(a, main, parser))
 
     c = sub.add_parser("compare", help="several methods x seeds on one task, same budget: table and plot")
     c.add_argument("--data", default="planted", help="planted (default), planted-cifar100 (image features only: "
@@ -164,7 +164,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--pretrained", default=None, help="weights (default: none on the built-in tasks, else openai)")
     c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")
-    c.add_argument("--output-dir", default="runs/compare", help="(default: %(default)s)")
+    c.add_argument("--output-dir", default="runs/compare", help="outputs, and one folder per run under runs/: "
+                   "the same command again skips finished runs and continues a stopped one (default: %(default)s)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="delete the runs already in --output-dir first (needed when its settings differ)")
     _add_common(c)
     c.set_defaults(fn=commands.compare)
 
@@ -198,6 +201,12 @@ def resume_command(argv: list[str], checkpoint) -> str:
             out.append(a)
     i = out.index("train") + 1 if "train" in out else 0
     return shlex.join(["zipfast", *out[:i], "--resume", str(checkpoint), *out[i:]])
+
+
+def continue_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted `zipfast compare`: the same one, less
+    --overwrite (which would delete the runs it kept)."""
+    return shlex.join(["zipfast", *(a for a in argv if a != "--overwrite")])
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -276,6 +285,8 @@ def _run(args, argv, debug) -> int:
         line = f"zipfast {args.cmd}: {e}"
         if e.checkpoint is not None and args.cmd == "train":
             line += f"; resume with: {resume_command(argv, e.checkpoint)}"
+        elif args.cmd == "compare" and getattr(args, "output_dir", None):
+            line += f"; continue with the same command: {continue_command(argv)}"
         print(line, file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt as e:  # a second SIGINT, or a signal outside the step loop (signals.Terminated)

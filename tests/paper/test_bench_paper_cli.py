@@ -260,3 +260,27 @@ def test_plot_draws_zero_shot_as_compare_does(protocol, zs_folder, tmp_path, mon
     png = Path(p.report()["plot"])
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert drawn == [[("ZIP", [30.0, 52.0, 62.0], "-"), ("ZeroshotCLIP (0 queries)", [42.5, 42.5], "--")]]
+
+
+# --------------------------------------------------------------------------- the plan, up front
+
+
+def test_jobs_and_queries_are_stated_before_any_job(data, tmp_path, monkeypatch, capsys):
+    from zipfast.paper import protocols
+
+    ran = []
+    monkeypatch.setattr(protocols, "run_stages", lambda stages, runner, progress: ran.append(stages) or
+                        {"ran": 0, "skipped": 0, "failed": [], "logs": [], "exit_codes": []})
+    out = tmp_path / "out"
+    finished = Plan("base2new", data, out, datasets=["eurosat"], seeds=(1, 2)).train_dir("eurosat", 2, "base", "bar")
+    finished.mkdir(parents=True)
+    (finished / "result.json").write_text('{"accuracy": 50.0}')  # a job finished before: skipped
+    assert bench("base2new", data, out, "--datasets", "eurosat", "--methods", "zip,zsclip,bar", "--seeds", "1,2") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(ran) == 1  # stated, then run
+    assert err[0] == "zipfast bench-paper base2new: 9 jobs to run, 1 finished (skipped)"
+    assert err[1].split() == ["zip", "2", "training", "runs", "×", "20", "queries,", "2", "evaluations", "(no",
+                              "queries)"]
+    assert err[2].split() == ["zsclip", "2", "evaluations", "(no", "queries)"]
+    assert err[3].split()[:6] == ["bar", "1", "training", "run", "×", "20"]
+    assert err[4].startswith("  total: 60 queries; no time estimate")

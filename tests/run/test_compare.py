@@ -136,3 +136,127 @@ def test_compare_image_run_is_deterministic(synthetic_cache):
     assert a["curve"] == b["curve"] and a["test_acc"] == b["test_acc"]
     assert method_options("synthetic-images", "bptvlm", {"pop_size": 4, "intrinsic_dim_v": 9})[0] == \
         {"intrinsic_dim_l": 200, "intrinsic_dim_v": 9, "pop_size": 4}
+
+
+# ---------------------------------------------------------------------- run folders: interrupt, rerun, settings
+
+PLANTED_ARGS = ["compare", "--methods", "zip", "--seeds", "1,2", "--budget", "40", "--eval-every", "20",
+                "--targets", "20", "--no-progress"]
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """[(method, seed)] of every Trainer.fit() call (a run trained or continued, not read back)."""
+    from zipfast.run.trainer import Trainer
+
+    calls, fit = [], Trainer.fit
+
+    def counted(self):
+        calls.append((self.config.method, self.config.seed))
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", counted)
+    return calls
+
+
+def _numbers(out):
+    """What the table says, less the times: per run (method, seed, test acc, queries, steps, curve)."""
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    with open(out / "compare.csv") as f:
+        rows = [{k: v for k, v in r.items() if k not in ("train_s_mean", "queries_per_s")} for r in csv.DictReader(f)]
+    return [(r["method"], r["seed"], r["test_acc"], r["queries"], r["steps"], r["curve"]) for r in runs], rows
+
+
+def test_interrupted_compare_keeps_finished_runs_and_the_same_command_continues(tmp_path, fits, monkeypatch, capsys):
+    import os
+    import signal
+
+    from zipfast.run.hooks import EvalEvery
+
+    ref = tmp_path / "ref"
+    assert main([*PLANTED_ARGS, "--output-dir", str(ref)]) == 0  # uninterrupted
+
+    call = EvalEvery.__call__
+
+    def ctrl_c_in_seed_2(self, trainer, record):  # Ctrl-C after 20 queries of the second run
+        call(self, trainer, record)
+        if trainer.config.seed == 2 and trainer.queries == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "cmp"
+    argv = [*PLANTED_ARGS, "--output-dir", str(out)]
+    monkeypatch.setattr(EvalEvery, "__call__", ctrl_c_in_seed_2)
+    fits.clear()
+    capsys.readouterr()
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    first = out / "runs" / "zip-seed1"
+    assert (first / "report.json").is_file() and (first / "curve.jsonl").is_file()
+    assert (out / "runs" / "zip-seed2" / "checkpoint.safetensors").is_file()
+    assert not (out / "runs" / "zip-seed2" / "report.json").exists()
+    line = err.strip().splitlines()[-1]
+    assert "stopped by SIGINT during run 2 of 2 (zip seed 2" in line and "nothing saved" not in line
+    assert "1 finished run kept" in line and "zip-seed1" in line
+    assert line.endswith("continue with the same command: zipfast " + " ".join(argv))
+
+    monkeypatch.setattr(EvalEvery, "__call__", call)
+    stamp = (first / "report.json").stat().st_mtime_ns
+    fits.clear()
+    assert main(argv) == 0
+    assert fits == [("zip", 2)]  # the finished run is read back, the stopped one continues
+    assert (first / "report.json").stat().st_mtime_ns == stamp
+    assert _numbers(out) == _numbers(ref)  # same numbers as the uninterrupted compare, curves included
+    assert (out / "compare.md").read_text().splitlines()[2].split("|")[1:5] == \
+        (ref / "compare.md").read_text().splitlines()[2].split("|")[1:5]
+
+    fits.clear()
+    assert main(argv) == 0 and fits == []  # all finished: nothing trains
+
+
+def test_rerun_with_other_settings_in_the_same_folder_exits_2_naming_them(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--methods", "zsclip", "--seeds", "1", "--budget", "40", "--no-progress", "--output-dir", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--budget", "80"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget 80 (its runs: 40)" in err[0]
+    assert "another --output-dir" in err[0] and "--overwrite" in err[0] and "--shots" not in err[0]
+    assert main([*argv, "--budget", "80", "--overwrite"]) == 0
+    assert json.loads((out / "compare.json").read_text())["settings"]["budget"] == 80
+
+
+def test_other_method_options_for_a_method_already_run_are_refused(tmp_path):
+    from zipfast.config import ConfigError
+    from zipfast.run.compare import check_settings, write_settings
+
+    base = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", budget=40)
+    write_settings(tmp_path, base, 20, {"zip": {}})
+    with pytest.raises(ConfigError, match=r"--method-opt zip\.\*: \{'sp_avg': '2'\} \(its runs: none\)"):
+        check_settings(tmp_path, base, 20, {"zip": {"sp_avg": "2"}})
+    check_settings(tmp_path, base, 20, {"zip": {}, "sharpzo": {"change_point": "3"}})  # a method not run yet: fine
+
+
+def test_estimate_is_printed_up_front_with_runs_and_queries(tmp_path, capsys):
+    rc = main(["compare", "--methods", "zip,zsclip", "--seeds", "1,2", "--budget", "40", "--eval-every", "20",
+               "--no-progress", "--output-dir", str(tmp_path)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "zipfast compare: 4 runs to do; estimated time ≈" in err and "timed here" in err
+    assert any(ln.split()[:6] == ["zip", "2", "runs", "×", "40", "queries"] and ("≈" in ln or "< 1 s" in ln)
+               and "ms/query" in ln for ln in err.splitlines())
+    assert any(ln.split()[:6] == ["zsclip", "2", "runs", "×", "0", "queries"] for ln in err.splitlines())
+    assert "warning" not in err
+
+
+def test_estimate_warns_of_a_long_grid_naming_the_slow_method():
+    from zipfast.run.compare import estimate_lines
+
+    rows = [{"method": "zip", "runs": 3, "finished": 0, "queries": 5000, "s_per_query": 0.002, "seconds": 30.0},
+            {"method": "blackvip", "runs": 3, "finished": 1, "queries": 5000, "s_per_query": 0.66, "seconds": 9900.0}]
+    lines = estimate_lines({"rows": rows, "calibration_s": 1.5})
+    assert lines[0].startswith("zipfast compare: 6 runs to do, 1 finished (read back); estimated time ≈ 2 h 46 min")
+    assert lines[2].split() == ["blackvip", "3", "runs", "×", "5,000", "queries", "(+1", "finished)", "≈", "2", "h",
+                                "45", "min", "(660.0", "ms/query)"]
+    assert "warning" in lines[-1] and "blackvip (≈ 2 h 45 min)" in lines[-1] and "zip (" not in lines[-1]
+    assert all(flag in lines[-1] for flag in ("--budget", "--methods", "--seeds"))

@@ -263,12 +263,15 @@ class Plan:
 
 
 def run_protocol(plan: Plan, entry, ray: str | None = None, cpus_per_job: float = 1, gpus_per_job: float = 0,
-                 progress: bool = True, skip_missing: bool = False) -> dict:
+                 progress: bool = True, skip_missing: bool = False, announce=None) -> dict:
     """Check the datasets (Plan.check_data), then run (or skip) every job of the plan through entry (the
     CLI's main), each job's output going to its log.txt; then write its tables and plot. ray: the --ray
-    value (sweep.RayRunner), None to run the jobs in this process."""
+    value (sweep.RayRunner), None to run the jobs in this process. announce(stages): called once the
+    datasets are checked and the runner stands, before any job (the CLI says what the plan will run)."""
     skipped = plan.check_data(skip_missing)
     runner = RayRunner(entry, ray, cpus_per_job, gpus_per_job) if ray else LocalRunner(entry)
+    if announce is not None:  # once the runner stands: a refused --ray stays the only line
+        announce(plan.stages())
     summary = run_stages(plan.stages(), runner, progress)
     summary.update(plan.report(), runner=runner.name, skipped_datasets=skipped)
     return summary

@@ -11,7 +11,15 @@ directory:
 - compare.md / compare.csv: per method, final test accuracy mean ± std over seeds, the
   queries to first reach each target accuracy (at the evaluation granularity; mean over
   the seeds that reached it, and how many did), training wall time and queries/s;
-- runs.jsonl: one record per run (method, seed, report, curve).
+- runs.jsonl: one record per run (method, seed, report, curve);
+- runs/<method>-seed<s>/: each run's own folder, as `zipfast train` writes one (log.jsonl,
+  checkpoint.safetensors, report.json, curve.jsonl);
+- compare.json: the settings the runs were made with.
+
+Rerunning the same command continues: a run whose folder holds its report is read back, not
+retrained; one stopped by a signal continues from its checkpoint (the trajectory and the curve
+are those of an uninterrupted run); the others start. A rerun with other settings is refused
+(`check_settings`) unless told to replace the runs (overwrite).
 
 The image-side methods need images: an image folder, or the generated `synthetic-images`
 task (zipfast.data.synthetic); the planted task holds image features only.
@@ -22,7 +30,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
+import shutil
+import signal
 import statistics
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,10 +43,16 @@ from zipfast.data import synthetic
 from zipfast.data.classnames import PLANTED_TASKS
 from zipfast.methods import IMAGE_METHODS, METHODS, TEXT_METHODS
 from zipfast.run import task
-from zipfast.run.hooks import EvalEvery
+from zipfast.run.checkpoint import CHECKPOINT_NAME
+from zipfast.run.hooks import EvalEvery, read_curve
 from zipfast.run.plots import draw_accuracy
+from zipfast.run.rundir import REPORT_NAME, RunDir
+from zipfast.run.signals import RunInterrupted
 
 ALL_METHODS = tuple(METHODS)
+RUNS_DIR, SETTINGS_FILE = "runs", "compare.json"
+# TrainConfig fields that differ between the runs of one compare, or say where a run happens, not what it computes
+PER_RUN = ("method", "seed", "output_dir", "method_options", "checkpoint_every")
 
 
 def has_images(dataset: str) -> bool:
@@ -68,30 +86,67 @@ def first_reach(points, target: float):
     return next((q for q, acc in points if acc >= target), None)
 
 
-def run_one(cfg: TrainConfig, load: Callable | None, eval_every: int, progress: bool, cache: dict | None = None) -> dict:
-    """One method × seed (cfg.method, cfg.seed) with its test-accuracy curve.
+def run_folder(output_dir, method: str, seed: int) -> Path:
+    """The folder of one run of a compare: <output dir>/runs/<method>-seed<s>."""
+    return Path(output_dir) / RUNS_DIR / f"{method}-seed{seed}"
 
-    load(cfg) → (model, tokenizer, classnames, data) (default zipfast.run.task.load); cache: shared
-    across calls (models, tasks, encoders).
-    """
-    from zipfast.run.trainer import Trainer
 
+def run_state(folder: Path | None) -> str:
+    """"finished" (its report is there), "stopped" (a checkpoint, no report: it continues) or "new"."""
+    if folder is None:
+        return "new"
+    if (folder / REPORT_NAME).is_file():
+        return "finished"
+    return "stopped" if (folder / CHECKPOINT_NAME).is_file() else "new"
+
+
+def _task(cfg: TrainConfig, load: Callable | None, cache: dict):
+    """(model, tokenizer, classnames, data) of cfg, loaded once per cache."""
     # The frozen model and the task do not depend on the method; on the planted task not on the seed either.
     key = (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
            None if cfg.dataset in PLANTED_TASKS else cfg.seed)
-    cache = {} if cache is None else cache
     if key not in cache:
         cache[key] = (load or task.load)(cfg)
-    model, tokenizer, classnames, data = cache[key]
-    trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=progress, cache=cache)
-    curve = EvalEvery(eval_every)  # at 0, every eval_every queries and at the end; not training time
-    trainer.step_hooks.append(curve)
-    report = trainer.fit()
-    return {"method": cfg.method, "seed": cfg.seed, "test_acc": report["test_acc"], "queries": report["queries"],
-            "steps": report["steps"], "train_s": report["wall_time_s"],
-            "curve": [(p["queries"], p["test_acc"]) for p in curve.points],
+    return cache[key]
+
+
+def _record(report: dict, curve: list) -> dict:
+    """runs.jsonl's record of one run from its report and its curve ([(queries, test acc %)])."""
+    return {"method": report["method"], "seed": report["seed"], "test_acc": report["test_acc"],
+            "queries": report["queries"], "steps": report["steps"], "train_s": report["wall_time_s"],
+            "curve": curve,
             "report": {k: report.get(k) for k in ("param_dim", "backend", "precision", "query_precision", "device",
                                                   "template", "method_config", "fallbacks", "adjustments")}}
+
+
+def run_one(cfg: TrainConfig, load: Callable | None, eval_every: int, progress: bool, cache: dict | None = None,
+            folder=None) -> dict:
+    """One method × seed (cfg.method, cfg.seed) with its test-accuracy curve.
+
+    load(cfg) → (model, tokenizer, classnames, data) (default zipfast.run.task.load); cache: shared
+    across calls (models, tasks, encoders). folder: the run's folder (run_folder): a finished run is
+    read back from it, a stopped one continues from its checkpoint; None: nothing written.
+    """
+    from zipfast.run.trainer import Trainer
+
+    folder = Path(folder) if folder is not None else None
+    state = run_state(folder)
+    if state == "finished":
+        report = json.loads((folder / REPORT_NAME).read_text())
+        return _record(report, [(p["queries"], p["test_acc"]) for p in read_curve(folder)])
+    cache = {} if cache is None else cache
+    model, tokenizer, classnames, data = _task(cfg, load, cache)
+    # a folder that holds a run without a checkpoint (killed before one was written) starts over
+    run_dir = RunDir(folder, "resume" if state == "stopped" else "overwrite") if folder is not None else None
+    trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=progress, cache=cache,
+                      output_dir=run_dir)
+    if state == "stopped":
+        trainer.load_checkpoint(folder / CHECKPOINT_NAME)
+    # at 0, every eval_every queries and at the end; not training time; a resume adds no point of its own
+    curve = EvalEvery(eval_every, folder, resume_point=False)
+    trainer.step_hooks.append(curve)
+    report = trainer.fit()
+    return _record(report, [(p["queries"], p["test_acc"]) for p in curve.points])
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
@@ -135,11 +190,16 @@ def probe_encoder(cfg: TrainConfig, cache: dict) -> None:
 
 def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[str] | None = None,
             seeds: Sequence[int] = (1, 2, 3), eval_every: int = 250, targets: Sequence[float] = (50, 60, 70),
-            method_options: dict | None = None, output_dir=None, progress: bool = True) -> list[dict]:
+            method_options: dict | None = None, output_dir=None, progress: bool = True, overwrite: bool = False,
+            log: Callable[[str], None] | None = None) -> list[dict]:
     """Run every method × seed with base's task, model and budget; write the outputs; return the runs.
 
     methods: None = every method that can run on base.dataset. method_options: {method: {option:
     value}}. load(cfg) → (model, tokenizer, classnames, data) (default zipfast.run.task.load).
+    output_dir: also holds one folder per run (run_folder): finished runs are read back, stopped ones
+    continue (see the module docstring); its settings must be this call's unless overwrite, which
+    deletes its runs first. log: where the up-front time estimate goes (None: no estimate is made).
+    A signal stops the grid with `CompareInterrupted`, which says what is saved.
     """
     methods = list(default_methods(base.dataset) if methods is None else methods)
     check_methods(methods, base.dataset)
@@ -148,18 +208,228 @@ def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[s
     method_options = method_options or {}
     cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="", method_options=method_options.get(m) or {}).validate()
             for m in methods for s in seeds]
+    out = Path(output_dir) if output_dir is not None else None
+    method_options = {m: method_options.get(m) or {} for m in methods}  # a method run with its defaults: {}
+    if out is not None and not overwrite:  # before any model loads: a folder of other settings is refused at once
+        check_settings(out, base, eval_every, method_options)
     check_data(cfgs[0])  # a missing folder is named before any model or encoder loads
+    if out is not None and overwrite:
+        remove_runs(out)
     runs, cache = [], {}
-    if "blackvip" in methods:  # a pretrained encoder that cannot load fails here, before any run
-        probe_encoder(next(c for c in cfgs if c.method == "blackvip"), cache)
-    for i, cfg in enumerate(cfgs, 1):
+    folders = [run_folder(out, c.method, c.seed) if out is not None else None for c in cfgs]
+    states = [run_state(f) for f in folders]
+    todo = [c for c, st in zip(cfgs, states) if st != "finished"]
+    if "blackvip" in [c.method for c in todo]:  # a pretrained encoder that cannot load fails here, before any run
+        probe_encoder(next(c for c in todo if c.method == "blackvip"), cache)
+    if out is not None:
+        write_settings(out, base, eval_every, method_options)
+    if log is not None:
+        for line in estimate_lines(estimate(cfgs, states, load, eval_every, cache)):
+            log(line)
+    for i, (cfg, folder, st) in enumerate(zip(cfgs, folders, states), 1):
         if progress:
-            print(f"[{i}/{len(cfgs)}] {cfg.method} seed {cfg.seed}", flush=True)
-        runs.append(run_one(cfg, load, eval_every, progress, cache))
+            how = {"finished": ": finished, read from its folder", "stopped": ": continues from its checkpoint"}
+            print(f"[{i}/{len(cfgs)}] {cfg.method} seed {cfg.seed}{how.get(st, '')}", flush=True)
+        try:
+            runs.append(run_one(cfg, load, eval_every, progress, cache, folder))
+        except KeyboardInterrupt as e:  # RunInterrupted (a checkpoint), or a signal outside the step loop
+            raise CompareInterrupted(e, cfg, i, len(cfgs), folder, runs, out) from None
     rows = summarise(runs, methods, targets)
-    if output_dir is not None:
-        write_outputs(Path(output_dir), runs, rows, targets, base)
+    if out is not None:
+        write_outputs(out, runs, rows, targets, base)
     return runs
+
+
+class CompareInterrupted(RunInterrupted):
+    """A signal stopped a compare: the message names the finished runs kept, the run stopped and
+    where its checkpoint is (the CLI adds the command that continues)."""
+
+    def __init__(self, cause: KeyboardInterrupt, cfg: TrainConfig, i: int, n: int, folder: Path | None,
+                 done: list[dict], out: Path | None):
+        self.signum = getattr(cause, "signum", signal.SIGINT)
+        self.signal_name = getattr(cause, "signal_name", "SIGINT")
+        self.step, self.queries = getattr(cause, "step", None), getattr(cause, "queries", None)
+        self.checkpoint = getattr(cause, "checkpoint", None)
+        what = f"stopped by {self.signal_name} during run {i} of {n} ({cfg.method} seed {cfg.seed}"
+        if self.checkpoint is not None:
+            what += f"; its checkpoint: step {self.step}, {self.queries} queries, in {folder})"
+        elif folder is not None and (folder / CHECKPOINT_NAME).is_file():
+            what += f", not checkpointed now: it continues from its last checkpoint in {folder})"
+        else:
+            what += ", not checkpointed: it starts over)"
+        if out is None:
+            saved = "nothing saved (no output directory)"
+        elif done:
+            names = ", ".join(f"{r['method']}-seed{r['seed']}" for r in done)
+            saved = f"{len(done)} finished run{'s' if len(done) > 1 else ''} kept in {out / RUNS_DIR} ({names})"
+        else:
+            saved = "no run finished yet"
+        KeyboardInterrupt.__init__(self, f"{what}; {saved}")
+
+
+def _settings(base: TrainConfig, eval_every: int, method_options: dict) -> dict:
+    d = {k: v for k, v in base.to_dict().items() if k not in PER_RUN}
+    d["eval_every"] = eval_every
+    return json.loads(json.dumps({"settings": d, "method_options": method_options}))  # as read back
+
+
+def _flag(key: str) -> str:
+    return {"dataset": "--data"}.get(key, "--" + key.replace("_", "-"))
+
+
+def check_settings(out: Path, base: TrainConfig, eval_every: int, method_options: dict) -> None:
+    """ConfigError naming every setting of this compare that differs from the one that made the runs
+    in `out` (its compare.json): their results must not be mixed."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        return
+    try:
+        theirs = json.loads(path.read_text())
+        old, old_opts = theirs["settings"], theirs["method_options"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{str(path)!r} is not a compare settings file; choose another --output-dir, or pass "
+                          "--overwrite to replace the runs in it") from None
+    mine = _settings(base, eval_every, method_options)
+    diff = [f"{_flag(k)} {v!r} (its runs: {old.get(k)!r})" for k, v in mine["settings"].items() if old.get(k) != v]
+    diff += [f"--method-opt {m}.*: {o or 'none'} (its runs: {old_opts[m] or 'none'})"
+             for m, o in mine["method_options"].items() if m in old_opts and old_opts[m] != o]
+    if diff:
+        raise ConfigError(f"--output-dir {str(out)!r} holds compare runs made with other settings: "
+                          f"{'; '.join(diff)}; their results would mix with these: choose another --output-dir, "
+                          f"or pass --overwrite to replace those runs")
+
+
+def write_settings(out: Path, base: TrainConfig, eval_every: int, method_options: dict) -> None:
+    """compare.json: the settings, and the options ({} for its defaults) of every method run in `out` so far."""
+    from zipfast.io import save_json
+
+    mine = _settings(base, eval_every, method_options)
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        mine["method_options"] = {**json.loads(path.read_text())["method_options"], **mine["method_options"]}
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(mine, path)
+
+
+def remove_runs(out: Path) -> None:
+    """--overwrite: delete the run folders (runs/<method>-seed<s>) and compare.json of a compare in
+    `out`; nothing else in `out` (it may be a folder the user shares with other things)."""
+    runs = out / RUNS_DIR
+    if runs.is_dir():
+        for d in runs.iterdir():
+            method, sep, seed = d.name.rpartition("-seed")
+            if d.is_dir() and sep and method in METHODS and seed.isdigit():
+                shutil.rmtree(d)
+    (out / SETTINGS_FILE).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- the up-front estimate
+
+SLOW_S = 30 * 60  # a grid estimated longer than this gets a warning line
+
+
+def calibrate(trainer) -> tuple[float | None, float]:
+    """(s per query, None for a method that spends none; s per test evaluation) of a throwaway
+    trainer (its own optimiser: the runs' are untouched), timed here.
+
+    A round of K candidates may share work (ZIP's candidates share one minibatch's image features),
+    so it is timed as t1 + (K − 1)·(t2 − t1), t1 and t2 the losses of one and of two candidates
+    (each on a new minibatch, after a warm-up one: first calls build caches); when one candidate
+    takes over 1 s, K·t1 (no sharing assumed; it spares two slow calls). The evaluation is timed
+    once; twice for a method that caches the test features (text-side), whose first evaluation
+    encodes them. An image-side method puts the test images through its prompted tower every time.
+    """
+    per_query = None
+    if trainer.optimizer is not None:
+        trainer.evaluator.prepare(trainer.space)
+        cand = trainer.optimizer.ask(trainer.config.budget // trainer.cost)
+        if len(cand) == 0:
+            cand = trainer.optimizer.point.detach().clone()[None]
+        times = []
+        for batch, n in ((1, 1), (2, 1), (3, 2)):  # the warm-up, t1, t2
+            if batch == 3 and (times[1] > 1.0 or len(cand) == 1):
+                break
+            t = time.perf_counter()
+            trainer.evaluator.losses(trainer.space, cand[:n], batch)
+            times.append(time.perf_counter() - t)
+        t1 = times[1]
+        extra = max(times[2] - t1, 0.0) if len(times) == 3 else t1
+        per_query = (t1 + (len(cand) - 1) * extra) / (len(cand) * trainer.cost)
+    t = time.perf_counter()
+    trainer.evaluate()
+    if not trainer.method.needs_images:
+        t = time.perf_counter()
+        trainer.evaluate()
+    return per_query, time.perf_counter() - t
+
+
+def estimate(cfgs: Sequence[TrainConfig], states: Sequence[str], load: Callable | None, eval_every: int,
+             cache: dict) -> dict:
+    """Per method: runs to do, runs finished, queries per run and the estimated seconds of the runs to
+    do (queries × s/query + evaluations × s/evaluation, calibrate()'d on one seed per method)."""
+    from zipfast.run.trainer import Trainer
+
+    rows, spent = {}, 0.0
+    for cfg, st in zip(cfgs, states):
+        r = rows.setdefault(cfg.method, {"method": cfg.method, "runs": 0, "finished": 0, "queries": cfg.budget,
+                                         "cfg": cfg})
+        r["runs" if st != "finished" else "finished"] += 1
+    for r in rows.values():
+        cfg = r.pop("cfg")
+        if not r["runs"]:
+            r["s_per_query"] = r["seconds"] = None
+            continue
+        model, tokenizer, classnames, data = _task(cfg, load, cache)  # the runs' own: not counted
+        t = time.perf_counter()
+        trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False, cache=cache)
+        r["s_per_query"], s_eval = calibrate(trainer)
+        spent += time.perf_counter() - t
+        if r["s_per_query"] is None:  # nothing to train (zero-shot CLIP): one evaluation
+            r["queries"], r["seconds"] = 0, r["runs"] * s_eval
+            continue
+        evals = math.ceil(cfg.budget / eval_every) + 1  # EvalEvery's points: 0, each crossing, the end
+        r["seconds"] = r["runs"] * (cfg.budget * r["s_per_query"] + evals * s_eval)
+    return {"rows": list(rows.values()), "calibration_s": spent}
+
+
+def duration(seconds: float) -> str:
+    """seconds as "40 s", "12 min", "2 h 45 min"."""
+    if seconds < 60:
+        return f"{max(seconds, 1):.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def estimate_lines(est: dict) -> list[str]:
+    """The lines compare prints before its first run: per method the runs, queries per run and
+    ≈ time; the total; a warning naming the slow methods when the total passes SLOW_S."""
+    rows = est["rows"]
+    todo = sum(r["runs"] for r in rows)
+    done = sum(r["finished"] for r in rows)
+    total = sum(r["seconds"] or 0 for r in rows)
+    width = max(len(r["method"]) for r in rows)
+    lines = [f"zipfast compare: {todo} run{'s' if todo != 1 else ''} to do" + (f", {done} finished (read back)"
+             if done else "") + f"; estimated time ≈ {duration(total)}, from a few candidates and a test "
+             f"evaluation per method timed here ({est['calibration_s']:.1f} s; the runs' speed varies with the machine's load)"]
+    for r in rows:
+        line = f"  {r['method']:<{width}}  {r['runs']} run{'s' if r['runs'] != 1 else ''}"
+        if r["runs"]:
+            line += f" × {r['queries']:,} queries"
+        if r["finished"]:
+            line += f" (+{r['finished']} finished)"
+        if r["seconds"] is not None:
+            pace = r["s_per_query"]
+            line += f"  ≈ {duration(r['seconds'])}" if r["seconds"] >= 1 else "  < 1 s"
+            if pace:
+                line += f"  ({pace * 1000:.1f} ms/query)" if pace < 1 else f"  ({pace:.1f} s/query)"
+        lines.append(line)
+    if total > SLOW_S:
+        slow = sorted((r for r in rows if (r["seconds"] or 0) >= 0.2 * total), key=lambda r: -r["seconds"])
+        lines.append(f"zipfast compare: warning: this grid is estimated at ≈ {duration(total)}, mostly "
+                     + ", ".join(f"{r['method']} (≈ {duration(r['seconds'])})" for r in slow)
+                     + "; to shrink it: fewer queries per run (--budget), leave the slow methods out (--methods), "
+                       "or fewer seeds (--seeds)")
+    return lines
 
 
 def summarise(runs: list[dict], methods: Sequence[str], targets: Sequence[float]) -> list[dict]:

@@ -24,10 +24,13 @@ class EvalEvery:
     `every`, and at the end. The run loop (zipfast.run.loop.BudgetedRun) calls `on_start` once it holds
     the run directory and `on_end` when the budget is spent."""
 
-    def __init__(self, every: int, output_dir=None):
+    def __init__(self, every: int, output_dir=None, resume_point: bool = True):
+        """resume_point: on a resume, evaluate again at the resumed query count (`train --resume`: the
+        curve shows where it resumed); False keeps the points the file holds up to that count and adds
+        none, so a resumed curve equals the uninterrupted one (`zipfast compare`)."""
         if every < 1:
             raise ConfigError(f"--eval-every must be at least 1 query, got {every}")
-        self.every = every
+        self.every, self.resume_point = every, resume_point
         self.path = Path(output_dir) / CURVE_FILE if output_dir else None
         self.points: list[dict] = []
         self._bucket = 0
@@ -47,9 +50,15 @@ class EvalEvery:
         if self.path is not None and self.path.exists():
             if trainer.queries == 0:
                 save_text("", self.path)
-            else:
+            elif self.resume_point:
                 # by queries, not step: BPT-VLM's partial last generation shares its step with the one before
                 truncate_log(self.path, trainer.queries - 1, key="queries")  # the start point re-records it
+            else:
+                # the point at the checkpoint's count, if any, was recorded before the stop: keep it
+                truncate_log(self.path, trainer.queries, key="queries")
+                self.points = read_curve(self.path.parent)
+                self._bucket = trainer.queries // self.every
+                return
         self._bucket = trainer.queries // self.every
         self._record(trainer)
 
