@@ -66,25 +66,25 @@ def replace(path: Path, name: str, body: str) -> None:
 
 
 def demo(threads):
+    where = provenance("zipfast demo", threads)  # the commit and load the run starts from
     out = zipfast(["demo"], threads)
     before = re.search(r"test accuracy before: +([\d.]+)%", out).group(1)
     after = re.search(r"test accuracy after: +([\d.]+)%", out).group(1)
     qps = re.search(r"([\d.]+) queries/s", out).group(1)
     train = re.search(r"training time ([\d.]+) s", out).group(1)
     lines = "\n".join(l for l in out.splitlines() if l.startswith(("test accuracy", "queries:")))
-    where = provenance("zipfast demo", threads)
     replace(ROOT / "README.md", "demo", f"{before} % → {after} %, {qps} queries/s")
     replace(DOCS / "getting-started.md", "demo", f"\nMeasured by {where}:\n\n```\n{lines}\n```\n")
     replace(DOCS / "performance.md", "demo", f"{qps} queries/s, training time {train} s; {where}")
 
 
 def compare(task: str, args: list[str], threads):
+    where = provenance(shlex.join(["zipfast", "compare", *args]), threads)
     with tempfile.TemporaryDirectory() as tmp:
         zipfast(["compare", *args, "--output-dir", tmp], threads)
         for ext in ("md", "csv", "png"):
             shutil.copy(Path(tmp) / f"compare.{ext}", DOCS / f"compare_{task}.{ext}")
     table = (DOCS / f"compare_{task}.md").read_text().strip()
-    where = provenance(shlex.join(["zipfast", "compare", *args]), threads)
     replace(DOCS / "methods.md", f"compare-{task}", f"\nMeasured by {where}.\n\n{table}\n")
 
 

@@ -164,8 +164,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--pretrained", default=None, help="weights (default: none on the built-in tasks, else openai)")
     c.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
                    help="an option of one method, e.g. sharpzo.change_point=30 (repeatable)")
-    c.add_argument("--output-dir", default="runs/compare", help="outputs, and one folder per run under runs/: "
-                   "the same command again skips finished runs and continues a stopped one (default: %(default)s)")
+    c.add_argument("--output-dir", default=None, help="outputs, and one folder per run under runs/: the same "
+                   "command again skips finished runs and continues a stopped one (default: runs/compare-<data>, "
+                   "e.g. runs/compare-planted)")
     c.add_argument("--overwrite", action="store_true",
                    help="delete the runs already in --output-dir first (needed when its settings differ)")
     _add_common(c)

@@ -334,6 +334,8 @@ def compare(args) -> int:
     else:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     check_methods(methods, args.data)
+    if args.output_dir is None:  # one folder per task: compares of different data never meet
+        args.output_dir = f"runs/compare-{Path(args.data.rstrip('/')).name or 'data'}"
     seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
     options: dict = {}
     for key, value in (parse_method_opts(args.method_opt) or {}).items():

@@ -369,7 +369,7 @@ def test_a_sound_file_with_unfit_content_is_refused_naming_it(change, tmp_path, 
         state["queries"] = "abc"
     write_checkpoint(out / CHECKPOINT_NAME, state, ck.fingerprint)
     capsys.readouterr()
-    rc = main([*args[:3], "40", *args[4:], "--resume", str(out / CHECKPOINT_NAME)])
+    rc = main([*args[:4], "40", *args[5:], "--resume", str(out / CHECKPOINT_NAME)])
     err = capsys.readouterr().err
     assert rc == 2 and str(out / CHECKPOINT_NAME) in err and "Traceback" not in err, err
     if change == "short point":  # eval reads only the prompt (point and space): a point that does not fit is refused
