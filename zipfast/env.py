@@ -176,6 +176,45 @@ def versions() -> dict:
     return v
 
 
+def available_memory() -> int | None:
+    """Bytes of RAM a new allocation can get now: MemAvailable of /proc/meminfo (Linux), else the
+    physical memory (os.sysconf SC_PHYS_PAGES × SC_PAGE_SIZE); None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2 ** 30:,.1f}"
+
+
+def check_memory(what: str, nbytes: int, hint: str, device: str | torch.device | None = None) -> None:
+    """ConfigError (exit 2) before allocating `nbytes` for `what` (which names the setting and its value)
+    when that is more than this machine's available RAM, or, for a CUDA `device`, than the GPU's free
+    memory (torch.cuda.mem_get_info). Callers pass a simple lower bound (the largest tensor, float32),
+    so a refusal is certain: the allocation could not succeed; `hint` says which setting to lower."""
+    from zipfast.errors import ConfigError  # errors.py is bottom-level too; imported here to keep env import-free
+
+    places = [("memory", available_memory())]
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        try:
+            places.append((f"free GPU memory on {torch.device(device)}", torch.cuda.mem_get_info(torch.device(device))[0]))
+        except (RuntimeError, AssertionError):
+            pass
+    for where, have in places:
+        if have is not None and nbytes > have:
+            raise ConfigError(f"{what} needs at least {_gib(nbytes)} GiB, more than the {_gib(have)} GiB of {where} "
+                              f"available here; {hint}")
+
+
 # --------------------------------------------------------------------------- device and precision
 
 

@@ -16,6 +16,7 @@ do not change when other classes are added or removed.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shlex
@@ -57,14 +58,75 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 # --------------------------------------------------------------------------- folder scanning
 
 
+def shown(path) -> str:
+    """path as text that prints and encodes anywhere: a name that is not valid UTF-8 (bytes the file
+    system holds, which Python keeps as lone surrogates) shows those bytes as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_name(path: str, what: str) -> None:
+    """DatasetError when the name of `path` (a class folder or an image) is not valid UTF-8: it could
+    not be printed, logged or written to the run record; rename it."""
+    try:
+        os.path.basename(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(
+            f"{what} '{shown(path)}' has a name that is not valid UTF-8; rename it "
+            f"(e.g. `mv` it to an ASCII name) or remove it from the dataset folder.") from None
+
+
+def _loop_error(path: str) -> DatasetError:
+    return DatasetError(
+        f"'{shown(path)}' is a symbolic link that loops (it points to itself, or to a folder that contains "
+        f"it); remove the link or point it at a folder of images outside the dataset folder.")
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether entry is a directory (following a symlink); DatasetError for a link that loops."""
+    try:
+        is_dir = entry.is_dir()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _loop_error(entry.path) from None
+        return False
+    if is_dir and entry.is_symlink():
+        target, here = Path(os.path.realpath(entry.path)), Path(os.path.realpath(os.path.dirname(entry.path)))
+        if target == here or target in here.parents:  # a class folder that is (an ancestor of) its split folder
+            raise _loop_error(entry.path)
+    return is_dir
+
+
 def _class_folders(split_dir: Path) -> list[str]:
-    """Sorted names of the non-hidden sub-directories of split_dir."""
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    """Sorted names of the non-hidden sub-directories of split_dir; refuses symlink loops and names
+    that are not valid UTF-8."""
+    names = []
+    for e in os.scandir(split_dir):
+        if not e.name.startswith(".") and _is_dir(e):
+            _check_name(e.path, "class folder")
+            names.append(e.name)
+    return sorted(names)
+
+
+def _is_image_entry(entry: os.DirEntry) -> bool:
+    """is_image_file for a directory entry; DatasetError for an image name that loops or is not UTF-8.
+    A symlink to an image file counts as that image; entries of other extensions are not looked at."""
+    p = Path(entry.path)
+    if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+        return False
+    try:
+        is_file = entry.is_file()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _loop_error(entry.path) from None
+        return False
+    if is_file:
+        _check_name(entry.path, "image file")
+    return is_file
 
 
 def _images_in(class_dir: Path) -> list[str]:
     """Sorted image paths directly inside class_dir; raises if there are none."""
-    files = sorted(str(class_dir / e.name) for e in os.scandir(class_dir) if is_image_file(e.path))
+    files = sorted(str(class_dir / e.name) for e in os.scandir(class_dir) if _is_image_entry(e))
     if not files:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DatasetError(

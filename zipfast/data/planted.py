@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from zipfast.env import check_memory
 from zipfast.spaces.context import random_ctx0
 from zipfast.engine.towers import ClassPrompts, TextTower
 from zipfast.data.classnames import EUROSAT, LABEL_SETS
@@ -62,6 +63,13 @@ def make_planted_task(tower: TextTower, tokenizer, classnames=EUROSAT, n_ctx: in
         classnames = LABEL_SETS[classnames]
     if shots <= 0 or test_per_class <= 0:
         raise ValueError(f"shots ({shots}) and test_per_class ({test_per_class}) must be positive")
+    # The largest tensors are each split's features [classes × n, E] float32 (and their noise, as large):
+    # an impossible size is refused here, before any allocation, naming the setting.
+    C, E = len(classnames), tower.embed_dim
+    for flag, n in (("--test-per-class / TrainConfig.test_per_class", test_per_class),
+                    ("--shots / TrainConfig.shots", shots)):
+        check_memory(f"{flag} {n} on the planted task ({C} classes × {n:,} images × {E} floats)", C * n * E * 4,
+                     f"lower {flag.split(' /')[0]} (the planted task's defaults are 16 shots and 100 test images per class)")
     g = torch.Generator().manual_seed(seed)
     D = tower.width
     ctx0 = random_ctx0(n_ctx, D, g)

@@ -96,7 +96,9 @@ def _read_full(spec: DatasetSpec, dataset_dir: Path):
             from zipfast.datasets.cache import rebase
             from zipfast.datasets.safe_pickle import load_datum_pickle
 
-            data = {k: rebase(v, dataset_dir) for k, v in load_datum_pickle(pre, ("train", "test")).items()}
+            data = {k: rebase(v, dataset_dir) for k, v in load_datum_pickle(
+                pre, ("train", "test"), advice="delete it to read the class folders instead (the official file fixes "
+                "the image order the few-shot draw sees)").items()}
         else:
             names = read_classnames(dataset_dir / "classnames.txt", what)
             data = {"train": read_class_folders(image_dir / "train", names, what),
@@ -124,7 +126,8 @@ def build_dataset(name: str, root, shots: int = 16, seed: int = 1, subsample: st
     source = "all"
     if shots >= 1 and not spec.test_only:
         keys = ("train",) if val is None else ("train", "val")
-        cached, source = read_cache(dataset_dir, shots, seed, keys)
+        n_classes = 1 + max((d.label for d in train + (test or [])), default=-1)
+        cached, source = read_cache(dataset_dir, shots, seed, keys, n_classes or None)
         if cached is None:
             train, val = draw_fewshot(train, val, shots, seed, before=replay)
             source = "drawn"

@@ -18,7 +18,7 @@ from zipfast.data.imagefolder import DatasetError
 from zipfast.errors import OutputDirError
 from zipfast.io import save_text
 from zipfast.datasets.records import Datum
-from zipfast.datasets.safe_pickle import load_datum_pickle
+from zipfast.datasets.safe_pickle import check_records, load_datum_pickle
 
 log = logging.getLogger("zipfast.datasets")
 FORMAT = "zipfast-fewshot-v1"
@@ -50,11 +50,13 @@ def rebase(items: list[Datum], dataset_dir: Path) -> list[Datum]:
     return out
 
 
-def read_cache(dataset_dir: Path, shots: int, seed: int, keys: tuple[str, ...]):
-    """({key: [Datum]}, source) from the official pickle or zipfast's JSON; (None, None) if neither exists."""
+def read_cache(dataset_dir: Path, shots: int, seed: int, keys: tuple[str, ...], n_classes: int | None = None):
+    """({key: [Datum]}, source) from the official pickle or zipfast's JSON; (None, None) if neither exists.
+    n_classes (the dataset's class count, when known) bounds the cached labels: DatasetError naming the
+    file and the entry otherwise."""
     pkl = official_path(dataset_dir, shots, seed)
     if pkl.is_file():
-        data = load_datum_pickle(pkl, keys)
+        data = load_datum_pickle(pkl, keys, n_classes)
         return {k: rebase(v, dataset_dir) for k, v in data.items()}, f"official cache {pkl}"
     path = json_path(dataset_dir, shots, seed)
     if not path.is_file():
@@ -68,6 +70,7 @@ def read_cache(dataset_dir: Path, shots: int, seed: int, keys: tuple[str, ...]):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"cannot read the few-shot cache '{path}' ({type(e).__name__}: {e}); delete it to "
                            f"draw the split again (the same seed gives the same split)") from e
+    check_records(path, data, n_classes)
     return data, f"zipfast cache {path}"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zipfast.data import synthetic
+from zipfast.env import check_memory
 from zipfast.evaluate.image import ImageEvaluator
 from zipfast.methods.base import IMAGE_SEEDS, Method, MethodOptionError, Parts, Seeds
 from zipfast.optim.cma import BEST_RULES, PyCMA
@@ -73,8 +74,21 @@ PAPER_KEYS = ("tokens_l", "tokens_v", "intrinsic_dim_l", "intrinsic_dim_v", "sig
 TASK_DEFAULTS = {synthetic.NAME: {"intrinsic_dim_l": 200, "intrinsic_dim_v": 200}}
 
 
+def check_projection_memory(m: BPTVLMOptions, text_width: int, visual_width: int, device=None) -> None:
+    """ConfigError before allocating a projection no memory can hold: text [tokens_l·D, intrinsic_dim_l]
+    and visual [tokens_v·W, intrinsic_dim_v], float32 (the two largest tensors of the method)."""
+    for side, tokens, width, dim in (("l", m.tokens_l, text_width, m.intrinsic_dim_l),
+                                     ("v", m.tokens_v, visual_width, m.intrinsic_dim_v)):
+        what = (f"--method-opt tokens_{side}={tokens} and intrinsic_dim_{side}={dim} (TRAINER.BPTVLM.TOKENS_{side.upper()}, "
+                f"INTRINSIC_DIM_{side.upper()}: a projection of {tokens:,} tokens × {width} wide × {dim:,})")
+        check_memory(what, tokens * width * dim * 4, f"lower tokens_{side} or intrinsic_dim_{side} (the paper's are 5 and "
+                     "2000)", device)
+
+
 def build(task, options: BPTVLMOptions, seeds: Seeds) -> Parts:
     c, m = task.config, options
+    check_projection_memory(m, task.model.token_embedding.weight.shape[1], task.model.visual.conv1.weight.shape[0],
+                            task.device)
     ev = ImageEvaluator.create(task, task.backends, c.precision, expected_size=(c.image_size, "INPUT.SIZE (image_size)"),
                                text_tokens=m.tokens_l, epochs=True)
     model = task.model

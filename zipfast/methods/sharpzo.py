@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from zipfast.env import check_memory
 from zipfast.methods.base import TEXT_SEEDS, Method, Parts, Seeds, need
 from zipfast.methods.zip import text_evaluator
 from zipfast.optim.sharpzo import GRAD_ESTIMATORS, MASK_ENDS, SharpZO
@@ -72,6 +73,10 @@ class SharpZOOptions:
 
 def build(task, options: SharpZOOptions, seeds: Seeds) -> Parts:
     ev = text_evaluator(task, seeds, options.init_text)
+    # The projection A [m·D, d] float32 is the largest tensor: refuse a dim no memory can hold.
+    prompt = ev.ctx0.numel()
+    check_memory(f"--method-opt dim={options.dim} (sharpzo's projection A: {prompt:,} prompt values × {options.dim:,})",
+                 prompt * options.dim * 4, "lower dim (the default is 512)", ev.ctx0.device)
     space = ProjectionSpace.create(ev.ctx0, options.dim, options.std, seeds.generator(TEXT_SEEDS.space))
     kw = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
           if f.name not in ("preset", "dim", "std", "init_text")}
