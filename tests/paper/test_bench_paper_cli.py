@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import paper_data
-from paper_runs import register_random_openai_weights
 from zipfast.cli import main, parser
 from zipfast.datasets import FEWSHOT_DATASETS, get_spec
 from zipfast.paper import sweep
@@ -27,14 +26,6 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("DATA")
     paper_data.eurosat(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    path = register_random_openai_weights(mp, tmp_path_factory.mktemp("weights"))
-    mp.undo()
-    return path
 
 
 def bench(protocol, root, out, *argv, weights=None, pairs=TINY):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import paper_data
-from paper_runs import register_random_openai_weights
 from zipfast.cli import main
 from zipfast.paper.protocols import Plan, run_protocol
 from zipfast.paper.tables import read_accuracy
@@ -23,14 +22,6 @@ def data(tmp_path_factory):
     paper_data.imagenet(root)
     paper_data.ood(root)
     return root
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    path = register_random_openai_weights(mp, tmp_path_factory.mktemp("weights"))
-    mp.undo()
-    return path
 
 
 def plan(protocol, data, out, weights, **kw):
