@@ -32,8 +32,16 @@ def _add_common(p):
                    help="print the traceback of every error, not only of internal ones")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the error contract: a bad command line is one line naming it (exit 2), not the
+    usage block; `--help` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="zipfast", description="Fast ZIP black-box prompt tuning of CLIP.",
+    ap = _Parser(prog="zipfast", description="Fast ZIP black-box prompt tuning of CLIP.",
                                  epilog="Exit codes: 0 done, 1 internal error (a bug; traceback printed), 2 bad "
                                         "input (message names it), 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM "
                                         "after saving a checkpoint.")

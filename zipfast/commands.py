@@ -111,7 +111,7 @@ def train(args) -> int:
         cfg = dataclasses.replace(cfg, output_dir=args.output_dir or str(Path(ck.path).parent))
     elif not cfg.output_dir:
         cfg = dataclasses.replace(cfg, output_dir=str(default_run_dir(cfg)))
-        print(f"zipfast train: writing the run to {cfg.output_dir}/ (choose with --output-dir)", file=sys.stderr)
+        args.announce = f"zipfast train: writing the run to {cfg.output_dir}/ (choose with --output-dir)"
     mode = "resume" if ck is not None else "overwrite" if args.overwrite else "fresh"
     run = args.run_dir = RunDir(cfg.output_dir, mode, resume_from=ck.path if ck is not None else None).acquire()
     try:
@@ -141,6 +141,8 @@ def _fit(cfg, args, run, ck) -> dict:
         from zipfast.run.hooks import EvalEvery
 
         trainer.step_hooks.append(EvalEvery(args.eval_every, run.path if run is not None else None))
+    if getattr(args, "announce", None):  # once every check passed: a refused run prints its error alone
+        print(args.announce, file=sys.stderr, flush=True)
     return trainer.fit()
 
 
@@ -270,22 +272,24 @@ def bench_paper(args, entry, train_parser=None) -> int:
     return EXIT_USER if all(c == EXIT_USER for c in summary.get("exit_codes", [])) else EXIT_INTERNAL
 
 
-def _job_budget(argv: list[str], parser) -> int | None:
-    """The query budget of a bench-paper training job (its `zipfast train` arguments), read from its
-    config and overrides as the job will (no model or data loaded); None if they do not parse (the
-    job then fails with the reason) or there is no parser."""
+def _job_budget(argv: list[str], parser) -> tuple[int | None, str | None]:
+    """(query budget, problem) of a bench-paper training job (its `zipfast train` arguments), read from
+    its config and overrides as the job will (no model or data loaded): a user error in them is the
+    problem (every job of the method would fail on it); (None, None) if there is no parser."""
     from zipfast.paper import official
     from zipfast.paper.protocols import ZIP_SIDE, METHODS
 
     if parser is None:
-        return None
+        return None, None
     try:
         args = parser().parse_args(["train", *argv])
         if args.trainer in (METHODS[m] for m in ZIP_SIDE):
-            return official.official_config(args)[0].budget
-        return official.official_image_config(args)[1].budget
+            return official.official_config(args)[0].budget, None
+        return official.official_image_config(args)[1].budget, None
+    except UserError as e:
+        return None, " ".join(str(e).split())
     except (Exception, SystemExit):  # noqa: BLE001 - the count is a courtesy; the job reports its own error
-        return None
+        return None, None
 
 
 def _announce_jobs(protocol: str, stages, parser) -> None:
@@ -294,6 +298,7 @@ def _announce_jobs(protocol: str, stages, parser) -> None:
     jobs = [j for stage in stages for j in stage]
     todo = [j for j in jobs if not j.done]
     budgets: dict[str, int | None] = {}
+    problems: dict[str, str | None] = {}
     per: dict[str, dict] = {}
     for j in todo:
         m = j.meta["method"]
@@ -302,9 +307,13 @@ def _announce_jobs(protocol: str, stages, parser) -> None:
             row["eval"] += 1
             continue
         if m not in budgets:  # every training job of a method shares its config and overrides
-            budgets[m] = _job_budget(j.argv, parser)
+            budgets[m], problems[m] = _job_budget(j.argv, parser)
         row["train"] += 1
         row["queries"] = None if budgets[m] is None or row["queries"] is None else row["queries"] + budgets[m]
+    bad = {m: p for m, p in problems.items() if p}
+    if bad:  # fail whole before any job: each of these jobs would fail on the same settings
+        raise ConfigError(f"bench-paper {protocol}: no job started: the settings of " + "; ".join(
+            f"{m} ({per[m]['train']} training job{'s' if per[m]['train'] != 1 else ''}): {p}" for m, p in bad.items()))
     done = len(jobs) - len(todo)
     print(f"zipfast bench-paper {protocol}: {len(todo)} job{'s' if len(todo) != 1 else ''} to run"
           + (f", {done} finished (skipped)" if done else ""), file=sys.stderr, flush=True)

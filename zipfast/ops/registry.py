@@ -129,6 +129,20 @@ def forced(op: str) -> tuple[str, str] | None:
     return None
 
 
+def check_environment() -> None:
+    """Every ZIPFAST_BACKEND[_<OP>] variable set names a backend (and an op that exists); a bad one is
+    named before any run starts, not at the first query."""
+    _run_loaders()
+    for var, value in os.environ.items():
+        if var != ENV_ALL and not var.startswith(ENV_ALL + "_"):
+            continue
+        op = var[len(ENV_ALL) + 1:].lower()
+        if op and op not in _impls:
+            raise BackendUnavailableError(f"{var}: {op!r} is not an op of zipfast; the ops are "
+                                          f"{', '.join(sorted(_impls))} ({ENV_ALL}_<OP>)")
+        forced(op or next(iter(_impls)))  # the value itself
+
+
 def _device(device) -> torch.device:
     return device if isinstance(device, torch.device) else torch.device(device)
 

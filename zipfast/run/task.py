@@ -93,7 +93,10 @@ def fit(config, model, data, classnames, tokenizer=None, *, options=None, encode
     template: the fixed text of the image-side methods (default: the dataset's)."""
     from zipfast.evaluate.zeroshot import template_for
 
+    from zipfast.ops.registry import check_environment
+
     config.validate()
+    check_environment()  # a backend forced by the environment is named before anything runs
     method = get(config.method)
     notes = list(adjustments)
     images = isinstance(data, FewShotImageFolder)
