@@ -101,6 +101,8 @@ def _cases():
         ("compare-budget", ["compare", "--budget", "-1"], {}, "-1"),
         ("compare-eval-every", ["compare", "--eval-every", "0"], {}, "0"),
         ("compare-method-opt", ["compare", "--methods", "zip", "--method-opt", "zip.nonsense=1"], {}, "nonsense"),
+        ("compare-every-problem", ["compare", "--methods", "zip,sharpzo", "--method-opt", "zip.nonsense=1",
+                                   "--method-opt", "sharpzo.dim=-3"], {}, "'nonsense' for method 'zip' (its options: none); sharpzo"),
         ("compare-method-opt-nodot", ["compare", "--method-opt", "nodot=1"], {}, "nodot"),
         ("compare-data-missing", ["compare", "--data", "/nonexistent/data"], {}, "/nonexistent/data"),
         ("bench-seeds", ["bench-paper", "few-shot", "--root", "{d}", "--seeds", "x"], {}, "x"),

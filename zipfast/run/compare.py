@@ -206,8 +206,16 @@ def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[s
     check_seeds(seeds)
     EvalEvery(eval_every)  # checks eval_every before any run
     method_options = method_options or {}
-    cfgs = [dataclasses.replace(base, method=m, seed=s, output_dir="", method_options=method_options.get(m) or {}).validate()
-            for m in methods for s in seeds]
+    cfgs, problems = [], {}
+    for m in methods:  # every run's settings before any run: all the problems in one refusal
+        for s in seeds:
+            try:
+                cfgs.append(dataclasses.replace(base, method=m, seed=s, output_dir="",
+                                                method_options=method_options.get(m) or {}).validate())
+            except ConfigError as e:
+                problems.setdefault(m, " ".join(str(e).split()))
+    if problems:
+        raise ConfigError("compare: no run started: " + "; ".join(f"{m}: {p}" for m, p in problems.items()))
     out = Path(output_dir) if output_dir is not None else None
     method_options = {m: method_options.get(m) or {} for m in methods}  # a method run with its defaults: {}
     if out is not None and not overwrite:  # before any model loads: a folder of other settings is refused at once
