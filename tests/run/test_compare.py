@@ -250,7 +250,7 @@ def test_estimate_is_printed_up_front_with_runs_and_queries(tmp_path, capsys):
 
 
 def test_estimate_warns_of_a_long_grid_naming_the_slow_method():
-    from zipfast.run.compare import estimate_lines
+    from zipfast.run.estimate import estimate_lines
 
     rows = [{"method": "zip", "runs": 3, "finished": 0, "queries": 5000, "s_per_query": 0.002, "seconds": 30.0},
             {"method": "blackvip", "runs": 3, "finished": 1, "queries": 5000, "s_per_query": 0.66, "seconds": 9900.0}]

@@ -81,14 +81,20 @@ def _loop_error(path: str) -> DatasetError:
         f"it); remove the link or point it at a folder of images outside the dataset folder.")
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
-    """Whether entry is a directory (following a symlink); DatasetError for a link that loops."""
+def _follows(entry: os.DirEntry, test) -> bool:
+    """test() (entry.is_dir / is_file, following a symlink); False when it cannot be asked, and
+    DatasetError for a link that loops."""
     try:
-        is_dir = entry.is_dir()
+        return test()
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _loop_error(entry.path) from None
         return False
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether entry is a directory (following a symlink); DatasetError for a link that loops."""
+    is_dir = _follows(entry, entry.is_dir)
     if is_dir and entry.is_symlink():
         target, here = Path(os.path.realpath(entry.path)), Path(os.path.realpath(os.path.dirname(entry.path)))
         if target == here or target in here.parents:  # a class folder that is (an ancestor of) its split folder
@@ -113,12 +119,7 @@ def _is_image_entry(entry: os.DirEntry) -> bool:
     p = Path(entry.path)
     if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
         return False
-    try:
-        is_file = entry.is_file()
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise _loop_error(entry.path) from None
-        return False
+    is_file = _follows(entry, entry.is_file)
     if is_file:
         _check_name(entry.path, "image file")
     return is_file

@@ -30,11 +30,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import shutil
 import signal
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,6 +42,7 @@ from zipfast.data.classnames import PLANTED_TASKS
 from zipfast.methods import IMAGE_METHODS, METHODS, TEXT_METHODS
 from zipfast.run import task
 from zipfast.run.checkpoint import CHECKPOINT_NAME
+from zipfast.run.estimate import estimate, estimate_lines
 from zipfast.run.hooks import EvalEvery, read_curve
 from zipfast.run.plots import draw_accuracy
 from zipfast.run.rundir import REPORT_NAME, RunDir
@@ -232,7 +231,7 @@ def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[s
     if out is not None:
         write_settings(out, base, eval_every, method_options)
     if log is not None:
-        for line in estimate_lines(estimate(cfgs, states, load, eval_every, cache)):
+        for line in estimate_lines(estimate(cfgs, states, lambda c: _task(c, load, cache), eval_every, cache)):
             log(line)
     for i, (cfg, folder, st) in enumerate(zip(cfgs, folders, states), 1):
         if progress:
@@ -329,115 +328,6 @@ def remove_runs(out: Path) -> None:
             if d.is_dir() and sep and method in METHODS and seed.isdigit():
                 shutil.rmtree(d)
     (out / SETTINGS_FILE).unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------- the up-front estimate
-
-SLOW_S = 30 * 60  # a grid estimated longer than this gets a warning line
-
-
-def calibrate(trainer) -> tuple[float | None, float]:
-    """(s per query, None for a method that spends none; s per test evaluation) of a throwaway
-    trainer (its own optimiser: the runs' are untouched), timed here.
-
-    A round of K candidates may share work (ZIP's candidates share one minibatch's image features),
-    so it is timed as t1 + (K − 1)·(t2 − t1), t1 and t2 the losses of one and of two candidates
-    (each on a new minibatch, after a warm-up one: first calls build caches); when one candidate
-    takes over 1 s, K·t1 (no sharing assumed; it spares two slow calls). The evaluation is timed
-    once; twice for a method that caches the test features (text-side), whose first evaluation
-    encodes them. An image-side method puts the test images through its prompted tower every time.
-    """
-    per_query = None
-    if trainer.optimizer is not None:
-        trainer.evaluator.prepare(trainer.space)
-        cand = trainer.optimizer.ask(trainer.config.budget // trainer.cost)
-        if len(cand) == 0:
-            cand = trainer.optimizer.point.detach().clone()[None]
-        times = []
-        for batch, n in ((1, 1), (2, 1), (3, 2)):  # the warm-up, t1, t2
-            if batch == 3 and (times[1] > 1.0 or len(cand) == 1):
-                break
-            t = time.perf_counter()
-            trainer.evaluator.losses(trainer.space, cand[:n], batch)
-            times.append(time.perf_counter() - t)
-        t1 = times[1]
-        extra = max(times[2] - t1, 0.0) if len(times) == 3 else t1
-        per_query = (t1 + (len(cand) - 1) * extra) / (len(cand) * trainer.cost)
-    t = time.perf_counter()
-    trainer.evaluate()
-    if not trainer.method.needs_images:
-        t = time.perf_counter()
-        trainer.evaluate()
-    return per_query, time.perf_counter() - t
-
-
-def estimate(cfgs: Sequence[TrainConfig], states: Sequence[str], load: Callable | None, eval_every: int,
-             cache: dict) -> dict:
-    """Per method: runs to do, runs finished, queries per run and the estimated seconds of the runs to
-    do (queries × s/query + evaluations × s/evaluation, calibrate()'d on one seed per method)."""
-    from zipfast.run.trainer import Trainer
-
-    rows, spent = {}, 0.0
-    for cfg, st in zip(cfgs, states):
-        r = rows.setdefault(cfg.method, {"method": cfg.method, "runs": 0, "finished": 0, "queries": cfg.budget,
-                                         "cfg": cfg})
-        r["runs" if st != "finished" else "finished"] += 1
-    for r in rows.values():
-        cfg = r.pop("cfg")
-        if not r["runs"]:
-            r["s_per_query"] = r["seconds"] = None
-            continue
-        model, tokenizer, classnames, data = _task(cfg, load, cache)  # the runs' own: not counted
-        t = time.perf_counter()
-        trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, progress=False, cache=cache)
-        r["s_per_query"], s_eval = calibrate(trainer)
-        spent += time.perf_counter() - t
-        if r["s_per_query"] is None:  # nothing to train (zero-shot CLIP): one evaluation
-            r["queries"], r["seconds"] = 0, r["runs"] * s_eval
-            continue
-        evals = math.ceil(cfg.budget / eval_every) + 1  # EvalEvery's points: 0, each crossing, the end
-        r["seconds"] = r["runs"] * (cfg.budget * r["s_per_query"] + evals * s_eval)
-    return {"rows": list(rows.values()), "calibration_s": spent}
-
-
-def duration(seconds: float) -> str:
-    """seconds as "40 s", "12 min", "2 h 45 min"."""
-    if seconds < 60:
-        return f"{max(seconds, 1):.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def estimate_lines(est: dict) -> list[str]:
-    """The lines compare prints before its first run: per method the runs, queries per run and
-    ≈ time; the total; a warning naming the slow methods when the total passes SLOW_S."""
-    rows = est["rows"]
-    todo = sum(r["runs"] for r in rows)
-    done = sum(r["finished"] for r in rows)
-    total = sum(r["seconds"] or 0 for r in rows)
-    width = max(len(r["method"]) for r in rows)
-    lines = [f"zipfast compare: {todo} run{'s' if todo != 1 else ''} to do" + (f", {done} finished (read back)"
-             if done else "") + f"; estimated time ≈ {duration(total)}, from a few candidates and a test "
-             f"evaluation per method timed here ({est['calibration_s']:.1f} s; the runs' speed varies with the machine's load)"]
-    for r in rows:
-        line = f"  {r['method']:<{width}}  {r['runs']} run{'s' if r['runs'] != 1 else ''}"
-        if r["runs"]:
-            line += f" × {r['queries']:,} queries"
-        if r["finished"]:
-            line += f" (+{r['finished']} finished)"
-        if r["seconds"] is not None:
-            pace = r["s_per_query"]
-            line += f"  ≈ {duration(r['seconds'])}" if r["seconds"] >= 1 else "  < 1 s"
-            if pace:
-                line += f"  ({pace * 1000:.1f} ms/query)" if pace < 1 else f"  ({pace:.1f} s/query)"
-        lines.append(line)
-    if total > SLOW_S:
-        slow = sorted((r for r in rows if (r["seconds"] or 0) >= 0.2 * total), key=lambda r: -r["seconds"])
-        lines.append(f"zipfast compare: warning: this grid is estimated at ≈ {duration(total)}, mostly "
-                     + ", ".join(f"{r['method']} (≈ {duration(r['seconds'])})" for r in slow)
-                     + "; to shrink it: fewer queries per run (--budget), leave the slow methods out (--methods), "
-                       "or fewer seeds (--seeds)")
-    return lines
 
 
 def summarise(runs: list[dict], methods: Sequence[str], targets: Sequence[float]) -> list[dict]:
