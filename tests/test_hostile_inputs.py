@@ -170,28 +170,28 @@ def test_a_hostile_input_exits_2_in_one_line_naming_it(name, argv, env, expect, 
 _list_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
 
 
-@settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flag=st.sampled_from(["--seeds", "--targets", "--methods"]), value=_list_text)
-def test_compare_list_flags_take_any_text(flag, value, tmp_path, capsys):
-    """Whatever the text: valid lists reach the missing data folder, so every outcome is exit 2."""
+def _any_text_exits_2(argv: list[str], flag: str, value: str, capsys) -> None:
+    """argv + [flag, value]: whatever the text, exit 2 in one line without a traceback (argv names a
+    missing folder, so a value that parses ends there)."""
     if value.startswith("-"):
         value = " " + value  # argparse would read it as a flag
     capsys.readouterr()
-    rc = _run(["compare", "--data", str(tmp_path / "missing"), flag, value, "--no-progress"])
+    rc = _run([*argv, flag, value, "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag=st.sampled_from(["--seeds", "--targets", "--methods"]), value=_list_text)
+def test_compare_list_flags_take_any_text(flag, value, tmp_path, capsys):
+    _any_text_exits_2(["compare", "--data", str(tmp_path / "missing")], flag, value, capsys)
 
 
 @settings(max_examples=HYPOTHESIS_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flag=st.sampled_from(["--seeds", "--methods", "--datasets", "--cpus-per-job", "--gpus-per-job"]),
        value=_list_text)
 def test_bench_paper_flags_take_any_text(flag, value, tmp_path, capsys):
-    if value.startswith("-"):
-        value = " " + value
-    capsys.readouterr()
-    rc = _run(["bench-paper", "few-shot", "--root", str(tmp_path / "missing"), flag, value, "--no-progress"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    _any_text_exits_2(["bench-paper", "few-shot", "--root", str(tmp_path / "missing")], flag, value, capsys)
 
 
 def test_the_drill_size_the_docs_quote():
