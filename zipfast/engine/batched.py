@@ -197,9 +197,7 @@ class BatchedEngine(Engine):
     def _chunks(self, K: int, C: int):
         """(candidate chunk, class chunk) sizes: about `chunk_tokens` token rows per chunk (so its
         activations stay in cache), fewer if one chunk's activations would exceed the memory limit."""
-        D = self.tower.width
-        per_row = 4 * D * 16  # fp32 bytes of residual, qkv, attention output and MLP hidden per token row
-        rows = max(1, min(int(self.memory_limit // per_row), self.chunk_tokens))
+        rows = self._rows()
         seq = self.S if self.shared_prefix else self.T
         c_chunk = max(1, min(C, rows // max(1, K * seq)))
         k_chunk = K if c_chunk > 1 or K * seq <= rows else max(1, rows // seq)
@@ -209,9 +207,36 @@ class BatchedEngine(Engine):
 
     def text_features(self, ctx: torch.Tensor) -> torch.Tensor:
         """ctx [K, m, D] → text features [K, C, E] (float32, not normalised)."""
+        return self._pass(ctx, *self._chunks(ctx.shape[0], self.prompts.n_cls))
+
+    def text_features_many(self, ctxs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several runs' contexts [K_r, m, D] in one pass → their features [K_r, C, E], each bit for bit
+        what `text_features(ctx_r)` gives: the runs are batched along the candidates, which every row
+        computes on its own (measured exact on CPU), while the class chunk, which the prefix
+        attention's reduction depends on, stays the one each run uses alone. Runs whose class chunks
+        differ (other K) go in separate passes."""
+        C = self.prompts.n_cls
+        by_chunk: dict[int, list[int]] = {}
+        for i, c in enumerate(ctxs):
+            by_chunk.setdefault(self._chunks(c.shape[0], C)[1], []).append(i)
+        out: list = [None] * len(ctxs)
+        seq = self.S if self.shared_prefix else self.T
+        for c_chunk, members in by_chunk.items():
+            sizes = [ctxs[i].shape[0] for i in members]
+            k_chunk = max(1, self._rows() // max(1, seq * c_chunk))
+            feats = self._pass(torch.cat([ctxs[i] for i in members]), k_chunk, c_chunk)
+            for i, f in zip(members, feats.split(sizes)):
+                out[i] = f
+        return out
+
+    def _rows(self) -> int:
+        """Token rows per chunk: about `chunk_tokens`, fewer under the memory limit."""
+        per_row = 4 * self.tower.width * 16  # fp32 bytes of residual, qkv, attention output and MLP hidden per row
+        return max(1, min(int(self.memory_limit // per_row), self.chunk_tokens))
+
+    def _pass(self, ctx: torch.Tensor, k_chunk: int, c_chunk: int) -> torch.Tensor:
         ctx = ctx.to(self.device, torch.float32)
         K, C = ctx.shape[0], self.prompts.n_cls
-        k_chunk, c_chunk = self._chunks(K, C)
         out = []
         with torch.no_grad():
             for k0 in range(0, K, k_chunk):

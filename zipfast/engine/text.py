@@ -49,6 +49,11 @@ class Engine:
     def text_features(self, ctx: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def text_features_many(self, ctxs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Several runs' contexts [K_r, m, D] → their features [K_r, C, E]; an engine that can batch
+        them (zipfast.engine.batched) does so with each run's result unchanged."""
+        return [self.text_features(c) for c in ctxs]
+
     def logits_from_text(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """image_features [B, E], text_features [..., C, E] → logits [..., B, C] (fp32)."""
         return ref.clip_logits(image_features.float().to(text_features.device), text_features.float(),

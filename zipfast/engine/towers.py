@@ -207,6 +207,20 @@ class ImageTower(nn.Module):
     def encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
         return self.visual(x)
 
+    def pooled_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 3, H, W] → the pooled features before the final projection [N, W]: `encode_pixels`
+        is `project(pooled_pixels(x))` bit for bit (a run group batches the body, not the projection)."""
+        v = self.visual
+        if not self.token_prompts_ok or getattr(v, "output_tokens", False):
+            raise UnsupportedModelError(f"{type(v).__name__}: the pooled features are read from an open_clip "
+                                        "VisionTransformer only")
+        x = v.transformer(v._embeds(x))
+        return v._pool(x)[0]
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        proj = self.visual.proj
+        return pooled @ proj if proj is not None else pooled
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         v = self.visual
         x = v.conv1(x)

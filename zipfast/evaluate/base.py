@@ -29,7 +29,8 @@ class Task:
     size the model's), the model on its device, tokenizer, class names, data (PlantedTask,
     FewShotImageFolder or FeatureSource), the engine backend of each tower ({"text": …}), the fixed text of the image-side methods (template), the
     initial context if given (ctx0 [m, D]), BlackVIP's encoder (None: built from the options),
-    adjustments (changes to the config, for the report; evaluators append theirs) and progress bars."""
+    adjustments (changes to the config, for the report; evaluators append theirs), progress bars and
+    shared: a dict the runs of one process share (BlackVIP's encoder, a run group's data sources: `shared_source`)."""
 
     config: Any
     model: Any
@@ -43,6 +44,22 @@ class Task:
     encoder: Any = None
     adjustments: list = field(default_factory=list)
     progress: bool = True
+    shared: dict | None = None
+
+
+def shared_source(task: Task, what: str, build):
+    """`build()`'s data source, built once per task data, model and the config settings that shape
+    what it reads (the run seed among them: the feature bank's views), kept in `task.shared` where
+    given: the runs of a group read one source, so a minibatch they share is read once."""
+    if task.shared is None:
+        return build()
+    c = task.config
+    key = ("source", what, id(task.data), id(task.model), str(task.device), c.image_size, tuple(c.pixel_mean),
+           tuple(c.pixel_std), c.interpolation, tuple(c.transforms), c.augment, c.feature_bank, c.seed,
+           c.precision, c.test_batch_size, c.num_workers)
+    if key not in task.shared:
+        task.shared[key] = (build(), task.data, task.model)  # the objects whose ids the key names stay alive
+    return task.shared[key][0]
 
 
 class Evaluator:

@@ -25,7 +25,7 @@ from zipfast.engine.image import image_logits, losses_and_accuracy, make_image_e
 from zipfast.engine.towers import ImageTower
 from zipfast.engine.towers import ClassPrompts, TextTower
 from zipfast.errors import UserError
-from zipfast.evaluate.base import Evaluator, Task
+from zipfast.evaluate.base import Evaluator, Task, shared_source
 
 log = logging.getLogger("zipfast.evaluate")
 
@@ -69,8 +69,9 @@ class ImageEvaluator(Evaluator):
         # every image opened and verified before the first query: a bad test image must not cost the budget
         verify_images([p for p, _ in task.data.train + task.data.test], workers=c.num_workers or None,
                       progress=task.progress)
-        source, notes = build_pixel_source(task.data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation,
-                                           c.transforms, c.augment, task.device, task.progress)
+        source, notes = shared_source(task, "pixels", lambda: build_pixel_source(
+            task.data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation, c.transforms, c.augment, task.device,
+            task.progress))
         task.adjustments.extend(notes)
         if len(task.data.classnames) != len(task.classnames):
             raise UserError(f"{len(task.classnames)} class names for a dataset of {len(task.data.classnames)} classes")

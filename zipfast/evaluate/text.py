@@ -23,7 +23,7 @@ from zipfast.engine.batched import make_engine
 from zipfast.engine.text import autocast_for
 from zipfast.engine.towers import ClassPrompts, TextTower, init_context_from_text
 from zipfast.errors import UserError
-from zipfast.evaluate.base import SHARED_TRAJECTORY, Evaluator, Task
+from zipfast.evaluate.base import SHARED_TRAJECTORY, Evaluator, Task, shared_source
 from zipfast.spaces.context import random_ctx0
 
 log = logging.getLogger("zipfast.evaluate")
@@ -59,7 +59,7 @@ class TextEvaluator(Evaluator):
     def create(cls, task: Task, backend: str, init_text: str, ctx0_seed: int) -> "TextEvaluator":
         """init_text: the words the context starts from ("" = none: N_CTX random tokens from ctx0_seed)."""
         tower = TextTower(task.model)
-        source = feature_source(task)
+        source = shared_source(task, "features", lambda: feature_source(task))
         ctx0, prefix = initial_context(task, tower, init_text, ctx0_seed)
         prompts = ClassPrompts.build(tower, task.tokenizer, task.classnames, ctx0.shape[0], prefix)
         return cls(task, tower, source, ctx0, prompts, make_engine(backend, tower, prompts, task.config.precision))

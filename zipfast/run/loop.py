@@ -9,6 +9,7 @@ final report. A trainer supplies one round: `_round(remaining) -> (queries spent
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -120,6 +121,13 @@ class BudgetedRun:
         Holds the output directory's lock throughout. SIGINT/SIGTERM/SIGHUP end the current
         round, save a checkpoint and raise `RunInterrupted` (see zipfast.run.signals).
         """
+        with self.holding():
+            return self._fit()
+
+    @contextlib.contextmanager
+    def holding(self):
+        """The budget checked against the queries already spent, then the output directory locked
+        (unless the caller holds it) and its log cut back to the current step, until the block ends."""
         if self.queries > self.config.budget:
             raise ConfigError(
                 f"{OFFICIAL_KEYS['budget']} (budget) {self.config.budget} is below the {self.queries} queries this "
@@ -133,65 +141,28 @@ class BudgetedRun:
             if run is not None:
                 run.mode = "resume"  # the directory now holds this run: a later fit() continues it
                 run.truncate_log(self.step)
-            return self._fit()
+            yield self
         finally:
             if owned:
                 run.release()
 
     def _fit(self) -> dict:
-        c = self.config
-        ckpt = self.checkpoint_path
-        log = self.run_dir.open_log() if self.run_dir is not None else None
-        bar = tqdm(total=c.budget, initial=self.queries, unit="query", disable=not self.progress,
-                   dynamic_ncols=True, desc=self.loop_label)
-        unlogged, rounds = None, 0
+        session = Session(self)
         stop = StopSignals("the current step").install()
         try:
-            self._call_hooks("on_start")
-            self._start = time.perf_counter() - self.elapsed  # training time: hooks' evaluations excluded
-            self._prepare_rounds()
-            while (remaining := c.budget - self.queries) > 0:
+            session.start()
+            while (remaining := self.config.budget - self.queries) > 0:
                 spent, rec = self._round(remaining)
                 if spent == 0:
                     break
-                rounds += 1
-                bar.update(spent)
-                if rec is not None:
-                    self.last_record = unlogged = rec
-                    t = time.perf_counter()
-                    for hook in self.step_hooks:
-                        hook(self, rec)
-                    self._start += time.perf_counter() - t
-                    if log is not None and rec["step"] % c.log_every == 0:
-                        log.write(rec)
-                        unlogged = None
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+                session.record(spent, rec)
                 if stop.requested is not None:
                     break
-                if ckpt is not None and c.checkpoint_every and self.step % c.checkpoint_every == 0:
-                    self.save_checkpoint(ckpt)
-            if log is not None and unlogged is not None:  # the last round is always logged
-                log.write(unlogged)
-            last = self.last_record
-            if log is not None and rounds == 0 and last is not None and last.get("step", 0) > self.step:
-                # a resume with nothing left to run: the record past the checkpoint's step that the
-                # cut-back dropped (BPT-VLM's partial last generation) is still the run's last word
-                log.write(last)
+                session.checkpoint_if_due()
         finally:
             stop.restore()
-            bar.close()
-            if log is not None:
-                log.close()
-        if ckpt is not None:
-            self.save_checkpoint(ckpt)
-        if stop.requested is not None:
-            raise RunInterrupted(stop.requested, self.step, self.queries, ckpt)
-        test_acc = self.evaluate()
-        self._call_hooks("on_end", test_acc)
-        report = self.report(test_acc=test_acc)
-        if self.run_dir is not None:
-            save_json(report, self.run_dir.report)
-        return report
+            session.close()
+        return session.finish(stop.requested)
 
     def report(self, test_acc: float | None = None) -> dict:
         """The run's report.json: REPORT_KEYS, for every method. query_precision is what the
@@ -225,3 +196,79 @@ class BudgetedRun:
         """Training time so far (s), excluding time before a resume's fit()."""
         self.elapsed = time.perf_counter() - self._start
         return self.elapsed
+
+
+class Session:
+    """One run's `fit()` between its lock and its report, apart from the rounds themselves: its log,
+    progress bar, step hooks, periodic checkpoints and the end (final checkpoint, then
+    `RunInterrupted` or the test evaluation and report.json). `BudgetedRun._fit` drives one session;
+    a run group (zipfast.run.group) drives one per run, each run's rounds evaluated together."""
+
+    def __init__(self, run: BudgetedRun, bar_position: int | None = None, progress: bool | None = None):
+        self.run, self.rounds, self.unlogged = run, 0, None
+        self.log = run.run_dir.open_log() if run.run_dir is not None else None
+        show = run.progress if progress is None else progress
+        self.bar = tqdm(total=run.config.budget, initial=run.queries, unit="query", disable=not show,
+                        dynamic_ncols=True, desc=run.loop_label, position=bar_position, leave=bar_position is None)
+
+    def start(self) -> None:
+        run = self.run
+        run._call_hooks("on_start")
+        run._start = time.perf_counter() - run.elapsed  # training time: hooks' evaluations excluded
+        run._prepare_rounds()
+
+    def record(self, spent: int, rec: dict | None) -> None:
+        """After a round that spent `spent` queries: its record (None: nothing to show) to the hooks,
+        the log (every log_every steps) and the bar."""
+        run, c = self.run, self.run.config
+        self.rounds += 1
+        self.bar.update(spent)
+        if rec is None:
+            return
+        run.last_record = self.unlogged = rec
+        t = time.perf_counter()
+        for hook in run.step_hooks:
+            hook(run, rec)
+        run._start += time.perf_counter() - t
+        if self.log is not None and rec["step"] % c.log_every == 0:
+            self.log.write(rec)
+            self.unlogged = None
+        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+
+    def checkpoint_if_due(self) -> None:
+        run, c = self.run, self.run.config
+        if run.checkpoint_path is not None and c.checkpoint_every and run.step % c.checkpoint_every == 0:
+            run.save_checkpoint(run.checkpoint_path)
+
+    def close(self) -> None:
+        """The last round is always logged; the log and the bar closed."""
+        run, log = self.run, self.log
+        try:
+            if log is not None and self.unlogged is not None:
+                log.write(self.unlogged)
+            last = run.last_record
+            if log is not None and self.rounds == 0 and last is not None and last.get("step", 0) > run.step:
+                # a resume with nothing left to run: the record past the checkpoint's step that the
+                # cut-back dropped (BPT-VLM's partial last generation) is still the run's last word
+                log.write(last)
+        finally:
+            self.bar.close()
+            if log is not None:
+                log.close()
+            self.log = None
+
+    def finish(self, stopped: int | None) -> dict:
+        """The final checkpoint; then RunInterrupted (stopped: the signal) or the test evaluation,
+        the hooks' on_end and report.json (returned)."""
+        run = self.run
+        ckpt = run.checkpoint_path
+        if ckpt is not None:
+            run.save_checkpoint(ckpt)
+        if stopped is not None:
+            raise RunInterrupted(stopped, run.step, run.queries, ckpt)
+        test_acc = run.evaluate()
+        run._call_hooks("on_end", test_acc)
+        report = run.report(test_acc=test_acc)
+        if run.run_dir is not None:
+            save_json(report, run.run_dir.report)
+        return report

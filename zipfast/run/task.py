@@ -129,5 +129,5 @@ def fit(config, model, data, classnames, tokenizer=None, *, options=None, encode
         tokenizer = open_clip.get_tokenizer(official_model_name(config.model))
     device = resolve_device(config.device)
     task = Task(config, model.to(device), tokenizer, list(classnames), data, device,
-                engine_backends(config.method, config.backend), template, ctx0, encoder, notes, progress)
+                engine_backends(config.method, config.backend), template, ctx0, encoder, notes, progress, cache)
     return task, options

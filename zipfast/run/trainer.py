@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -131,24 +132,38 @@ class Trainer(BudgetedRun):
             return 0, None
         if self._fused is not None and remaining >= 2 * self.config.sp_avg:  # the CUDA-graph step
             return 2 * self.config.sp_avg, self._fused_round(self._fused)
+        pending = self._ask(remaining)
+        if pending is None:
+            return 0, None
+        losses, accs = self.evaluator.losses(self.space, pending.cand, pending.batch_index)
+        return self._tell(pending, losses, accs)
+
+    def _ask(self, remaining: int) -> "Pending | None":
+        """The optimiser's candidates of this round, as many as `remaining` queries pay for (None: none
+        fit): the first half of a round, whose losses a run group (zipfast.run.group) computes with
+        other runs'."""
         cost = self.cost
         before = snapshot(self.optimizer.state_dict())  # restored if this round's losses are not finite
         cand = self.optimizer.ask(remaining // cost)
         if len(cand) == 0:
-            return 0, None
+            return None
         spent = len(cand) * cost
         if spent > remaining:
             self.optimizer.discard()
             raise RuntimeError(f"{self.optimizer.name} asked for {len(cand)} candidates"
                                + (f" ({spent} queries)" if cost > 1 else "") +
                                f" with only {remaining} queries left in the budget")
-        step = self.step
-        held = self.evaluator.snapshot(self.space)
-        losses, accs = self.evaluator.losses(self.space, cand, self.optimizer.batch_index)
+        return Pending(cand, self.optimizer.batch_index, spent, self.step, before,
+                       self.evaluator.snapshot(self.space))
+
+    def _tell(self, pending: "Pending", losses: torch.Tensor, accs: torch.Tensor) -> tuple[int, dict]:
+        """The second half of a round: the losses [K] (or [K, cost]) and accuracies [K] of its
+        candidates told to the optimiser → (queries spent, the round's record)."""
+        step, spent = pending.step, pending.spent
         self._tick()
         if not bool(torch.isfinite(losses).all()):
-            self.evaluator.restore(self.space, held)  # the checkpoint below is the state before this round
-            raise_if_nonfinite(losses, self.optimizer, before, self.checkpoint_path, self.save_checkpoint,
+            self.evaluator.restore(self.space, pending.held)  # the checkpoint below is the state before this round
+            raise_if_nonfinite(losses, self.optimizer, pending.before, self.checkpoint_path, self.save_checkpoint,
                                f"at step {step + 1} (after {self.queries} queries)",
                                f"step {step}, {self.queries} queries", self.method.hint)
         stats = self.optimizer.tell(losses, accs)
@@ -277,6 +292,18 @@ class Trainer(BudgetedRun):
             if self.space is not None and point.shape != (self.space.dim,):
                 raise ValueError(f"the point has shape {tuple(point.shape)} for a space of {self.space.dim} dimensions")
         return point
+
+
+class Pending(NamedTuple):
+    """A round asked for and not yet told: its candidates [K, dim], the optimiser's minibatch index,
+    the queries it costs, the step before it, the optimiser's and the evaluator's state before it."""
+
+    cand: torch.Tensor
+    batch_index: int
+    spent: int
+    step: int
+    before: dict
+    held: object
 
 
 @contextlib.contextmanager

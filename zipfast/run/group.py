@@ -1,0 +1,135 @@
+"""`RunGroup`: R runs (trainers on one model and task family) stepped together.
+
+Each round every live run asks its optimiser for the candidates its own budget pays for; the
+group computes all their losses together (zipfast.evaluate.group: one text pass for every text
+candidate, one read per shared minibatch, the image tower's body batched over the image-side
+runs) and tells each run its own. A run is otherwise what it is alone: its options, seeds,
+optimiser state, budget and exact query accounting, log, checkpoints, step hooks and report, in
+its own folder, bit for bit in fp32 on the CPU (tests/run/test_group.py). Differences from a run
+alone: its wall time (`wall_time_s`, `time_s`) is the group's while it ran, and the fused CUDA-graph
+step of a single ZIP run is not used (the group's rounds are the plain ones).
+
+A run whose budget is spent, or whose next round does not fit, leaves the group; the others go
+on. A run that fails (a non-finite loss: NonFiniteLossError, after writing its last good state)
+leaves with its error, which `fit` returns in its place. SIGINT/SIGTERM/SIGHUP end the current
+group round, write every live run's checkpoint and raise `GroupInterrupted`; the same runs,
+resumed from their checkpoints (`Trainer.load_checkpoint`), continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from tqdm.auto import tqdm
+
+from zipfast.evaluate.group import Query, losses_many
+from zipfast.run.loop import Session
+from zipfast.run.signals import STOP_SIGNALS, RunInterrupted, StopSignals, exit_code
+
+
+class GroupInterrupted(KeyboardInterrupt):
+    """A run group stopped by a signal after writing every live run's checkpoint."""
+
+    def __init__(self, signum: int, runs: list[RunInterrupted]):
+        self.signum, self.runs = signum, runs
+        self.signal_name = STOP_SIGNALS.get(signum, f"signal {signum}")
+        super().__init__(f"stopped by {self.signal_name}; {len(runs)} run(s) saved their checkpoints")
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.signum)
+
+
+class RunGroup:
+    """trainers: `Trainer`s built on one model (their tasks built with one shared cache dict, so
+    that runs of a data seed share its source); each holds its own output directory or none.
+    progress: one bar for the group (queries of all runs). on_round(group, round seconds, live):
+    called after every group round (benchmarks, tests)."""
+
+    def __init__(self, trainers, progress: bool = True, desc: str = "group", on_round=None):
+        self.trainers = list(trainers)
+        self.progress, self.desc, self.on_round = progress, desc, on_round
+        self.results: list = [None] * len(self.trainers)
+
+    def fit(self) -> list:
+        """Run every trainer to its budget → per trainer its report (dict) or the exception it left
+        the group with. Raises GroupInterrupted on a stop signal (after every live run's checkpoint)."""
+        with contextlib.ExitStack() as held:
+            for t in self.trainers:
+                held.enter_context(t.holding())
+            return self._fit()
+
+    def _fit(self) -> list:
+        ts = self.trainers
+        sessions = [Session(t, progress=False) for t in ts]
+        bar = tqdm(total=sum(t.config.budget for t in ts), initial=sum(t.queries for t in ts), unit="query",
+                   disable=not self.progress, dynamic_ncols=True, desc=self.desc)
+        live = list(range(len(ts)))
+        stop = StopSignals("the current group step").install()
+        try:
+            for i in live:
+                sessions[i].start()
+                ts[i]._fused = None  # the plain rounds: their losses are computed with the other runs'
+            while live:
+                t0 = time.perf_counter()
+                live = self._round(live, sessions, bar)
+                if self.on_round is not None:
+                    self.on_round(self, time.perf_counter() - t0, len(live))
+                if stop.requested is not None:
+                    break
+                for i in live:
+                    sessions[i].checkpoint_if_due()
+        finally:
+            stop.restore()
+            bar.close()
+            for s in sessions:
+                s.close()
+        stopped: list[RunInterrupted] = []
+        for i, (t, s) in enumerate(zip(ts, sessions)):
+            if isinstance(self.results[i], Exception):
+                continue
+            try:
+                self.results[i] = s.finish(stop.requested)
+            except RunInterrupted as e:
+                stopped.append(e)
+        if stop.requested is not None:
+            raise GroupInterrupted(stop.requested, stopped)
+        return self.results
+
+    def _round(self, live: list[int], sessions, bar) -> list[int]:
+        """One group round → the runs still live after it."""
+        ts = self.trainers
+        asked = {}
+        for i in live:
+            t = ts[i]
+            remaining = t.config.budget - t.queries
+            if t.optimizer is None or remaining <= 0:
+                continue
+            try:
+                pending = t._ask(remaining)
+            except Exception as e:
+                self.results[i] = e
+                continue
+            if pending is not None:
+                asked[i] = pending
+        order = list(asked)
+        answers = losses_many([Query(ts[i].evaluator, ts[i].space, asked[i].cand, asked[i].batch_index)
+                               for i in order])
+        still = []
+        for i, got in zip(order, answers):
+            t, p = ts[i], asked[i]
+            try:
+                if isinstance(got, Exception):
+                    t.optimizer.discard()
+                    t.optimizer.load_state_dict(p.before, getattr(t.optimizer.point, "device", "cpu"))
+                    t.evaluator.restore(t.space, p.held)
+                    raise got
+                spent, rec = t._tell(p, *got)
+            except Exception as e:
+                self.results[i] = e
+                continue
+            sessions[i].record(spent, rec)
+            bar.update(spent)
+            still.append(i)
+        return still
