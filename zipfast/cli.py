@@ -180,6 +180,43 @@ def parser() -> argparse.ArgumentParser:
     _add_common(c)
     c.set_defaults(fn=commands.compare)
 
+    w = sub.add_parser("sweep", help="a grid of runs (hyperparameters x seeds x methods) stepped together in run "
+                       "groups; the configuration chosen on the validation split, its test accuracy per seed")
+    w.add_argument("--data", default="planted", help="planted (default), planted-cifar100, synthetic-images or an "
+                   "image-folder root (as for compare)")
+    w.add_argument("--grid", action="append", default=None, metavar="KEY=V1,V2 | paper | FILE.yaml",
+                   help="a grid axis, e.g. --grid a=0.1,0.01 --grid rank=1,3 (repeatable; KEY: a ZIP setting such as "
+                        "intrinsic_dim or rank, an SPSA element o/c/a/alpha/gamma, or METHOD.OPTION); paper: each "
+                        "method's search space of the paper's Table 16; a .yaml file with methods, seeds and grid")
+    w.add_argument("--methods", default=None, help="comma-separated methods (default: zip, or the yaml's)")
+    w.add_argument("--seeds", default=None, help="comma-separated seeds, or a range such as 1-3 (default: 1, or the "
+                   "yaml's)")
+    w.add_argument("--budget", type=int, default=5000, help="query budget of every run (default: %(default)s)")
+    w.add_argument("--shots", type=int, default=16, help="images per class (default: %(default)s)")
+    w.add_argument("--batch-size", type=int, default=128, help="training minibatch of every run (default: "
+                   "%(default)s, the official configs')")
+    w.add_argument("--model", default=None, help="open_clip model (default: as for compare)")
+    w.add_argument("--pretrained", default=None, help="weights (default: none on the built-in tasks, else openai)")
+    w.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
+                   help="a fixed option of one method for every run, e.g. bar.focal_g=0 (repeatable)")
+    w.add_argument("--group-size", type=int, default=32, metavar="R",
+                   help="runs stepped together at most (memory: docs/sweep.md; default: %(default)s)")
+    w.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="queries between test evaluations of each run's curve (default: a tenth of the budget)")
+    w.add_argument("--heatmap", default=None, metavar="KEY1,KEY2",
+                   help="the two grid axes of the heat map (default: the two with the most values)")
+    w.add_argument("--output-dir", default=None, help="outputs and one folder per run under runs/: the same command "
+                   "again (or with a larger grid) skips finished runs and continues stopped ones (default: "
+                   "runs/sweep-<data>)")
+    w.add_argument("--overwrite", action="store_true", help="delete the runs already in --output-dir first")
+    w.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run each group as a Ray task (addresses as for bench-paper --ray)")
+    w.add_argument("--cpus-per-group", type=float, default=1)
+    w.add_argument("--gpus-per-group", type=float, default=0)
+    w.add_argument("--groups", default=None, help=argparse.SUPPRESS)  # a Ray task's share: group indices
+    _add_common(w)
+    w.set_defaults(fn=lambda a: commands.sweep(a, main))
+
     i = sub.add_parser("info", help="versions, device, backends, precision")
     i.set_defaults(fn=commands.info)
 
@@ -289,12 +326,13 @@ def _run(args, argv, debug) -> int:
         # a job that bench-paper runs in this process keeps the threads of the command that started it
         if hasattr(args, "threads") and (args.threads is not None or outermost):
             set_threads(args.threads)
+        args.argv = argv  # the command line as given (sweep --ray hands it to its tasks)
         return args.fn(args)
     except RunInterrupted as e:
         line = f"zipfast {args.cmd}: {e}"
         if e.checkpoint is not None and args.cmd == "train":
             line += f"; resume with: {resume_command(argv, e.checkpoint)}"
-        elif args.cmd == "compare" and getattr(args, "output_dir", None):
+        elif args.cmd in ("compare", "sweep") and getattr(args, "output_dir", None):
             line += f"; continue with the same command: {continue_command(argv)}"
         print(line, file=sys.stderr, flush=True)
         return e.exit_code

@@ -286,13 +286,7 @@ def compare(args) -> int:
     if args.output_dir is None:  # one folder per task: compares of different data never meet
         args.output_dir = f"runs/compare-{Path(args.data.rstrip('/')).name or 'data'}"
     seeds, targets = _int_list("--seeds", args.seeds), [float(t) for t in _int_list("--targets", args.targets)]
-    options: dict = {}
-    for key, value in (parse_method_opts(args.method_opt) or {}).items():
-        method, dot, name = key.partition(".")
-        if not dot or method not in methods:
-            raise ConfigError(f"--method-opt for compare takes METHOD.KEY=VALUE with METHOD one of "
-                              f"{', '.join(methods)}; got {key!r}")
-        options.setdefault(method, {})[name] = value
+    options = _method_options(args.method_opt, methods, "compare")
     planted, generated = args.data in PLANTED, args.data == synthetic.NAME
     model = "zipfast-planted" if planted else synthetic.MODEL if generated else TrainConfig.model
     base = TrainConfig(method=methods[0], model=args.model or model,  # validated as a run that compare makes
@@ -307,6 +301,100 @@ def compare(args) -> int:
     print(f"outputs: {args.output_dir}/compare.png, compare.md, compare.csv, runs.jsonl; each run's folder in "
           f"{args.output_dir}/runs/")
     return 0
+
+
+def sweep(args, entry) -> int:
+    """A grid of runs in run groups: the configuration chosen on the validation split per method,
+    its test accuracy per seed; sweep.md / sweep.csv / sweep.png (zipfast.sweep)."""
+    from zipfast.config import TrainConfig
+    from zipfast.sweep import grid as grids
+    from zipfast.sweep.report import write_outputs
+    from zipfast.sweep.runner import plan, sweep as run_sweep
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    grid, seeds, methods = grids.from_command_line(args.grid or [], methods, args.seeds)
+    from zipfast.run.compare import check_methods
+
+    check_methods(list(grid), args.data)
+    fixed = _method_options(args.method_opt, list(grid), "sweep")
+    if args.output_dir is None:
+        args.output_dir = f"runs/sweep-{Path(args.data.rstrip('/')).name or 'data'}"
+    planted, generated = args.data in PLANTED, args.data == synthetic.NAME
+    model = "zipfast-planted" if planted else synthetic.MODEL if generated else TrainConfig.model
+    base = TrainConfig(method=next(iter(grid)), model=args.model or model,
+                       pretrained=args.pretrained or ("none" if planted or generated else "openai"), dataset=args.data,
+                       budget=args.budget, shots=args.shots, batch_size=args.batch_size, device=args.device or "auto",
+                       backend=args.backend or "auto", checkpoint_every=0).validate()
+    specs = grids.expand(grid, seeds)
+    base_for = {m: dataclasses.replace(base, method=m, method_options=fixed.get(m) or {}) for m in grid}
+    specs = grids.check_runs(specs, base_for)
+    axes = tuple(a.strip() for a in args.heatmap.split(",")) if args.heatmap else None
+    if axes is not None and len(axes) != 2:
+        raise ConfigError(f"--heatmap takes two grid keys KEY1,KEY2, got {args.heatmap!r}")
+    say = (lambda line: print(line, file=sys.stderr, flush=True))
+    only = [int(g) for g in args.groups.split(",")] if args.groups else None
+    if args.ray is not None and only is None:
+        return _sweep_on_ray(args, entry, specs, base_for, say)
+    t0 = time.perf_counter()
+    records = run_sweep(base_for, specs, args.output_dir, group_size=args.group_size, eval_every=args.eval_every,
+                        load=load, progress=not args.no_progress, overwrite=args.overwrite, groups=only,
+                        announce=say)
+    if only is not None:
+        return 0
+    wall = time.perf_counter() - t0
+    _, chosen, table = write_outputs(Path(args.output_dir), records, wall, axes)
+    print(table, end="")
+    print(f"outputs: {args.output_dir}/sweep.md, sweep.csv, sweep.png, runs.jsonl; each run's folder in "
+          f"{args.output_dir}/runs/")
+    return 0
+
+
+def _sweep_on_ray(args, entry, specs, base_for, say) -> int:
+    """Each group a Ray task (this command restricted to it with --groups), then the tables here."""
+    from zipfast.paper.sweep import Job, RayRunner
+    from zipfast.sweep.grid import apply
+    from zipfast.sweep.runner import plan, run_group_job
+
+    groups = plan(specs, [apply(s, base_for[s.method]) for s in specs], args.group_size)
+    argv = _without_ray(list(args.argv))
+    runner = RayRunner(entry, args.ray, args.cpus_per_group, args.gpus_per_group, fn=run_group_job)
+    say(f"zipfast sweep: {len(specs)} runs in {len(groups)} group(s), one Ray task each")
+    jobs = [Job([*argv, "--groups", str(g), "--no-progress"], args.output_dir, {"group": g}) for g in range(len(groups))]
+    results = runner.run(jobs, progress=not args.no_progress)
+    failed = [j.meta["group"] for j, r in zip(jobs, results) if r[0] != 0]
+    if failed:
+        raise UserError(f"sweep: the Ray task(s) of group(s) {', '.join(map(str, failed))} failed (their logs: "
+                        f"{args.output_dir}/group-<g>.log); the same command continues what they left")
+    args.ray = None
+    return sweep(args, entry)
+
+
+def _without_ray(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--ray":
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            skip = nxt is not None and (nxt in ("local", "auto") or ":" in nxt)
+            continue
+        if a.startswith("--ray=") or a == "--overwrite":
+            continue
+        out.append(a)
+    return out
+
+
+def _method_options(items, methods: list[str], command: str) -> dict:
+    """--method-opt METHOD.KEY=VALUE items → {method: {key: value}} (METHOD among `methods`)."""
+    options: dict = {}
+    for key, value in (parse_method_opts(items) or {}).items():
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise ConfigError(f"--method-opt for {command} takes METHOD.KEY=VALUE with METHOD one of "
+                              f"{', '.join(methods)}; got {key!r}")
+        options.setdefault(method, {})[name] = value
+    return options
 
 
 def _int_list(flag: str, text: str) -> list[int]:

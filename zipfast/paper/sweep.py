@@ -101,7 +101,7 @@ class RayRunner:
 
     name = "ray"
 
-    def __init__(self, entry, address: str = "local", cpus_per_job: float = 1, gpus_per_job: float = 0):
+    def __init__(self, entry, address: str = "local", cpus_per_job: float = 1, gpus_per_job: float = 0, fn=None):
         if address not in ("local", "auto") and ":" not in address:
             # e.g. `--ray TRAINER.X 5`: argparse reads the first KEY as --ray's value
             raise ConfigError(f"--ray {address!r} is not a Ray address: give --ray alone (or --ray local), --ray auto, "
@@ -125,7 +125,8 @@ class RayRunner:
                                       f"`ray start --head`") from e
                 raise ConfigError(f"cannot join the Ray cluster at --ray {address!r}: {e}; check the address, start the "
                                   f"cluster with `ray start --head`, or pass --ray alone for a local one") from e
-        self.task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(run_job)
+        # fn(entry, argv, output dir) → (exit status, log path, last line): a job (default run_job)
+        self.task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(fn or run_job)
 
     def run(self, jobs: list[Job], progress: bool = True) -> list[tuple]:
         refs = [self.task.remote(self.entry, job.argv, job.output_dir) for job in jobs]

@@ -1,0 +1,140 @@
+"""Run groups (zipfast.run.group): every run in a group is the run alone, bit for bit on the CPU
+(final point, every log record but its time, the report but its times), with its own query
+accounting; a failing run leaves the group, the others go on; a group stopped by a signal
+resumes bit for bit."""
+
+import dataclasses
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from zipfast.config import TrainConfig
+from zipfast.data import synthetic
+from zipfast.run.group import GroupInterrupted, RunGroup
+from zipfast.run.loop import NonFiniteLossError
+from zipfast.run.task import load
+from zipfast.run.trainer import Trainer
+
+# the op registry's fallbacks are the process's (every op any run resolved so far), so they are not compared
+TIMES = ("wall_time_s", "queries_per_s", "fallbacks")
+
+PLANTED = TrainConfig(model="zipfast-planted", pretrained="none", dataset="planted", budget=60, checkpoint_every=0,
+                      batch_size=32, shots=8, test_per_class=10)
+# ZIP at two step sizes, ZO-SGD, SharpZO and a second seed; budgets that end at different rounds
+PLANTED_RUNS = [dict(method="zip", seed=1), dict(method="zip", seed=1, spsa_params=(1.0, 0.01, 0.1, 0.4, 0.1)),
+                dict(method="zo-sgd", seed=1, budget=45), dict(method="sharpzo", seed=1, budget=37),
+                dict(method="zip", seed=2, budget=25)]
+
+
+@pytest.fixture(scope="module")
+def planted_task():
+    return load(PLANTED)
+
+
+def _trainer(task, cfg, out, cache):
+    model, tok, names, data = task
+    return Trainer(model, names, cfg, data, tokenizer=tok, progress=False, cache=cache, output_dir=out,
+                   overwrite=True)
+
+
+def _records(folder):
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+            for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def _same_as_alone(task, cfgs, tmp_path, threads=1):
+    torch.set_num_threads(threads)
+    alone = []
+    for i, c in enumerate(cfgs):
+        t = _trainer(task, c, tmp_path / f"alone{i}", {})
+        alone.append((t.fit(), t.w.clone()))
+    cache = {}
+    group = [_trainer(task, c, tmp_path / f"group{i}", cache) for i, c in enumerate(cfgs)]
+    results = RunGroup(group, progress=False).fit()
+    for i, (c, (rep, w), got, t) in enumerate(zip(cfgs, alone, results, group)):
+        assert isinstance(got, dict), got
+        assert torch.equal(t.w, w), (c.method, i)
+        assert {k: v for k, v in got.items() if k not in TIMES} == {k: v for k, v in rep.items() if k not in TIMES}
+        assert _records(tmp_path / f"group{i}") == _records(tmp_path / f"alone{i}")
+        assert got["queries"] <= c.budget and got["queries"] == rep["queries"]
+    return alone, results
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_text_side_group_equals_each_run_alone(planted_task, tmp_path, threads):
+    cfgs = [dataclasses.replace(PLANTED, **r) for r in PLANTED_RUNS]
+    alone, results = _same_as_alone(planted_task, cfgs, tmp_path, threads)
+    # the runs really differ (a group that returned one run's answer for all would fail above, too)
+    assert len({r["train_loss"] for r, _ in alone}) == len(cfgs)
+    # per-run accounting: each budget's own last round (ZIP rounds cost 10, SharpZO's its own)
+    assert [r["queries"] for r in results] == [60, 60, 40, 36, 20] or all(
+        r["queries"] == a["queries"] for r, (a, _) in zip(results, alone))
+
+
+def test_image_side_group_equals_each_run_alone(tmp_path):
+    base = TrainConfig(model=synthetic.MODEL, pretrained="none", dataset=synthetic.NAME, budget=18,
+                       checkpoint_every=0, batch_size=8, shots=4, test_per_class=3, seed=1)
+    cfgs = [dataclasses.replace(base, method="bar"),
+            dataclasses.replace(base, method="bar", method_options={"lrs": (1.0, 0.1)}),
+            dataclasses.replace(base, method="zip", budget=20)]
+    _same_as_alone(load(base), cfgs, tmp_path, threads=2)
+
+
+def test_a_failing_run_leaves_the_group_and_the_others_go_on(planted_task, tmp_path):
+    cfgs = [dataclasses.replace(PLANTED, **r) for r in PLANTED_RUNS[:3]]
+    ref = [_trainer(planted_task, c, tmp_path / f"alone{i}", {}).fit() for i, c in enumerate(cfgs)]
+    cache = {}
+    group = [_trainer(planted_task, c, tmp_path / f"group{i}", cache) for i, c in enumerate(cfgs)]
+    space, calls = group[1].space, []
+    real = space.contexts
+
+    def poisoned(cand):
+        calls.append(1)
+        ctx = real(cand)
+        return ctx * float("nan") if len(calls) == 3 else ctx
+    space.contexts = poisoned
+    results = RunGroup(group, progress=False).fit()
+    assert isinstance(results[1], NonFiniteLossError) and "step 3" in str(results[1])
+    assert group[1].step == 2 and group[1].queries == 20  # the state before the bad round, saved
+    assert (tmp_path / "group1" / "checkpoint.safetensors").is_file()
+    for i in (0, 2):
+        assert {k: v for k, v in results[i].items() if k not in TIMES} == \
+            {k: v for k, v in ref[i].items() if k not in TIMES}
+
+
+def test_group_stopped_by_sigint_resumes_bit_for_bit(planted_task, tmp_path):
+    cfgs = [dataclasses.replace(PLANTED, checkpoint_every=2, **r) for r in PLANTED_RUNS]
+    ref_cache = {}
+    ref = RunGroup([_trainer(planted_task, c, tmp_path / f"ref{i}", ref_cache) for i, c in enumerate(cfgs)],
+                   progress=False).fit()
+    rounds = []
+
+    def stop_after_three(group, seconds, live):
+        rounds.append(seconds)
+        if len(rounds) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+    cache = {}
+    first = [_trainer(planted_task, c, tmp_path / f"run{i}", cache) for i, c in enumerate(cfgs)]
+    with pytest.raises(GroupInterrupted) as stopped:
+        RunGroup(first, progress=False, on_round=stop_after_three).fit()
+    assert stopped.value.exit_code == 130 and len(stopped.value.runs) == len(cfgs)
+    assert [t.step for t in first] == [3, 3, 3, 3, 3]
+    cache = {}
+    again = []
+    for i, c in enumerate(cfgs):
+        t = Trainer(*_model_names(planted_task), c, planted_task[3], tokenizer=planted_task[1], progress=False,
+                    cache=cache, output_dir=tmp_path / f"run{i}")
+        t.load_checkpoint(tmp_path / f"run{i}" / "checkpoint.safetensors")
+        again.append(t)
+    results = RunGroup(again, progress=False).fit()
+    for i in range(len(cfgs)):
+        assert {k: v for k, v in results[i].items() if k not in TIMES} == \
+            {k: v for k, v in ref[i].items() if k not in TIMES}
+        assert _records(tmp_path / f"run{i}") == _records(tmp_path / f"ref{i}")
+
+
+def _model_names(task):
+    return task[0], task[2]
