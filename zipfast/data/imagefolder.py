@@ -2,8 +2,10 @@
 
 Two layouts are read:
 
-    (a) root/train/<class>/*  and optionally  root/test/<class>/*
+    (a) root/train/<class>/*  and optionally  root/test/<class>/*  and  root/val/<class>/*
     (b) root/<class>/*        (shots are drawn per class, the rest of the class is the test split)
+
+Each also gives a few-shot validation split (`FewShotImageFolder.val`, the rule in its docstring).
 
 A folder in one of the paper's official layouts (zipfast.datasets.specs) is refused with the
 official command line that reads it, rather than misread as class folders.
@@ -168,7 +170,8 @@ def _refuse_official_layout(root: Path) -> None:
         f"or pass an image folder of class folders ({DATA_SETTING})")
 
 
-def _check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test: list[str]) -> None:
+def _check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test: list[str],
+                        split: str = "test") -> None:
     only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
     if only_train or only_test:
         parts = []
@@ -177,7 +180,7 @@ def _check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test:
         if only_test:
             parts.append(f"only in '{test_dir}': {', '.join(only_test)}")
         raise DatasetError(
-            f"the class folders of the train and test splits differ ({'; '.join(parts)}); "
+            f"the class folders of the train and {split} splits differ ({'; '.join(parts)}); "
             "give both splits the same class folders.")
 
 
@@ -229,6 +232,31 @@ def _cap(folder: str, files: list[str], cap: int | None, seed: int) -> list[str]
     return [f for i, f in enumerate(files) if i in keep]
 
 
+def val_per_class(shots: int) -> int | None:
+    """Images per class of the few-shot validation split: min(shots, 4), as Dassl draws val;
+    None (all) for shots <= 0 (every training image is a shot)."""
+    return min(shots, 4) if shots > 0 else None
+
+
+def _pick_val(folder: str, files: list[str], shots: int, seed: int) -> list[str]:
+    """The validation images of a class from `files` (sorted): min(shots, 4) of them (all if fewer,
+    or if shots <= 0), a seeded choice from its own stream, kept in sorted order."""
+    n = val_per_class(shots)
+    if n is None or len(files) <= n:
+        return list(files)
+    keep = set(_rng(seed, "val", folder).sample(range(len(files)), n))
+    return [f for i, f in enumerate(files) if i in keep]
+
+
+def no_val_error() -> DatasetError:
+    """The one-line error for predicting on an empty validation split."""
+    return DatasetError(
+        "the dataset gives no validation images (every training image is in the few-shot train split or the test "
+        "split; a paper dataset without a val split of its own, ImageNet, has none): add a val/ folder "
+        "(root/val/<class>/*) beside train/, lower the shots (" + SHOTS_SETTING + "), or, with no test/ folder, cap "
+        "the test split (--test-per-class / TrainConfig.test_per_class) so that images are left for validation")
+
+
 def _labelled(per_class: list[list[str]]) -> list[Sample]:
     return [(path, label) for label, paths in enumerate(per_class) for path in paths]
 
@@ -238,10 +266,26 @@ def _labelled(per_class: list[list[str]]) -> list[Sample]:
 
 @dataclass
 class FewShotImageFolder:
-    """A k-shot train split and a test split read from an image folder.
+    """A k-shot train split, a test split and a few-shot validation split read from an image folder.
 
-    train/test are lists of (path, label) grouped by class in label order; `folders[label]`
+    train/test/val are lists of (path, label) grouped by class in label order; `folders[label]`
     is the class's folder name and `classnames[label]` the same with "_" → " ".
+
+    The validation split (`val`; model selection, e.g. `zipfast sweep`) has v = min(shots, 4)
+    images per class (Dassl's few-shot val; every candidate image when shots <= 0), drawn with a
+    `random.Random` seeded by (run seed, "val", folder name), a stream of its own, so the train
+    and test splits are exactly those drawn without it. Where the images come from:
+
+    - layout (a) with a `val/` folder (root/val/<class>/*, the same class folders as train/):
+      v images per class from it;
+    - otherwise from the class's training images that neither the few-shot train split nor the
+      test split uses. With a `test/` folder that is every training image the shots leave. With
+      no test/ folder (layout (a) without test/, or layout (b)) the test split is those leftover
+      images, so val exists only where `test_per_class` caps the test split below them: a
+      validation image is never a training or a test image.
+
+    A class with no such images has none in val (its accuracy is then over the other classes);
+    when val is empty altogether, predicting on it raises a UserError saying what to do.
     """
 
     root: Path
@@ -253,6 +297,7 @@ class FewShotImageFolder:
     seed: int
     test_per_class: int | None = None
     has_test_split: bool = field(default=False)
+    val: list[Sample] = field(default_factory=list)
 
     @classmethod
     def from_root(cls, root: str | os.PathLike, shots: int, seed: int,
@@ -260,7 +305,7 @@ class FewShotImageFolder:
         """Scan root (layout a or b, see module doc) and draw `shots` images per class.
 
         shots <= 0 takes every training image. test_per_class, when given, caps the test
-        images per class with a seeded choice.
+        images per class with a seeded choice. The validation split: see the class docstring.
         """
         root = Path(root).expanduser()
         if not root.exists():
@@ -274,18 +319,22 @@ class FewShotImageFolder:
                 f"test_per_class={test_per_class} is invalid; give a positive cap or None for all.")
 
         _refuse_official_layout(root)
-        train_dir, test_dir = root / "train", root / "test"
+        train_dir, test_dir, val_dir = root / "train", root / "test", root / "val"
+        val_files = None
         if train_dir.is_dir():
             train_files = _scan(train_dir)
             test_files = _scan(test_dir) if test_dir.is_dir() else None
             if test_files is not None:
                 _check_same_classes(train_dir, test_dir, list(train_files), list(test_files))
+            if val_dir.is_dir():
+                val_files = _scan(val_dir)
+                _check_same_classes(train_dir, val_dir, list(train_files), list(val_files), "val")
         else:
             train_files, test_files = _scan(root), None
 
         _check_shots(root, train_files, shots, test_files is not None)
         folders = list(train_files)
-        train, test = [], []
+        train, test, val = [], [], []
         for folder in folders:
             picked, rest = _pick_shots(folder, train_files[folder], shots, seed)
             if test_files is not None:
@@ -298,10 +347,16 @@ class FewShotImageFolder:
                     f"or provide a separate split as '{root}/train/<class>' and '{root}/test/<class>'.")
             train.append(picked)
             test.append(_cap(folder, rest, test_per_class, seed))
+            if val_files is not None:
+                unused = val_files[folder]
+            else:  # the training images in neither split (test/: all the shots leave)
+                used = set(picked) | (set(test[-1]) if test_files is None else set())
+                unused = [f for f in train_files[folder] if f not in used]
+            val.append(_pick_val(folder, unused, shots, seed))
 
         return cls(root=root, folders=folders, classnames=[f.replace("_", " ") for f in folders],
                    train=_labelled(train), test=_labelled(test), shots=shots, seed=seed,
-                   test_per_class=test_per_class, has_test_split=test_files is not None)
+                   test_per_class=test_per_class, has_test_split=test_files is not None, val=_labelled(val))
 
     @property
     def num_classes(self) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from zipfast.data.gpu_augment import DecodedImages, pil_fallback
-from zipfast.data.imagefolder import load_image
+from zipfast.data.imagefolder import load_image, no_val_error
 from zipfast.data.sources import derive_seed, step_views
 from zipfast.data.transforms import DEFAULT_CHOICES, test_view, train_view
 
@@ -35,7 +35,8 @@ _AUGMENT = 2  # the same stream key as ImageSource: a step's views do not depend
 
 class PixelSource:
     """train_batch(idx, t, seed) → (pixels [B, 3, S, S] float32, labels [B]); test_batches(n) yields
-    the same for the test split (resize + centre crop). transforms: INPUT.TRANSFORMS."""
+    the same for the test split (resize + centre crop), val_batches(n) for the validation split.
+    transforms: INPUT.TRANSFORMS."""
 
     def __init__(self, dataset, size: int, mean, std, interpolation: str = "bicubic", transforms=DEFAULT_CHOICES):
         self.dataset, self.size, self.mean, self.std = dataset, int(size), tuple(mean), tuple(std)
@@ -58,12 +59,23 @@ class PixelSource:
         return x, self.train_y[idx]
 
     def test_batches(self, batch_size: int):
-        items, normalize = self.dataset.test, "normalize" in self.transforms
+        return self._view_batches(self.dataset.test, self.test_y, batch_size)
+
+    def val_batches(self, batch_size: int):
+        """The validation split's batches, as test_batches (resize + centre crop); DatasetError (a
+        UserError) at once when the dataset gives no validation images."""
+        items = getattr(self.dataset, "val", None)
+        if not items:
+            raise no_val_error()
+        return self._view_batches(items, torch.tensor([y for _, y in items]), batch_size)
+
+    def _view_batches(self, items, labels: torch.Tensor, batch_size: int):
+        normalize = "normalize" in self.transforms
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
             x = torch.stack([test_view(load_image(p), self.size, self.mean, self.std, self.interpolation, normalize)
                              for p, _ in chunk])
-            yield x, self.test_y[i:i + len(chunk)]
+            yield x, labels[i:i + len(chunk)]
 
 
 class DecodedPixelSource(PixelSource):

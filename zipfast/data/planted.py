@@ -3,6 +3,10 @@
 A teacher context ctx* = ctx0 + Δ (Δ a random direction, ‖Δ_i‖ = delta_scale·‖ctx0_i‖, not
 inside any method's subspace) defines class features t_k; "image features" are
 x = normalise(t_y + σ·ε/√E), ε ~ N(0, I). The student starts from ctx0. Seeded throughout.
+
+Splits, drawn in this order from the one generator: train (`shots` per class), test
+(`test_per_class` per class), then the few-shot validation split (min(shots, 4) per class, as
+Dassl draws val); val comes last so that train and test are what they were before it existed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ PLANTED_MODEL = "zipfast-planted"  # 4-layer, 256-wide text tower (the planted-t
 
 @dataclass
 class PlantedTask:
-    """Features [N, E] (L2-normalised) and labels [N] of both splits, ctx0 / teacher [m, D]."""
+    """Features [N, E] (L2-normalised) and labels [N] of each split, ctx0 / teacher [m, D]. The
+    validation split (val_features [C·v, E], val_labels [C·v]) has v = min(shots, 4) per class."""
 
     classnames: list
     train_features: torch.Tensor
@@ -31,6 +36,8 @@ class PlantedTask:
     test_labels: torch.Tensor
     ctx0: torch.Tensor
     teacher_ctx: torch.Tensor
+    val_features: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
 
 def planted_model(seed: int = 0, name: str = PLANTED_MODEL, logit_scale: float = 100.0):
@@ -65,10 +72,12 @@ def make_planted_task(tower: TextTower, tokenizer, classnames=EUROSAT, n_ctx: in
         raise ValueError(f"shots ({shots}) and test_per_class ({test_per_class}) must be positive")
     # The largest tensors are each split's features [classes × n, E] float32 (and their noise, as large):
     # an impossible size is refused here, before any allocation, naming the setting.
-    C, E = len(classnames), tower.embed_dim
-    for flag, n in (("--test-per-class / TrainConfig.test_per_class", test_per_class),
-                    ("--shots / TrainConfig.shots", shots)):
-        check_memory(f"{flag} {n} on the planted task ({C} classes × {n:,} images × {E} floats)", C * n * E * 4,
+    # The shots size two splits, train and val (min(shots, 4) per class): they count together.
+    C, E, n_val = len(classnames), tower.embed_dim, val_per_class(shots)
+    for flag, n, images, size in (
+            ("--test-per-class / TrainConfig.test_per_class", test_per_class, f"{test_per_class:,}", test_per_class),
+            ("--shots / TrainConfig.shots", shots, f"({shots:,} train + {n_val} val)", shots + n_val)):
+        check_memory(f"{flag} {n} on the planted task ({C} classes × {images} images × {E} floats)", C * size * E * 4,
                      f"lower {flag.split(' /')[0]} (the planted task's defaults are 16 shots and 100 test images per class)")
     g = torch.Generator().manual_seed(seed)
     D = tower.width
@@ -89,4 +98,10 @@ def make_planted_task(tower: TextTower, tokenizer, classnames=EUROSAT, n_ctx: in
 
     xtr, ytr = split(shots)
     xte, yte = split(test_per_class)
-    return PlantedTask(list(classnames), xtr, ytr, xte, yte, ctx0, teacher)
+    xva, yva = split(n_val)  # after test: the train and test draws are unchanged by it
+    return PlantedTask(list(classnames), xtr, ytr, xte, yte, ctx0, teacher, xva, yva)
+
+
+def val_per_class(shots: int) -> int:
+    """Images per class of the few-shot validation split: min(shots, 4), as Dassl draws val."""
+    return min(shots, 4)

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zipfast.data.imagefolder import no_val_error
 from zipfast.data.transforms import DEFAULT_CHOICES, views
+from zipfast.errors import UserError
 
 _EPOCH, _AUGMENT, _BANK = 1, 2, 3
 
@@ -47,12 +49,17 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
 class FeatureSource:
     """Precomputed image features (the planted task, or a cached feature set).
 
-    train_x [N, E], train_y [N], test_x [M, E], test_y [M].
+    train_x [N, E], train_y [N], test_x [M, E], test_y [M]; optionally the validation split
+    val_x [V, E], val_y [V] (None: the source has none, and `val_set()` says so).
     """
 
-    def __init__(self, train_x, train_y, test_x, test_y):
+    def __init__(self, train_x, train_y, test_x, test_y, val_x=None, val_y=None):
         self.train_x, self.train_y = train_x.float(), train_y.long()
         self.test_x, self.test_y = test_x.float(), test_y.long()
+        if (val_x is None) != (val_y is None):
+            raise ValueError("give both val_x and val_y, or neither")
+        self.val_x = None if val_x is None else val_x.float()
+        self.val_y = None if val_y is None else val_y.long()
 
     @property
     def n_train(self) -> int:
@@ -63,6 +70,13 @@ class FeatureSource:
 
     def test_set(self, progress=None):
         return self.test_x, self.test_y
+
+    def val_set(self, progress=None):
+        """Validation features [V, E] and labels [V]; UserError when the source has none."""
+        if self.val_y is None or len(self.val_y) == 0:
+            raise UserError("the feature source gives no validation split: build the FeatureSource with "
+                            "val_x and val_y (the validation features and labels)")
+        return self.val_x, self.val_y
 
 
 class ImageSource:
@@ -81,7 +95,7 @@ class ImageSource:
         self.device, self.test_batch_size = torch.device(device), test_batch_size
         self.autocast = autocast or contextlib.nullcontext
         self.train_y = torch.tensor([y for _, y in dataset.train])
-        self._test = None
+        self._test = self._val = None
         self.show_progress = False  # a tqdm bar while the test split is encoded (set by the trainer)
         self.bank = self._build_bank(bank_views, seed, progress) if bank_views > 0 else None
 
@@ -119,26 +133,38 @@ class ImageSource:
     def test_set(self, progress=None):
         """Test features [M, E] and labels [M], encoded once and cached."""
         if self._test is None:
-            items = self.dataset.test
-            bar = None
-            if progress is None and self.show_progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=len(items), desc="test features", unit="image")
-                progress = bar.update
-            feats = []
-            for i in range(0, len(items), self.test_batch_size):
-                chunk = items[i:i + self.test_batch_size]
-                x = views([p for p, _ in chunk], False, self.size, self.mean, self.std,
-                          interpolation=self.interpolation, choices=self.choices, workers=self.workers)
-                feats.append(self.encode(x))
-                if progress is not None:
-                    progress(len(chunk))
-            if bar is not None:
-                bar.close()
-            labels = torch.tensor([y for _, y in items], device=self.device)
-            self._test = (torch.cat(feats), labels)
+            self._test = self._encode_views(self.dataset.test, "test features", progress)
         return self._test
+
+    def val_set(self, progress=None):
+        """Validation features [V, E] and labels [V], encoded as the test split (resize + centre crop),
+        once and cached; DatasetError (a UserError) when the dataset gives no validation images."""
+        if self._val is None:
+            if not getattr(self.dataset, "val", None):
+                raise no_val_error()
+            self._val = self._encode_views(self.dataset.val, "val features", progress)
+        return self._val
+
+    def _encode_views(self, items, desc: str, progress=None):
+        """(features [M, E], labels [M]) of the (path, label) items' test views, in test batches."""
+        bar = None
+        if progress is None and self.show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(items), desc=desc, unit="image")
+            progress = bar.update
+        feats = []
+        for i in range(0, len(items), self.test_batch_size):
+            chunk = items[i:i + self.test_batch_size]
+            x = views([p for p, _ in chunk], False, self.size, self.mean, self.std,
+                      interpolation=self.interpolation, choices=self.choices, workers=self.workers)
+            feats.append(self.encode(x))
+            if progress is not None:
+                progress(len(chunk))
+        if bar is not None:
+            bar.close()
+        labels = torch.tensor([y for _, y in items], device=self.device)
+        return torch.cat(feats), labels
 
 
 _AUGMENT_TENSOR = 4

@@ -53,8 +53,10 @@ class PaperDataset:
         return self.spec.template
 
     def to_image_folder(self, test_per_class: int | None = None) -> FewShotImageFolder:
-        """The train/test lists as the trainer's FewShotImageFolder; test_per_class caps the test
-        split per class with a seeded choice (all when None)."""
+        """The train/val/test lists as the trainer's FewShotImageFolder; test_per_class caps the test
+        split per class with a seeded choice (all when None). val is Dassl's few-shot val (min(shots, 4)
+        per class), carried over as it is; a dataset without a val split of its own (ImageNet, whose
+        official val is its test split) gives none: selecting on test images is no validation."""
         test = self.test
         if test_per_class is not None:
             rng, by_label = random.Random(self.seed), {}
@@ -66,7 +68,8 @@ class PaperDataset:
         return FewShotImageFolder(root=self.dataset_dir, folders=list(self.classnames), classnames=list(self.classnames),
                                   train=[(d.impath, d.label) for d in self.train],
                                   test=[(d.impath, d.label) for d in test], shots=self.shots, seed=self.seed,
-                                  test_per_class=test_per_class, has_test_split=True)
+                                  test_per_class=test_per_class, has_test_split=True,
+                                  val=[] if self.val is self.test else [(d.impath, d.label) for d in self.val])
 
 
 def _what(spec: DatasetSpec) -> str:

@@ -2,6 +2,7 @@
 
     losses, accs = evaluator.losses(space, cand, batch_index)   # cand [K, dim] → [K] (or [K, cost]), [K]
     pred, labels, loss = evaluator.predict(space, w)            # the test split, w [dim]
+    pred, labels, loss = evaluator.predict(space, w, "val")     # the few-shot validation split
 
 `cost` is the queries one candidate costs (1, or BPT-VLM's minibatches per epoch): the trainer
 asks the optimiser for (queries left) // cost candidates. `batch_index` is the optimiser's: the
@@ -76,8 +77,9 @@ class Evaluator:
     def losses(self, space, cand: torch.Tensor, batch_index: int):
         raise NotImplementedError
 
-    def predict(self, space, w: torch.Tensor):
-        """(predicted classes [M], labels [M], mean test loss or None) for the prompt of w [dim]."""
+    def predict(self, space, w: torch.Tensor, split: str = "test"):
+        """(predicted classes [M], labels [M], mean loss or None) for the prompt of w [dim] on `split`
+        ("test" or "val", see `check_split`)."""
         raise NotImplementedError
 
     def fingerprint(self) -> dict:
@@ -97,6 +99,16 @@ class Evaluator:
     def fused(self, space, optimizer, config, hooks):
         """A fused whole-step implementation (zipfast.engine.step) where one applies, else None."""
         return None
+
+
+SPLITS = ("test", "val")
+
+
+def check_split(split: str) -> str:
+    """split, if it is one a prediction can be made on ("test", "val"); ValueError otherwise."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: predict on 'test' or 'val'")
+    return split
 
 
 def adapt_config(config, model, encodes_images: bool):

@@ -25,7 +25,7 @@ from zipfast.engine.image import image_logits, losses_and_accuracy, make_image_e
 from zipfast.engine.towers import ImageTower
 from zipfast.engine.towers import ClassPrompts, TextTower
 from zipfast.errors import UserError
-from zipfast.evaluate.base import Evaluator, Task, shared_source
+from zipfast.evaluate.base import Evaluator, Task, check_split, shared_source
 
 log = logging.getLogger("zipfast.evaluate")
 
@@ -67,7 +67,7 @@ class ImageEvaluator(Evaluator):
             raise UserError(f"{key} is {size} but the model's image tower takes {tower.image_size} px; "
                             f"set it to {tower.image_size}")
         # every image opened and verified before the first query: a bad test image must not cost the budget
-        verify_images([p for p, _ in task.data.train + task.data.test], workers=c.num_workers or None,
+        verify_images([p for p, _ in task.data.train + task.data.test + task.data.val], workers=c.num_workers or None,
                       progress=task.progress)
         source, notes = shared_source(task, "pixels", lambda: build_pixel_source(
             task.data, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation, c.transforms, c.augment, task.device,
@@ -120,9 +120,11 @@ class ImageEvaluator(Evaluator):
             total_a = total_a + ac.cpu()
         return torch.stack(losses, 1), total_a / self.cost
 
-    def predict(self, space, w: torch.Tensor):
-        """Test batches through the prompted image tower; a space with BatchNorm (BlackVIP's decoder)
-        runs on its running statistics, as the official test()."""
+    def predict(self, space, w: torch.Tensor, split: str = "test"):
+        """Test (or, split "val", validation) batches through the prompted image tower; a space with
+        BatchNorm (BlackVIP's decoder) runs on its running statistics, as the official test()."""
+        n = self.config.test_batch_size
+        batches = self.source.val_batches(n) if check_split(split) == "val" else self.source.test_batches(n)
         w = w.unsqueeze(0)
         modes = hasattr(space, "eval")
         if modes:
@@ -130,7 +132,7 @@ class ImageEvaluator(Evaluator):
         text, scale = self._text(space, w), self.tower.logit_scale.detach()
         preds, trues, loss_sum = [], [], 0.0
         try:
-            for x, y in self.source.test_batches(self.config.test_batch_size):
+            for x, y in batches:
                 logits = image_logits(self.engine.features(space, w, x), text, scale)
                 loss, _ = losses_and_accuracy(logits, y, self.focal_gamma)
                 preds.append(logits[0].argmax(-1).cpu())

@@ -23,7 +23,7 @@ from zipfast.engine.batched import make_engine
 from zipfast.engine.text import autocast_for
 from zipfast.engine.towers import ClassPrompts, TextTower, init_context_from_text
 from zipfast.errors import UserError
-from zipfast.evaluate.base import SHARED_TRAJECTORY, Evaluator, Task, shared_source
+from zipfast.evaluate.base import SHARED_TRAJECTORY, Evaluator, Task, check_split, shared_source
 from zipfast.spaces.context import random_ctx0
 
 log = logging.getLogger("zipfast.evaluate")
@@ -79,9 +79,10 @@ class TextEvaluator(Evaluator):
         feats, labels = self.source.train_batch(idx, batch_index, c.seed)
         return self.engine.losses(space.contexts(cand), feats, labels.to(self.device))
 
-    def predict(self, space, w: torch.Tensor | None):
-        """One text pass for the prompt of w (a zero-shot run: its template); cached test features."""
-        feats, labels = self.source.test_set()
+    def predict(self, space, w: torch.Tensor | None, split: str = "test"):
+        """One text pass for the prompt of w (a zero-shot run: its template); cached features of the
+        split ("test", or "val": the few-shot validation split)."""
+        feats, labels = self.source.val_set() if check_split(split) == "val" else self.source.test_set()
         if self.zeroshot_text is not None:
             txt = self.zeroshot_text
         else:
@@ -133,15 +134,17 @@ def fused_setting() -> str:
 
 def feature_source(task: Task):
     """The image features of a task: the planted task's, or an image folder's encoded by the model's
-    image tower (test split once, training views per step or from the feature bank)."""
+    image tower (test and validation splits once, training views per step or from the feature bank)."""
     c, data = task.config, task.data
     if isinstance(data, PlantedTask):
-        data = FeatureSource(data.train_features, data.train_labels, data.test_features, data.test_labels)
+        data = FeatureSource(data.train_features, data.train_labels, data.test_features, data.test_labels,
+                             data.val_features, data.val_labels)
     elif isinstance(data, FewShotImageFolder):
         if len(data.classnames) != len(task.classnames):
             raise UserError(f"{len(task.classnames)} class names for a dataset of {len(data.classnames)} classes")
         # Fail before training, not after: a corrupt test image would otherwise surface at the end.
-        verify_images([p for p, _ in data.train + data.test], workers=c.num_workers or None, progress=task.progress)
+        verify_images([p for p, _ in data.train + data.test + data.val], workers=c.num_workers or None,
+                      progress=task.progress)
         bar = tqdm(total=len(data.train), desc="feature bank", unit="image",
                    disable=not (task.progress and c.feature_bank))
         args = (data, task.model, c.image_size, c.pixel_mean, c.pixel_std, c.interpolation, task.device,

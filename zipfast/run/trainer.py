@@ -200,20 +200,27 @@ class Trainer(BudgetedRun):
 
     # ------------------------------------------------------------------ evaluation
 
-    def test_predictions(self, w: torch.Tensor | None = None):
-        """(predicted classes [M], labels [M]) on the test split for the prompt of w (default: the
-        current point; a zero-shot run classifies with its template)."""
-        pred, labels, _ = self.evaluator.predict(self.space, self.w if w is None else w)
+    def test_predictions(self, w: torch.Tensor | None = None, split: str = "test"):
+        """(predicted classes [M], labels [M]) on the test split (or split "val": the few-shot validation
+        split) for the prompt of w (default: the current point; a zero-shot run classifies with its template)."""
+        pred, labels, _ = self.evaluator.predict(self.space, self.w if w is None else w, split)
         return pred, labels
 
-    def test_metrics(self, w: torch.Tensor | None = None) -> tuple[float, float | None]:
-        """(accuracy in %, mean test loss of the training objective, where the evaluator computes it)."""
-        pred, labels, loss = self.evaluator.predict(self.space, self.w if w is None else w)
+    def test_metrics(self, w: torch.Tensor | None = None, split: str = "test") -> tuple[float, float | None]:
+        """(accuracy in %, mean loss of the training objective, where the evaluator computes it) on the
+        test split, or on the validation split (split "val")."""
+        pred, labels, loss = self.evaluator.predict(self.space, self.w if w is None else w, split)
         return (100.0 * int((pred == labels).sum()) / len(labels) if len(labels) else 0.0), loss
 
-    def evaluate(self, w: torch.Tensor | None = None) -> float:
-        """Test accuracy (%) of the prompt of w (default: the current point)."""
-        return self.test_metrics(w)[0]
+    def evaluate(self, w: torch.Tensor | None = None, split: str = "test") -> float:
+        """Test accuracy (%) of the prompt of w (default: the current point); split "val": validation accuracy."""
+        return self.test_metrics(w, split)[0]
+
+    def val_accuracy(self, w: torch.Tensor | None = None) -> float:
+        """Accuracy (%) on the few-shot validation split (min(shots, 4) images per class; model selection,
+        e.g. `zipfast sweep`) of the prompt of w (default: the current point). A UserError (one line, what
+        to do) when the data gives no validation split."""
+        return self.test_metrics(w, "val")[0]
 
     # ------------------------------------------------------------------ checkpoints (layout v2, zipfast.run.state)
 
