@@ -126,6 +126,7 @@ LAYERS = (("zipfast.errors", "zipfast.env", "zipfast.io"),
           ("zipfast.methods",),
           ("zipfast.config",),
           ("zipfast.run",),
+          ("zipfast.sweep",),  # a grid of runs: above the run it sets up, below the commands
           ("zipfast.paper",),
           ("zipfast.backends", "zipfast.verify_gpu", "zipfast.commands", "zipfast.cli"))
 

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from zipfast.evaluate.image import ImageEvaluator
-from zipfast.methods.base import IMAGE_SEEDS, Method, MethodOptionError, Parts, Seeds
+from zipfast.methods.base import IMAGE_SEEDS, MINIBATCH_KEYS, Method, MethodOptionError, Parts, Seeds
 from zipfast.methods.bptvlm import positive, positive_int
 from zipfast.optim.bar_rgf import BARGradientFree
 from zipfast.spaces.frame import ReprogrammingFrame
@@ -107,4 +107,4 @@ def build(task, options: BAROptions, seeds: Seeds) -> Parts:
 METHOD = Method("bar", "BAR: a reprogramming frame around the image, one-sided random gradient-free", BAROptions,
                 "1 + q = 6 per step", build, ("image",), official=("BAR", "BAR"), official_keys=OFFICIAL_KEYS,
                 official_defaults=TRAIN_PY_DEFAULTS, paper_keys=PAPER_KEYS,
-                prompt_keys=("frame_size",), fit=fit)
+                prompt_keys=("frame_size",), fit=fit, config_keys=MINIBATCH_KEYS)

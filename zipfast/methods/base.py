@@ -57,6 +57,12 @@ class Method:
     check_config: Callable | None = None
     # resources(config, options, cache) → a pretrained module the space needs (BlackVIP's encoder) or None
     resources: Callable | None = None
+    # the flat TrainConfig fields (beyond the task's) a run of this method reads: what `zipfast sweep` may
+    # vary for it besides its options (zipfast.sweep.grid); "spsa_params" stands for its five elements
+    config_keys: tuple = ()
+    # the ZIP paper's hyperparameter search space of the method (Table 16): {sweep key: values}; empty where
+    # it is not built in (zipfast.sweep.grid.paper_grid refuses it)
+    paper_grid: Mapping[str, tuple] = field(default_factory=dict)
 
     @property
     def needs_images(self) -> bool:
@@ -86,6 +92,9 @@ class SeedTags(NamedTuple):
 # the image-side ones': fixed forever, as checkpoints and pinned trajectories depend on them.
 TEXT_SEEDS = SeedTags(space=10, params=12, optim=13, ctx0=11)
 IMAGE_SEEDS = SeedTags(space=20, params=21, optim=22)
+
+# Method.config_keys of every method that trains: its queries see minibatches of this size.
+MINIBATCH_KEYS = ("batch_size",)
 
 
 class Seeds:

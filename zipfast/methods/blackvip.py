@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from zipfast.data import synthetic
 from zipfast.evaluate.image import ImageEvaluator
-from zipfast.methods.base import IMAGE_SEEDS, Method, MethodOptionError, Parts, Seeds
+from zipfast.methods.base import IMAGE_SEEDS, MINIBATCH_KEYS, Method, MethodOptionError, Parts, Seeds
 from zipfast.methods.bptvlm import positive, positive_int
 from zipfast.optim.spsa_gc import SPSAGC
 from zipfast.spaces.coordinator import BACKBONES, CoordinatorPrompter, load_coordinator_encoder
@@ -108,4 +108,4 @@ METHOD = Method("blackvip", "BlackVIP: input-dependent visual prompt (MAE encode
                 BlackVIPOptions, "2·sp_avg = 10 per step", build, ("image",), official=("BlackVIP", "BLACKVIP"),
                 official_keys=OFFICIAL_KEYS, official_defaults=TRAIN_PY_DEFAULTS,
                 official_behaviour={"autocast": "official"}, paper_keys=PAPER_KEYS,
-                prompt_keys=("backbone", "src_dim", "p_eps"), resources=encoder)
+                prompt_keys=("backbone", "src_dim", "p_eps"), resources=encoder, config_keys=MINIBATCH_KEYS)

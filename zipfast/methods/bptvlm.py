@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from zipfast.data import synthetic
 from zipfast.env import check_memory
 from zipfast.evaluate.image import ImageEvaluator
-from zipfast.methods.base import IMAGE_SEEDS, Method, MethodOptionError, Parts, Seeds
+from zipfast.methods.base import IMAGE_SEEDS, MINIBATCH_KEYS, Method, MethodOptionError, Parts, Seeds
 from zipfast.optim.cma import BEST_RULES, PyCMA
 from zipfast.spaces.bptvlm import BPTVLMSpace
 
@@ -103,4 +103,5 @@ METHOD = Method("bptvlm", "BPT-VLM: CMA-ES over 5 text + 5 visual prompt tokens 
                 BPTVLMOptions, "pop_size × minibatches per epoch = 15 per generation", build, ("text", "image"),
                 official=("BPTVLM", "BPTVLM"), official_keys=OFFICIAL_KEYS, official_defaults=TRAIN_PY_DEFAULTS,
                 official_behaviour={"best": "running"}, paper_keys=PAPER_KEYS,
-                prompt_keys=("tokens_l", "tokens_v", "intrinsic_dim_l", "intrinsic_dim_v"), task_defaults=TASK_DEFAULTS)
+                prompt_keys=("tokens_l", "tokens_v", "intrinsic_dim_l", "intrinsic_dim_v"), task_defaults=TASK_DEFAULTS,
+                config_keys=MINIBATCH_KEYS)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from zipfast.env import check_memory
 from zipfast.methods.base import TEXT_SEEDS, Method, Parts, Seeds, need
-from zipfast.methods.zip import text_evaluator
+from zipfast.methods.zip import CONTEXT_KEYS, text_evaluator
 from zipfast.optim.sharpzo import GRAD_ESTIMATORS, MASK_ENDS, SharpZO
 from zipfast.spaces.context import ProjectionSpace
 
@@ -85,4 +85,4 @@ def build(task, options: SharpZOOptions, seeds: Seeds) -> Parts:
 
 METHOD = Method("sharpzo", "SharpZO: sharpness-aware CMA-ES, then sparse ZO-SGD with Z-pruning", SharpZOOptions,
                 "stage 1: 2·grad_dirs + popsize = 50 per generation (cge: 2·d + popsize); "
-                "stage 2: 2·pairs = 2 per step, + 2·grad_dirs every P steps", build)
+                "stage 2: 2·pairs = 2 per step, + 2·grad_dirs every P steps", build, config_keys=CONTEXT_KEYS)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from zipfast.errors import ConfigError
 from zipfast.evaluate.text import TextEvaluator
-from zipfast.methods.base import TEXT_SEEDS, Method, Parts, Seeds
+from zipfast.methods.base import MINIBATCH_KEYS, TEXT_SEEDS, Method, Parts, Seeds
 from zipfast.optim import SPSA
 from zipfast.spaces.context import ZIPSpace
 
@@ -21,6 +21,16 @@ OFFICIAL_KEYS = {"n_ctx": "TRAINER.ZIP.N_CTX", "ctx_init": "TRAINER.ZIP.CTX_INIT
                  "intrinsic_dim": "TRAINER.ZIP.INTRINSIC_DIM", "rank": "TRAINER.ZIP.RANK",
                  "opt_type": "TRAINER.BASIC.OPT_TYPE", "sp_avg": "TRAINER.BASIC.SP_AVG",
                  "spsa_params": "TRAINER.ZIP.SPSA_PARAMS", "moms": "TRAINER.ZIP.MOMS", "precision": "TRAINER.ZIP.PREC"}
+# The flat settings (Method.config_keys) that `text_evaluator`'s context and `zip_space` read, for every
+# method that uses them; ZIP's SPSA reads SPSA_KEYS besides.
+CONTEXT_KEYS = ("n_ctx", "ctx_init", *MINIBATCH_KEYS)
+SPACE_KEYS = (*CONTEXT_KEYS, "intrinsic_dim", "rank")
+SPSA_KEYS = ("opt_type", "perturbation", "sp_avg", "spsa_params", "moms")
+# The ZIP paper's search space for ZIP (Park et al., ICLR 2025, arXiv 2504.06838, appendix Table 16, the
+# hyperparameter search ranges, as issue 19 quotes it): initial step size a, step decay alpha, initial
+# perturbation c, perturbation decay gamma, intrinsic dimensionality and rank: 4·4·3·2·3·3 = 864 points.
+PAPER_GRID = {"a": (1.0, 0.1, 0.01, 0.005), "alpha": (0.6, 0.5, 0.4, 0.3), "c": (0.01, 0.005, 0.001),
+              "gamma": (0.2, 0.1), "intrinsic_dim": (500, 1000, 2000), "rank": (1, 3, 5)}
 
 
 @dataclass(frozen=True)
@@ -76,4 +86,5 @@ def build(task, options: ZIPOptions, seeds: Seeds) -> Parts:
 
 METHOD = Method("zip", "ZIP: low-rank Fastfood space, clipped SPSA (the official defaults)", ZIPOptions,
                 "2·sp_avg = 10 per step", build, official=("ZIP", "ZIP"), check_config=check_config,
+                config_keys=(*SPACE_KEYS, *SPSA_KEYS), paper_grid=PAPER_GRID,
                 hint="Lower the step size a (TRAINER.ZIP.SPSA_PARAMS[2]) or perturbation c, or use precision fp32.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zipfast.methods.base import TEXT_SEEDS, Method, Parts, Seeds, need
-from zipfast.methods.zip import text_evaluator, zip_space
+from zipfast.methods.zip import SPACE_KEYS, text_evaluator, zip_space
 from zipfast.optim.cma import PyCMA
 
 
@@ -36,4 +36,4 @@ def build(task, options: ZIPCMAOptions, seeds: Seeds) -> Parts:
 
 
 METHOD = Method("zip-cma", "ZIP's low-rank Fastfood space searched by CMA-ES (an ablation of ZIP's optimiser)",
-                ZIPCMAOptions, "popsize = 20 per generation", build)
+                ZIPCMAOptions, "popsize = 20 per generation", build, config_keys=SPACE_KEYS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zipfast.methods.base import TEXT_SEEDS, Method, Parts, Seeds, need
-from zipfast.methods.zip import text_evaluator, zip_space
+from zipfast.methods.zip import SPACE_KEYS, text_evaluator, zip_space
 from zipfast.optim.zo_sgd import ZOSGD
 
 
@@ -31,4 +31,4 @@ def build(task, options: ZOSGDOptions, seeds: Seeds) -> Parts:
 
 
 METHOD = Method("zo-sgd", "ZO-SGD: Gaussian two-point estimator on ZIP's space, no clipping", ZOSGDOptions,
-                "2·pairs = 10 per step", build)
+                "2·pairs = 10 per step", build, config_keys=SPACE_KEYS)
