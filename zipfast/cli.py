@@ -199,6 +199,14 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--pretrained", default=None, help="weights (default: none on the built-in tasks, else openai)")
     w.add_argument("--method-opt", action="append", default=None, metavar="METHOD.KEY=VALUE",
                    help="a fixed option of one method for every run, e.g. bar.focal_g=0 (repeatable)")
+    w.add_argument("--test-per-class", type=int, default=None,
+                   help="cap on test images per class (default: every test image; an image folder without val/ or "
+                        "test/ draws its validation images from what the cap leaves)")
+    w.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS",
+                   help="steps between each run's checkpoints, what a killed sweep continues from (default: "
+                        "%(default)s)")
+    w.add_argument("--skip-invalid", action="store_true",
+                   help="leave out grid points whose settings are invalid together (default: refuse the grid)")
     w.add_argument("--group-size", type=int, default=32, metavar="R",
                    help="runs stepped together at most (memory: docs/sweep.md; default: %(default)s)")
     w.add_argument("--eval-every", type=int, default=None, metavar="N",

@@ -309,30 +309,31 @@ def sweep(args, entry) -> int:
     from zipfast.config import TrainConfig
     from zipfast.sweep import grid as grids
     from zipfast.sweep.report import write_outputs
-    from zipfast.sweep.runner import plan, sweep as run_sweep
+    from zipfast.sweep.runner import sweep as run_sweep
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     grid, seeds, methods = grids.from_command_line(args.grid or [], methods, args.seeds)
     from zipfast.run.compare import check_methods
 
-    check_methods(list(grid), args.data)
-    fixed = _method_options(args.method_opt, list(grid), "sweep")
+    check_methods(methods, args.data)
+    fixed = _method_options(args.method_opt, methods, "sweep")
     if args.output_dir is None:
         args.output_dir = f"runs/sweep-{Path(args.data.rstrip('/')).name or 'data'}"
     planted, generated = args.data in PLANTED, args.data == synthetic.NAME
     model = "zipfast-planted" if planted else synthetic.MODEL if generated else TrainConfig.model
-    base = TrainConfig(method=next(iter(grid)), model=args.model or model,
+    base = TrainConfig(method=methods[0], model=args.model or model,
                        pretrained=args.pretrained or ("none" if planted or generated else "openai"), dataset=args.data,
                        budget=args.budget, shots=args.shots, batch_size=args.batch_size, device=args.device or "auto",
-                       backend=args.backend or "auto", checkpoint_every=0).validate()
-    specs = grids.expand(grid, seeds)
-    base_for = {m: dataclasses.replace(base, method=m, method_options=fixed.get(m) or {}) for m in grid}
-    specs = grids.check_runs(specs, base_for)
+                       backend=args.backend or "auto", checkpoint_every=args.checkpoint_every,
+                       test_per_class=args.test_per_class).validate()
+    base_for = {m: dataclasses.replace(base, method=m, method_options=fixed.get(m) or {}) for m in methods}
+    specs = [s for m in methods for s in grids.check_runs(grids.expand({m: grid[m]}, seeds), base_for[m],
+                                                          skip_invalid=args.skip_invalid)[0]]
     axes = tuple(a.strip() for a in args.heatmap.split(",")) if args.heatmap else None
     if axes is not None and len(axes) != 2:
         raise ConfigError(f"--heatmap takes two grid keys KEY1,KEY2, got {args.heatmap!r}")
     say = (lambda line: print(line, file=sys.stderr, flush=True))
-    only = [int(g) for g in args.groups.split(",")] if args.groups else None
+    only = _int_list("--groups", args.groups) if args.groups else None
     if args.ray is not None and only is None:
         return _sweep_on_ray(args, entry, specs, base_for, say)
     t0 = time.perf_counter()
@@ -357,7 +358,13 @@ def _sweep_on_ray(args, entry, specs, base_for, say) -> int:
 
     groups = plan(specs, [apply(s, base_for[s.method]) for s in specs], args.group_size)
     argv = _without_ray(list(args.argv))
+    args.overwrite = False  # done once, below; the tables at the end read what the tasks wrote
     runner = RayRunner(entry, args.ray, args.cpus_per_group, args.gpus_per_group, fn=run_group_job)
+    from zipfast.sweep.runner import sweep as run_sweep
+
+    # here, once: --overwrite, the settings check and sweep.json (no group runs: groups=[])
+    run_sweep(base_for, specs, args.output_dir, group_size=args.group_size, eval_every=args.eval_every, load=load,
+              progress=False, overwrite=args.overwrite, groups=[])
     say(f"zipfast sweep: {len(specs)} runs in {len(groups)} group(s), one Ray task each")
     jobs = [Job([*argv, "--groups", str(g), "--no-progress"], args.output_dir, {"group": g}) for g in range(len(groups))]
     results = runner.run(jobs, progress=not args.no_progress)

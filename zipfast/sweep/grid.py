@@ -640,3 +640,41 @@ def load_grid_file(path, methods: Sequence[str] | None = None) -> tuple[dict[str
         return split_grid(grid, chosen, "grid"), seeds, file_methods
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------ the command line
+
+# The TrainConfig fields a grid may set: they differ between a sweep's runs by design
+GRID_FIELDS = tuple(sorted({f for m in METHODS.values() for f in m.config_keys}))
+DEFAULT_METHODS, DEFAULT_SEEDS = ("zip",), (1,)
+
+
+def from_command_line(items: Sequence[str], methods: Sequence[str] | None,
+                      seeds: str | None) -> tuple[dict[str, dict[str, list]], list[int], list[str]]:
+    """(grid_by_method, seeds, methods) of `zipfast sweep`'s --grid items, --methods and --seeds.
+
+    An item is `paper` (each method's paper_grid), a grid file (*.yaml / *.yml: load_grid_file; its
+    methods and seeds apply unless --methods / --seeds are given) or KEY=v1,v2 (parse_grid). KEY items
+    replace the axes of the same key that paper or a file gave. Defaults: zip, seed 1, no grid (one run
+    per method and seed at its settings)."""
+    files = [i for i in items if i.strip().lower().endswith((".yaml", ".yml"))]
+    paper = any(i.strip() == "paper" for i in items)
+    keys = [i for i in items if i not in files and i.strip() != "paper"]
+    if len(files) > 1:
+        raise ConfigError(f"--grid: {len(files)} grid files given ({', '.join(map(_label, files))}); give one")
+    by_method: dict[str, dict[str, list]] = {}
+    file_seeds = file_methods = None
+    if files:
+        by_method, file_seeds, file_methods = load_grid_file(files[0], methods)
+    chosen = _check_methods(list(methods or file_methods or list(by_method) or DEFAULT_METHODS), "--methods")
+    by_method = {m: dict(by_method.get(m, {})) for m in chosen}
+    if paper:
+        for m in chosen:
+            by_method[m].update(paper_grid(m))
+    if keys:
+        for m, axes in split_grid(parse_grid(keys), chosen).items():
+            by_method[m].update(axes)
+    seed_list = parse_seeds(seeds) if seeds is not None else list(file_seeds or DEFAULT_SEEDS)
+    for m, axes in by_method.items():
+        _check_size(axes, f"--grid ({m})")
+    return {m: dict(sorted(a.items())) for m, a in by_method.items()}, seed_list, chosen

@@ -183,9 +183,18 @@ def plan(specs: Sequence, cfgs: Sequence[TrainConfig], group_size: int) -> list[
 
 
 def _task(cfg: TrainConfig, load, cache: dict):
+    """(model, tokenizer, classnames, data) of the runs of cfg's group_key, loaded once; a task without
+    validation images is refused here, before any run (the selection needs them)."""
+    from zipfast.data.imagefolder import FewShotImageFolder
+    from zipfast.errors import DatasetError
+
     key = ("task", group_key(cfg))
     if key not in cache:
-        cache[key] = (load or task.load)(cfg)
+        got = (load or task.load)(cfg)
+        if isinstance(got[3], FewShotImageFolder) and not got[3].val:
+            raise DatasetError(f"{cfg.dataset!r} gives no validation images, which the sweep selects on: add a val/ "
+                               "folder, or pass --test-per-class N so that images are left for validation")
+        cache[key] = got
     return cache[key]
 
 
@@ -199,26 +208,41 @@ def _drop_task(cache: dict, cfg: TrainConfig) -> None:
 
 
 def _run_group(specs, cfgs, folders, states, load, cache, eval_every, progress, desc) -> None:
+    """Build the group's trainers (a run that cannot be built, e.g. a grid point whose space does not
+    fit the model, is recorded as failed), run them together, then each final prompt's validation
+    accuracy."""
+    from zipfast.errors import UserError
     from zipfast.run.trainer import Trainer
 
-    trainers = []
+    trainers, kept = [], []
     for spec, cfg, folder, st in zip(specs, cfgs, folders, states):
         model, tokenizer, classnames, data = _task(cfg, load, cache)
-        run_dir = RunDir(folder, "resume" if st == "stopped" else "overwrite")
-        t = Trainer(model, classnames, dataclasses.replace(cfg, output_dir=str(folder)), data, tokenizer=tokenizer,
-                    progress=False, cache=cache, output_dir=run_dir)
-        if st == "stopped":
-            t.load_checkpoint(folder / CHECKPOINT_NAME)
+        try:
+            run_dir = RunDir(folder, "resume" if st == "stopped" else "overwrite")
+            t = Trainer(model, classnames, dataclasses.replace(cfg, output_dir=str(folder)), data, tokenizer=tokenizer,
+                        progress=False, cache=cache, output_dir=run_dir)
+            if st == "stopped":
+                t.load_checkpoint(folder / CHECKPOINT_NAME)
+        except (UserError, ValueError) as e:
+            _failed(folder, e)
+            continue
         t.step_hooks.append(EvalEvery(eval_every, folder, resume_point=False))
         trainers.append(t)
+        kept.append(folder)
     results = RunGroup(trainers, progress=progress, desc=desc).fit()
-    for t, folder, got in zip(trainers, folders, results):
+    for t, folder, got in zip(trainers, kept, results):
         if isinstance(got, Exception):
-            msg = " ".join(str(got).split())
-            log.warning("%s: left the sweep: %s", folder.name, msg)
-            save_json({"val_acc": None, "error": f"{type(got).__name__}: {msg}"}, folder / SELECTION_FILE)
+            _failed(folder, got)
             continue
         save_json({"val_acc": round(t.val_accuracy(), 4)}, folder / SELECTION_FILE)
+
+
+def _failed(folder: Path, error: BaseException) -> None:
+    """A run that left the sweep: its error in selection.json (a rerun does not retry it), one line."""
+    msg = " ".join(str(error).split())
+    log.warning("%s: left the sweep: %s", folder.name, msg)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json({"val_acc": None, "error": f"{type(error).__name__}: {msg}"}, folder / SELECTION_FILE)
 
 
 def read_record(spec, folder: Path) -> dict:
