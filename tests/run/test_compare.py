@@ -146,16 +146,22 @@ PLANTED_ARGS = ["compare", "--methods", "zip", "--seeds", "1,2", "--budget", "40
 
 @pytest.fixture
 def fits(monkeypatch):
-    """[(method, seed)] of every Trainer.fit() call (a run trained or continued, not read back)."""
+    """[(method, seed)] of every run trained or continued (not read back): Trainer.fit() or in a RunGroup."""
+    from zipfast.run.group import RunGroup
     from zipfast.run.trainer import Trainer
 
-    calls, fit = [], Trainer.fit
+    calls, fit, group_fit = [], Trainer.fit, RunGroup.fit
 
     def counted(self):
         calls.append((self.config.method, self.config.seed))
         return fit(self)
 
+    def counted_group(self):
+        calls.extend((t.config.method, t.config.seed) for t in self.trainers)
+        return group_fit(self)
+
     monkeypatch.setattr(Trainer, "fit", counted)
+    monkeypatch.setattr(RunGroup, "fit", counted_group)
     return calls
 
 
@@ -190,27 +196,28 @@ def test_interrupted_compare_keeps_finished_runs_and_the_same_command_continues(
     capsys.readouterr()
     assert main(argv) == 130
     err = capsys.readouterr().err
-    first = out / "runs" / "zip-seed1"
-    assert (first / "report.json").is_file() and (first / "curve.jsonl").is_file()
-    assert (out / "runs" / "zip-seed2" / "checkpoint.safetensors").is_file()
-    assert not (out / "runs" / "zip-seed2" / "report.json").exists()
+    # both seeds share the planted task: one run group, both stopped after the same round, both checkpointed
+    for seed in (1, 2):
+        assert (out / "runs" / f"zip-seed{seed}" / "checkpoint.safetensors").is_file()
+        assert not (out / "runs" / f"zip-seed{seed}" / "report.json").exists()
     line = err.strip().splitlines()[-1]
-    assert "stopped by SIGINT during run 2 of 2 (zip seed 2" in line and "nothing saved" not in line
-    assert "1 finished run kept" in line and "zip-seed1" in line
+    assert "stopped by SIGINT during group 1 of 1 (zip seed 1, zip seed 2" in line
+    assert "2 of its runs have a checkpoint" in line and "nothing saved" not in line
     assert line.endswith("continue with the same command: zipfast " + " ".join(argv))
 
     monkeypatch.setattr(EvalEvery, "__call__", call)
-    stamp = (first / "report.json").stat().st_mtime_ns
     fits.clear()
     assert main(argv) == 0
-    assert fits == [("zip", 2)]  # the finished run is read back, the stopped one continues
-    assert (first / "report.json").stat().st_mtime_ns == stamp
+    assert fits == [("zip", 1), ("zip", 2)]  # both continue from their checkpoints
+    first = out / "runs" / "zip-seed1"
+    stamp = (first / "report.json").stat().st_mtime_ns
     assert _numbers(out) == _numbers(ref)  # same numbers as the uninterrupted compare, curves included
     assert (out / "compare.md").read_text().splitlines()[2].split("|")[1:5] == \
         (ref / "compare.md").read_text().splitlines()[2].split("|")[1:5]
 
     fits.clear()
     assert main(argv) == 0 and fits == []  # all finished: nothing trains
+    assert (first / "report.json").stat().st_mtime_ns == stamp  # read back, not rewritten
 
 
 def test_rerun_with_other_settings_in_the_same_folder_exits_2_naming_them(tmp_path, capsys):

@@ -101,9 +101,7 @@ def run_state(folder: Path | None) -> str:
 
 def _task(cfg: TrainConfig, load: Callable | None, cache: dict):
     """(model, tokenizer, classnames, data) of cfg, loaded once per cache."""
-    # The frozen model and the task do not depend on the method; on the planted task not on the seed either.
-    key = (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
-           None if cfg.dataset in PLANTED_TASKS else cfg.seed)
+    key = task.task_key(cfg)
     if key not in cache:
         cache[key] = (load or task.load)(cfg)
     return cache[key]
@@ -126,14 +124,25 @@ def run_one(cfg: TrainConfig, load: Callable | None, eval_every: int, progress: 
     across calls (models, tasks, encoders). folder: the run's folder (run_folder): a finished run is
     read back from it, a stopped one continues from its checkpoint; None: nothing written.
     """
-    from zipfast.run.trainer import Trainer
-
     folder = Path(folder) if folder is not None else None
     state = run_state(folder)
     if state == "finished":
-        report = json.loads((folder / REPORT_NAME).read_text())
-        return _record(report, [(p["queries"], p["test_acc"]) for p in read_curve(folder)])
-    cache = {} if cache is None else cache
+        return read_back(folder)
+    trainer, curve = _trainer(cfg, load, eval_every, progress, {} if cache is None else cache, folder, state)
+    report = trainer.fit()
+    return _record(report, [(p["queries"], p["test_acc"]) for p in curve.points])
+
+
+def read_back(folder: Path) -> dict:
+    """The record of a finished run, from its folder."""
+    report = json.loads((folder / REPORT_NAME).read_text())
+    return _record(report, [(p["queries"], p["test_acc"]) for p in read_curve(folder)])
+
+
+def _trainer(cfg: TrainConfig, load, eval_every: int, progress: bool, cache: dict, folder: Path | None, state: str):
+    """(Trainer, its EvalEvery curve hook) of one run: a stopped one continues from its checkpoint."""
+    from zipfast.run.trainer import Trainer
+
     model, tokenizer, classnames, data = _task(cfg, load, cache)
     # a folder that holds a run without a checkpoint (killed before one was written) starts over
     run_dir = RunDir(folder, "resume" if state == "stopped" else "overwrite") if folder is not None else None
@@ -144,8 +153,30 @@ def run_one(cfg: TrainConfig, load: Callable | None, eval_every: int, progress: 
     # at 0, every eval_every queries and at the end; not training time; a resume adds no point of its own
     curve = EvalEvery(eval_every, folder, resume_point=False)
     trainer.step_hooks.append(curve)
-    report = trainer.fit()
-    return _record(report, [(p["queries"], p["test_acc"]) for p in curve.points])
+    return trainer, curve
+
+
+def run_grouped(cfgs: Sequence[TrainConfig], folders: Sequence, states: Sequence[str], load, eval_every: int,
+                progress: bool, cache: dict) -> list[dict]:
+    """The runs of one task key stepped together (zipfast.run.group; each run exactly as alone); finished
+    ones read back. The first run that failed raises its error once the others are done."""
+    from zipfast.run.group import RunGroup
+
+    records: list = [None] * len(cfgs)
+    built = []
+    for i, (cfg, folder, st) in enumerate(zip(cfgs, folders, states)):
+        if st == "finished":
+            records[i] = read_back(folder)
+        else:
+            built.append((i, *_trainer(cfg, load, eval_every, False, cache, folder, st)))
+    if built:
+        results = RunGroup([t for _, t, _ in built], progress=progress, desc=f"{len(built)} run(s)").fit()
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        for (i, _, curve), report in zip(built, results):
+            records[i] = _record(report, [(p["queries"], p["test_acc"]) for p in curve.points])
+    return records
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
@@ -233,14 +264,24 @@ def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[s
     if log is not None:
         for line in estimate_lines(estimate(cfgs, states, lambda c: _task(c, load, cache), eval_every, cache)):
             log(line)
-    for i, (cfg, folder, st) in enumerate(zip(cfgs, folders, states), 1):
+    # runs that share a model and a task step together (one group per task key), each as it would alone
+    keys = list(dict.fromkeys(task.task_key(c) for c in cfgs))
+    done: list[dict] = []
+    records: dict[int, dict] = {}
+    for g, key in enumerate(keys, 1):
+        ids = [i for i, c in enumerate(cfgs) if task.task_key(c) == key]
         if progress:
-            how = {"finished": ": finished, read from its folder", "stopped": ": continues from its checkpoint"}
-            print(f"[{i}/{len(cfgs)}] {cfg.method} seed {cfg.seed}{how.get(st, '')}", flush=True)
+            how = {"finished": " (finished, read back)", "stopped": " (continues from its checkpoint)"}
+            print(f"[group {g}/{len(keys)}] " + ", ".join(f"{cfgs[i].method} seed {cfgs[i].seed}{how.get(states[i], '')}"
+                                                          for i in ids), flush=True)
         try:
-            runs.append(run_one(cfg, load, eval_every, progress, cache, folder))
-        except KeyboardInterrupt as e:  # RunInterrupted (a checkpoint), or a signal outside the step loop
-            raise CompareInterrupted(e, cfg, i, len(cfgs), folder, runs, out) from None
+            got = run_grouped([cfgs[i] for i in ids], [folders[i] for i in ids], [states[i] for i in ids], load,
+                              eval_every, progress, cache)
+        except KeyboardInterrupt as e:  # GroupInterrupted (checkpoints), or a signal outside the step loop
+            raise CompareInterrupted(e, [cfgs[i] for i in ids], g, len(keys), out, done) from None
+        records.update(zip(ids, got))
+        done += got
+    runs = [records[i] for i in range(len(cfgs))]
     rows = summarise(runs, methods, targets)
     if out is not None:
         write_outputs(out, runs, rows, targets, base)
@@ -251,27 +292,22 @@ class CompareInterrupted(RunInterrupted):
     """A signal stopped a compare: the message names the finished runs kept, the run stopped and
     where its checkpoint is (the CLI adds the command that continues)."""
 
-    def __init__(self, cause: KeyboardInterrupt, cfg: TrainConfig, i: int, n: int, folder: Path | None,
-                 done: list[dict], out: Path | None):
+    def __init__(self, cause: KeyboardInterrupt, cfgs: Sequence[TrainConfig], g: int, n: int, out: Path | None,
+                 done: list[dict]):
         self.signum = getattr(cause, "signum", signal.SIGINT)
         self.signal_name = getattr(cause, "signal_name", "SIGINT")
-        self.step, self.queries = getattr(cause, "step", None), getattr(cause, "queries", None)
-        self.checkpoint = getattr(cause, "checkpoint", None)
-        what = f"stopped by {self.signal_name} during run {i} of {n} ({cfg.method} seed {cfg.seed}"
-        if self.checkpoint is not None:
-            what += f"; its checkpoint: step {self.step}, {self.queries} queries, in {folder})"
-        elif folder is not None and (folder / CHECKPOINT_NAME).is_file():
-            what += f", not checkpointed now: it continues from its last checkpoint in {folder})"
-        else:
-            what += ", not checkpointed: it starts over)"
+        self.step = self.queries = self.checkpoint = None
+        names = ", ".join(f"{c.method} seed {c.seed}" for c in cfgs)
+        what = f"stopped by {self.signal_name} during group {g} of {n} ({names}"
         if out is None:
-            saved = "nothing saved (no output directory)"
-        elif done:
-            names = ", ".join(f"{r['method']}-seed{r['seed']}" for r in done)
-            saved = f"{len(done)} finished run{'s' if len(done) > 1 else ''} kept in {out / RUNS_DIR} ({names})"
+            what += "); nothing saved (no output directory)"
         else:
-            saved = "no run finished yet"
-        KeyboardInterrupt.__init__(self, f"{what}; {saved}")
+            saved = sum((run_folder(out, c.method, c.seed) / CHECKPOINT_NAME).is_file() for c in cfgs)
+            what += f"; {saved} of its runs have a checkpoint in {out / RUNS_DIR} and continue from it)"
+            if done:
+                names = ", ".join(f"{r['method']}-seed{r['seed']}" for r in done)
+                what += f"; {len(done)} finished run{'s' if len(done) > 1 else ''} kept ({names})"
+        KeyboardInterrupt.__init__(self, what)
 
 
 def _settings(base: TrainConfig, eval_every: int, method_options: dict) -> dict:

@@ -62,6 +62,15 @@ def load(cfg, task_seed: int = 0):
     return (*_seeded_model(cfg), data.classnames, data)
 
 
+def task_key(cfg) -> tuple:
+    """Runs whose configs share this key load the same (model, tokenizer, classnames, data): the frozen
+    model and the task do not depend on the method or its settings, and on the planted task not on the
+    seed either (a random model of an image task is seeded by the run seed, its few-shot split too).
+    compare and sweep load a task once per key, and step its runs together (zipfast.run.group)."""
+    return (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
+            None if cfg.dataset in PLANTED_TASKS else cfg.seed)
+
+
 def _seeded_model(cfg):
     """(model, tokenizer); a checkpoint holds no model weights: a random init (pretrained none) is
     seeded by the run seed, so that `eval` rebuilds the very model `train` used."""

@@ -1,7 +1,7 @@
 """Running a sweep: its runs (zipfast.sweep.grid.RunSpec) in run groups, each run in its own folder.
 
 Runs that share a model (the same model, weights, task and, off the planted task, data seed:
-`group_key`) go in groups of at most `group_size` (zipfast.run.group.RunGroup), so a minibatch's
+`zipfast.run.task.task_key`) go in groups of at most `group_size` (zipfast.run.group.RunGroup), so a minibatch's
 image pass and every round's text pass serve all of them. Each run is an ordinary run: its folder
 (`<out>/runs/<spec name>/`) holds log.jsonl, checkpoint.safetensors, report.json and curve.jsonl as
 `zipfast train` writes them, and `selection.json` ({"val_acc"}: the validation accuracy of its
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from zipfast.config import ConfigError, TrainConfig
-from zipfast.data.classnames import PLANTED_TASKS
 from zipfast.io import save_json
 from zipfast.run import task
 from zipfast.run.checkpoint import CHECKPOINT_NAME
@@ -35,14 +34,6 @@ log = logging.getLogger("zipfast.sweep")
 RUNS_DIR, SETTINGS_FILE, SELECTION_FILE, RESULTS_FILE = "runs", "sweep.json", "selection.json", "runs.jsonl"
 # TrainConfig fields a sweep's runs may differ in (the grid's and the per-run ones); every other one is shared
 PER_RUN = ("method", "seed", "output_dir", "method_options", "checkpoint_every")
-
-
-def group_key(cfg: TrainConfig) -> tuple:
-    """Runs with the same key run on one model and one task: the frozen model and the task do not
-    depend on the method or its settings; on the planted task not on the seed either (a random
-    model of an image task is seeded by the run seed, and the few-shot split by the data seed)."""
-    return (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
-            None if cfg.dataset in PLANTED_TASKS else cfg.seed)
 
 
 def run_state(folder: Path) -> str:
@@ -100,8 +91,7 @@ class SweepInterrupted(RunInterrupted):
         self.step = self.queries = None
         self.checkpoint = None
         KeyboardInterrupt.__init__(self, f"sweep stopped by {self.signal_name}: {done} of {total} runs finished, the "
-                                         f"runs in progress saved their checkpoints under {out / RUNS_DIR}; the same "
-                                         "command continues")
+                                         f"runs in progress saved their checkpoints under {out / RUNS_DIR}")
 
 
 def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eval_every: int | None = None,
@@ -127,6 +117,11 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
     plan_ = plan(specs, cfgs, group_size)
     folders = {s.name: out / RUNS_DIR / s.name for s in specs}
     states = {s.name: run_state(folders[s.name]) for s in specs}
+    cache: dict = {}
+    first = next((m[0] for g, m in enumerate(plan_) if (groups is None or g in groups)
+                  and any(states[specs[i].name] != "finished" for i in m)), None)
+    if first is not None:  # the task loads (and is checked) before anything is announced or written
+        _task(cfgs[first], load, cache)
     if announce is not None:
         todo = sum(states[s.name] != "finished" for s in specs)
         announce(f"zipfast sweep: {len(specs)} runs ({todo} to run, {len(specs) - todo} finished) in "
@@ -136,7 +131,6 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
     mine = settings(bases, eval_every)
     mine["fixed_options"] = {**previous.get("fixed_options", {}), **mine["fixed_options"]}
     save_json({**mine, "runs": sorted(set(previous.get("runs", [])) | {s.name for s in specs})}, out / SETTINGS_FILE)
-    cache: dict = {}
     done = sum(states[s.name] == "finished" for s in specs)
     t0 = time.perf_counter()
     for g, members in enumerate(plan_):
@@ -152,7 +146,7 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
         except (GroupInterrupted, KeyboardInterrupt) as e:
             raise SweepInterrupted(e, done, len(specs), out) from None
         done += len(todo)
-        if not any(group_key(cfgs[i]) == group_key(cfgs[j]) for i in todo for j in _later(plan_, g)):
+        if not any(task.task_key(cfgs[i]) == task.task_key(cfgs[j]) for i in todo for j in _later(plan_, g)):
             _drop_task(cache, cfgs[todo[0]])
     records = [read_record(s, folders[s.name]) for s in specs]
     if groups is None:
@@ -174,11 +168,11 @@ def _later(plan_, g):
 
 
 def plan(specs: Sequence, cfgs: Sequence[TrainConfig], group_size: int) -> list[list[int]]:
-    """Indices of the specs in groups: by `group_key` (first appearance order), then in slices of
+    """Indices of the specs in groups: by `zipfast.run.task.task_key` (first appearance order), then in slices of
     at most group_size in the specs' order."""
     by_key: dict[tuple, list[int]] = {}
     for i, c in enumerate(cfgs):
-        by_key.setdefault(group_key(c), []).append(i)
+        by_key.setdefault(task.task_key(c), []).append(i)
     return [ids[k:k + group_size] for ids in by_key.values() for k in range(0, len(ids), group_size)]
 
 
@@ -188,7 +182,7 @@ def _task(cfg: TrainConfig, load, cache: dict):
     from zipfast.data.imagefolder import FewShotImageFolder
     from zipfast.errors import DatasetError
 
-    key = ("task", group_key(cfg))
+    key = ("task", task.task_key(cfg))
     if key not in cache:
         got = (load or task.load)(cfg)
         if isinstance(got[3], FewShotImageFolder) and not got[3].val:
@@ -200,7 +194,7 @@ def _task(cfg: TrainConfig, load, cache: dict):
 
 def _drop_task(cache: dict, cfg: TrainConfig) -> None:
     """The task of a finished key and the sources built on it leave the cache (memory)."""
-    got = cache.pop(("task", group_key(cfg)), None)
+    got = cache.pop(("task", task.task_key(cfg)), None)
     if got is not None:
         data = got[3]
         for k in [k for k, v in cache.items() if isinstance(v, tuple) and len(v) == 3 and v[1] is data]:

@@ -1,0 +1,178 @@
+"""`zipfast sweep` end to end on the planted task: each run's folder is the run alone, the choice is the
+best mean validation accuracy, a killed or interrupted sweep continues bit for bit, a grid extends, and
+bad inputs are one line (exit 2)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zipfast.cli import main
+from zipfast.sweep.report import configurations, heat_grid, select
+
+ARGS = ["sweep", "--data", "planted", "--grid", "a=0.01,0.1", "--seeds", "1,2", "--budget", "30", "--shots", "8",
+        "--test-per-class", "10", "--eval-every", "10", "--no-progress", "--threads", "1"]
+TIMES = ("train_s",)
+
+
+def _records(out: Path):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMES}
+            for line in (out / "runs.jsonl").read_text().splitlines()]
+
+
+def _log(folder: Path):
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+            for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "ref"
+    assert main([*ARGS, "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_outputs_selection_and_each_run_equals_the_run_alone(reference, tmp_path):
+    from zipfast.config import TrainConfig
+    from zipfast.run.task import load
+    from zipfast.run.trainer import Trainer
+    from zipfast.sweep.grid import RunSpec, apply
+
+    recs = _records(reference)
+    assert [r["name"] for r in recs] == ["zip-a0.01-seed1", "zip-a0.01-seed2", "zip-a0.1-seed1", "zip-a0.1-seed2"]
+    means = {}
+    for r in recs:
+        assert r["error"] is None and 0 <= r["val_acc"] <= 100 and r["queries"] == 30
+        means.setdefault(r["config"], []).append(r["val_acc"])
+    best = max(means, key=lambda k: sum(means[k]) / 2)
+    table = (reference / "sweep.md").read_text()
+    chosen_a = best.split("-a")[1]
+    assert f"| zip | 2 | 0 | a={chosen_a} |" in table
+    for r in recs:
+        if r["config"] == best:
+            assert f"{r['seed']}: {r['test_acc']:.1f}" in table
+    with open(reference / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["a"]) for r in rows] == [0.01, 0.1] and all(float(r["val_n"]) == 2 for r in rows)
+    assert (reference / "sweep.png").stat().st_size > 10_000
+
+    # one run of the sweep made alone with the same settings: the same log and report (but times)
+    base = TrainConfig(method="zip", model="zipfast-planted", pretrained="none", dataset="planted", budget=30, shots=8,
+                       batch_size=128, test_per_class=10, checkpoint_every=50)
+    spec = RunSpec("zip", 2, (("a", 0.1),))
+    cfg = apply(spec, base)
+    model, tok, names, data = load(cfg)
+    alone = Trainer(model, names, cfg, data, tokenizer=tok, progress=False, output_dir=tmp_path / "alone").fit()
+    folder = reference / "runs" / spec.name
+    ours = json.loads((folder / "report.json").read_text())
+    skip = ("wall_time_s", "queries_per_s", "fallbacks", "config", "threads")  # threads: this process's
+    assert {k: v for k, v in ours.items() if k not in skip} == {k: v for k, v in alone.items() if k not in skip}
+    assert {k: v for k, v in ours["config"].items() if k != "output_dir"} == \
+        {k: v for k, v in alone["config"].items() if k != "output_dir"}
+    assert _log(folder) == _log(tmp_path / "alone")
+
+
+def test_killed_sweep_continues_bit_for_bit(reference, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "zipfast.cli", *ARGS, "--output-dir", str(out), "--group-size", "2",
+           "--checkpoint-every", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = out / "runs" / "zip-a0.1-seed1" / "checkpoint.safetensors"  # the second group's first checkpoint
+    deadline = time.monotonic() + 300
+    while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert second.exists(), "the sweep ended before its second group checkpointed"
+    assert not (out / "runs.jsonl").exists()
+    assert main([*ARGS, "--output-dir", str(out), "--group-size", "2", "--checkpoint-every", "1"]) == 0
+    assert _records(out) == _records(reference)
+
+
+def test_interrupted_sweep_says_how_to_continue_and_continues(reference, tmp_path, monkeypatch, capsys):
+    from zipfast.run.group import RunGroup
+
+    out = tmp_path / "stopped"
+    argv = [*ARGS, "--output-dir", str(out)]
+    rounds = []
+    init = RunGroup.__init__
+
+    def stopping(self, trainers, **kw):
+        def on_round(group, seconds, live):
+            rounds.append(live)
+            if len(rounds) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        init(self, trainers, **{**kw, "on_round": on_round})
+    monkeypatch.setattr(RunGroup, "__init__", stopping)
+    assert main(argv) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "sweep stopped by SIGINT: 0 of 4 runs finished" in line
+    assert line.endswith("continue with the same command: zipfast " + " ".join(argv))
+    monkeypatch.setattr(RunGroup, "__init__", init)
+    assert main(argv) == 0
+    assert _records(out) == _records(reference)
+
+
+def test_a_grid_extends_and_finished_runs_are_read_back(reference, tmp_path):
+    out = tmp_path / "grow"
+    small = [*ARGS[:4], "a=0.01", "--seeds", "1", *ARGS[7:], "--output-dir", str(out)]
+    assert main(small) == 0
+    first = out / "runs" / "zip-a0.01-seed1" / "report.json"
+    stamp = first.stat().st_mtime_ns
+    assert main([*ARGS, "--output-dir", str(out)]) == 0
+    assert first.stat().st_mtime_ns == stamp
+    assert _records(out) == _records(reference)
+
+
+def test_other_shared_settings_are_refused_in_one_line(reference, capsys):
+    capsys.readouterr()
+    assert main([*ARGS, "--budget", "40", "--output-dir", str(reference)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget 30 -> 40" in err[0] and "--overwrite" in err[0]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--group-size", "0"], "--group-size must be at least 1"),
+    (["--heatmap", "a"], "--heatmap takes two grid keys"),
+    (["--grid", "rank=1,999"], "invalid"),
+    (["--grid", "nosuchkey=1"], "unknown key"),
+    (["--methods", "bar"], "no chosen method (bar) takes a"),
+])
+def test_bad_sweep_inputs_are_one_line(tmp_path, capsys, extra, words):
+    capsys.readouterr()
+    assert main([*ARGS, "--output-dir", str(tmp_path / "bad"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "bad" / "runs").exists()
+
+
+def test_an_image_folder_without_validation_images_is_refused_before_any_run(tmp_path, capsys):
+    capsys.readouterr()
+    argv = ["sweep", "--data", "synthetic-images", "--budget", "10", "--no-progress", "--output-dir", str(tmp_path / "s")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gives no validation images" in err[0] and "--test-per-class" in err[0]
+
+
+def _rec(config, seed, val, test, error=None, a=0.1):
+    return {"method": "zip", "config": config, "seed": seed, "values": {"a": a, "rank": 1}, "val_acc": val,
+            "test_acc": test, "error": error, "curve": []}
+
+
+def test_selection_uses_validation_only_and_skips_configurations_that_failed_a_seed():
+    recs = [_rec("x", 1, 50, 10, a=0.1), _rec("x", 2, 50, 10, a=0.1),
+            _rec("y", 1, 90, 99, a=0.2), _rec("y", 2, None, None, "NonFiniteLossError: …", a=0.2),
+            _rec("z", 1, 60, 0, a=0.3), _rec("z", 2, 40, 0, a=0.3)]  # z ties x on validation: x comes first
+    rows = configurations(recs)
+    chosen = select(rows)["zip"]
+    assert chosen["config"] == "x" and chosen["test"] == [10, 10]
+    assert [r["failed"] for r in rows] == [[], [2], []]
+    xs, ys, cells = heat_grid(rows, "zip", ("a", "rank"))
+    assert xs == [0.1, 0.2, 0.3] and ys == [1] and cells == [[50, None, 50]]
