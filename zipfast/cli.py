@@ -207,6 +207,9 @@ def parser() -> argparse.ArgumentParser:
                         "%(default)s)")
     w.add_argument("--skip-invalid", action="store_true",
                    help="leave out grid points whose settings are invalid together (default: refuse the grid)")
+    w.add_argument("--max-runs", type=int, default=None, metavar="N",
+                   help="run only the first N runs in grid order (a try of a large grid; the same command with a "
+                        "larger N, or without it, reads them back and goes on)")
     w.add_argument("--group-size", type=int, default=32, metavar="R",
                    help="runs stepped together at most (memory: docs/sweep.md; default: %(default)s)")
     w.add_argument("--eval-every", type=int, default=None, metavar="N",

@@ -329,6 +329,10 @@ def sweep(args, entry) -> int:
     base_for = {m: dataclasses.replace(base, method=m, method_options=fixed.get(m) or {}) for m in methods}
     specs = [s for m in methods for s in grids.check_runs(grids.expand({m: grid[m]}, seeds), base_for[m],
                                                           skip_invalid=args.skip_invalid)[0]]
+    if args.max_runs is not None:
+        if args.max_runs < 1:
+            raise ConfigError(f"--max-runs must be at least 1, got {args.max_runs}")
+        specs = specs[:args.max_runs]
     axes = tuple(a.strip() for a in args.heatmap.split(",")) if args.heatmap else None
     if axes is not None and len(axes) != 2:
         raise ConfigError(f"--heatmap takes two grid keys KEY1,KEY2, got {args.heatmap!r}")
