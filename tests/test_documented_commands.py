@@ -35,6 +35,7 @@ SHRINK = {
     "compare": ["--budget", "20", "--seeds", "1", "--eval-every", "10"],
     "bench-paper": ["--datasets", "eurosat", "--seeds", "1", "--shots", "2", *TINY_MODEL],
     "demo": ["--budget", "20"],
+    "sweep": ["--budget", "20", "--seeds", "1", "--eval-every", "10", "--max-runs", "2"],
 }
 SHRINK_PAIRS = ["MODEL.BACKBONE.NAME", "zipfast-tiny224", "TRAINER.BASIC.MAX_API_CALLS", "20",
                 "DATASET.NUM_SHOTS", "2"]

@@ -176,3 +176,63 @@ def test_selection_uses_validation_only_and_skips_configurations_that_failed_a_s
     assert [r["failed"] for r in rows] == [[], [2], []]
     xs, ys, cells = heat_grid(rows, "zip", ("a", "rank"))
     assert xs == [0.1, 0.2, 0.3] and ys == [1] and cells == [[50, None, 50]]
+
+
+def test_any_grid_text_on_the_command_line_runs_or_is_one_line_exit_2(tmp_path_factory):
+    """Whatever follows --grid: a sweep (exit 0) or exit 2 with one line, never a traceback."""
+    import contextlib
+    import io
+
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    keys = st.sampled_from(["a", "rank", "intrinsic_dim", "zip.a", "bar.lr", "seed", "budget", "", "a.b", "x"])
+    values = st.lists(st.one_of(st.integers(-3, 3000).map(str), st.floats(allow_nan=True).map(str),
+                                st.text(max_size=4)), max_size=3).map(",".join)
+    items = st.one_of(st.text(max_size=20), st.builds(lambda k, v: f"{k}={v}", keys, values))
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(item=items)
+    def check(item):
+        out = tmp_path_factory.mktemp("any")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = main(["sweep", "--data", "planted", "--grid", item, "--budget", "10", "--max-runs", "1", "--shots", "4",
+                       "--test-per-class", "2", "--no-progress", "--output-dir", str(out)])
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        if rc == 2:
+            assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err.getvalue(), lines
+        else:
+            assert rc == 0 and (out / "sweep.md").is_file(), (rc, lines)
+
+    check()
+
+
+def test_ray_runs_each_group_as_a_task_and_gives_the_same_sweep(reference, tmp_path, monkeypatch):
+    """--ray with a stand-in Ray that runs each task at once in this process: each group is this command
+    restricted to it (--groups g), the driver writes the tables; the runs equal the sweep without Ray."""
+    import types
+
+    submitted = []
+
+    class Ref:
+        def __init__(self, value):
+            self.value = value
+
+    def remote(**resources):
+        def wrap(fn):
+            def call(*args):
+                submitted.append((resources, args[1]))
+                return Ref(fn(*args))
+            return types.SimpleNamespace(remote=call)
+        return wrap
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: None, remote=remote,
+                                 wait=lambda refs, num_returns=1: (refs[:num_returns], refs[num_returns:]),
+                                 get=lambda r: [x.value for x in r] if isinstance(r, list) else r.value)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    out = tmp_path / "ray"
+    assert main([*ARGS, "--output-dir", str(out), "--group-size", "2", "--ray", "--cpus-per-group", "1"]) == 0
+    assert [argv[argv.index("--groups") + 1] for _, argv in submitted] == ["0", "1"]
+    assert all(res == {"num_cpus": 1.0, "num_gpus": 0.0} and "--ray" not in argv for res, argv in submitted)
+    assert (out / "group-0.log").is_file() and (out / "sweep.md").is_file()
+    assert _records(out) == _records(reference)

@@ -80,6 +80,9 @@ class RunGroup:
                     break
                 for i in live:
                     sessions[i].checkpoint_if_due()
+            for i, s in enumerate(sessions):
+                if not isinstance(self.results[i], Exception):
+                    s.end_log()
         finally:
             stop.restore()
             bar.close()

@@ -159,6 +159,7 @@ class BudgetedRun:
                 if stop.requested is not None:
                     break
                 session.checkpoint_if_due()
+            session.end_log()
         finally:
             stop.restore()
             session.close()
@@ -204,12 +205,12 @@ class Session:
     `RunInterrupted` or the test evaluation and report.json). `BudgetedRun._fit` drives one session;
     a run group (zipfast.run.group) drives one per run, each run's rounds evaluated together."""
 
-    def __init__(self, run: BudgetedRun, bar_position: int | None = None, progress: bool | None = None):
+    def __init__(self, run: BudgetedRun, progress: bool | None = None):
         self.run, self.rounds, self.unlogged = run, 0, None
         self.log = run.run_dir.open_log() if run.run_dir is not None else None
         show = run.progress if progress is None else progress
         self.bar = tqdm(total=run.config.budget, initial=run.queries, unit="query", disable=not show,
-                        dynamic_ncols=True, desc=run.loop_label, position=bar_position, leave=bar_position is None)
+                        dynamic_ncols=True, desc=run.loop_label)
 
     def start(self) -> None:
         run = self.run
@@ -240,22 +241,23 @@ class Session:
         if run.checkpoint_path is not None and c.checkpoint_every and run.step % c.checkpoint_every == 0:
             run.save_checkpoint(run.checkpoint_path)
 
-    def close(self) -> None:
-        """The last round is always logged; the log and the bar closed."""
+    def end_log(self) -> None:
+        """After the last round: it is always logged."""
         run, log = self.run, self.log
-        try:
-            if log is not None and self.unlogged is not None:
-                log.write(self.unlogged)
-            last = run.last_record
-            if log is not None and self.rounds == 0 and last is not None and last.get("step", 0) > run.step:
-                # a resume with nothing left to run: the record past the checkpoint's step that the
-                # cut-back dropped (BPT-VLM's partial last generation) is still the run's last word
-                log.write(last)
-        finally:
-            self.bar.close()
-            if log is not None:
-                log.close()
-            self.log = None
+        if log is not None and self.unlogged is not None:
+            log.write(self.unlogged)
+        last = run.last_record
+        if log is not None and self.rounds == 0 and last is not None and last.get("step", 0) > run.step:
+            # a resume with nothing left to run: the record past the checkpoint's step that the
+            # cut-back dropped (BPT-VLM's partial last generation) is still the run's last word
+            log.write(last)
+
+    def close(self) -> None:
+        """The log and the bar closed (also after an error)."""
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
+        self.log = None
 
     def finish(self, stopped: int | None) -> dict:
         """The final checkpoint; then RunInterrupted (stopped: the signal) or the test evaluation,
