@@ -64,9 +64,18 @@ def _same_as_alone(task, cfgs, tmp_path, threads=1):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_text_side_group_equals_each_run_alone(planted_task, tmp_path, threads):
+def test_text_side_group_equals_each_run_alone(planted_task, tmp_path, threads, monkeypatch):
+    from zipfast.engine.batched import BatchedEngine
+
+    passes, many = [], BatchedEngine.text_features_many
+
+    def counted(self, ctxs):
+        passes.append(len(ctxs))
+        return many(self, ctxs)
+    monkeypatch.setattr(BatchedEngine, "text_features_many", counted)
     cfgs = [dataclasses.replace(PLANTED, **r) for r in PLANTED_RUNS]
     alone, results = _same_as_alone(planted_task, cfgs, tmp_path, threads)
+    assert passes[0] == len(cfgs)  # the first round: every run's candidates in one text pass
     # the runs really differ (a group that returned one run's answer for all would fail above, too)
     assert len({r["train_loss"] for r, _ in alone}) == len(cfgs)
     # per-run accounting: each budget's own last round (ZIP rounds cost 10, SharpZO's its own)

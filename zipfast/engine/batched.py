@@ -223,16 +223,20 @@ class BatchedEngine(Engine):
         seq = self.S if self.shared_prefix else self.T
         for c_chunk, members in by_chunk.items():
             sizes = [ctxs[i].shape[0] for i in members]
-            k_chunk = max(1, self._rows() // max(1, seq * c_chunk))
+            # on the CPU chunks stay cache-sized (the single pass's rule); on a GPU, where a step is bound by
+            # launches, the memory limit alone cuts the group's pass
+            rows = self._rows() if self.device.type == "cpu" else self._rows(cache_sized=False)
+            k_chunk = max(1, rows // max(1, seq * c_chunk))
             feats = self._pass(torch.cat([ctxs[i] for i in members]), k_chunk, c_chunk)
             for i, f in zip(members, feats.split(sizes)):
                 out[i] = f
         return out
 
-    def _rows(self) -> int:
-        """Token rows per chunk: about `chunk_tokens`, fewer under the memory limit."""
+    def _rows(self, cache_sized: bool = True) -> int:
+        """Token rows per chunk: about `chunk_tokens` (cache_sized), fewer under the memory limit."""
         per_row = 4 * self.tower.width * 16  # fp32 bytes of residual, qkv, attention output and MLP hidden per row
-        return max(1, min(int(self.memory_limit // per_row), self.chunk_tokens))
+        rows = int(self.memory_limit // per_row)
+        return max(1, min(rows, self.chunk_tokens) if cache_sized else rows)
 
     def _pass(self, ctx: torch.Tensor, k_chunk: int, c_chunk: int) -> torch.Tensor:
         ctx = ctx.to(self.device, torch.float32)

@@ -48,19 +48,26 @@ class Task:
     shared: dict | None = None
 
 
-def shared_source(task: Task, what: str, build):
-    """`build()`'s data source, built once per task data, model and the config settings that shape
-    what it reads (the run seed among them: the feature bank's views), kept in `task.shared` where
-    given: the runs of a group read one source, so a minibatch they share is read once."""
+def shared(task: Task, key: tuple, build):
+    """`build()` once per key in `task.shared` where given (the runs of one process, a run group
+    among them, share it), else a new one. The key names the objects it depends on by id: those
+    objects are kept with it, so that no id is reused while it is cached."""
     if task.shared is None:
         return build()
-    c = task.config
-    key = ("source", what, id(task.data), id(task.model), str(task.device), c.image_size, tuple(c.pixel_mean),
-           tuple(c.pixel_std), c.interpolation, tuple(c.transforms), c.augment, c.feature_bank, c.seed,
-           c.precision, c.test_batch_size, c.num_workers)
+    key = (*key, id(task.data), id(task.model), id(task.tokenizer), str(task.device))
     if key not in task.shared:
-        task.shared[key] = (build(), task.data, task.model)  # the objects whose ids the key names stay alive
+        task.shared[key] = (build(), task.data, task.model, task.tokenizer)
     return task.shared[key][0]
+
+
+def shared_source(task: Task, what: str, build):
+    """`build()`'s data source, one per task data, model and the settings that shape what it reads (the
+    run seed among them: the feature bank's views): the runs of a group read one source, so a minibatch
+    they share is read once."""
+    c = task.config
+    return shared(task, ("source", what, c.image_size, tuple(c.pixel_mean), tuple(c.pixel_std), c.interpolation,
+                         tuple(c.transforms), c.augment, c.feature_bank, c.seed, c.precision, c.test_batch_size,
+                         c.num_workers), build)
 
 
 class Evaluator:

@@ -23,7 +23,7 @@ from zipfast.engine.batched import make_engine
 from zipfast.engine.text import autocast_for
 from zipfast.engine.towers import ClassPrompts, TextTower, init_context_from_text
 from zipfast.errors import UserError
-from zipfast.evaluate.base import SHARED_TRAJECTORY, Evaluator, Task, check_split, shared_source
+from zipfast.evaluate.base import SHARED_TRAJECTORY, Evaluator, Task, check_split, shared, shared_source
 from zipfast.spaces.context import random_ctx0
 
 log = logging.getLogger("zipfast.evaluate")
@@ -61,8 +61,11 @@ class TextEvaluator(Evaluator):
         tower = TextTower(task.model)
         source = shared_source(task, "features", lambda: feature_source(task))
         ctx0, prefix = initial_context(task, tower, init_text, ctx0_seed)
-        prompts = ClassPrompts.build(tower, task.tokenizer, task.classnames, ctx0.shape[0], prefix)
-        return cls(task, tower, source, ctx0, prompts, make_engine(backend, tower, prompts, task.config.precision))
+        # one text engine per model, classes, context length, prefix, backend and precision: the runs of a
+        # group share it, and so its one text pass (zipfast.evaluate.group)
+        tower, prompts, engine = shared(task, ("text engine", tuple(task.classnames), ctx0.shape[0], prefix, backend,
+                                               task.config.precision), lambda: _engine(task, tower, ctx0, prefix, backend))
+        return cls(task, tower, source, ctx0, prompts, engine)
 
     def use_template(self, template: str) -> None:
         """Zero-shot: classify with the text features of `template` ("{}" for the class name)."""
@@ -119,6 +122,12 @@ class TextEvaluator(Evaluator):
         feats, labels = self.source.train_batch(batch_indices(self.source.n_train, c.batch_size, step, c.seed),
                                                 step, c.seed)
         return feats.to(self.device, torch.float32), labels.to(self.device)
+
+
+def _engine(task: Task, tower: TextTower, ctx0: torch.Tensor, prefix: str | None, backend: str):
+    """(tower, class prompts, text engine) of a run."""
+    prompts = ClassPrompts.build(tower, task.tokenizer, task.classnames, ctx0.shape[0], prefix)
+    return tower, prompts, make_engine(backend, tower, prompts, task.config.precision)
 
 
 def fused_setting() -> str:

@@ -197,7 +197,8 @@ def _drop_task(cache: dict, cfg: TrainConfig) -> None:
     got = cache.pop(("task", task.task_key(cfg)), None)
     if got is not None:
         data = got[3]
-        for k in [k for k, v in cache.items() if isinstance(v, tuple) and len(v) == 3 and v[1] is data]:
+        # what zipfast.evaluate.base.shared built on it: (object, data, model, tokenizer)
+        for k in [k for k, v in cache.items() if isinstance(v, tuple) and len(v) == 4 and v[1] is data]:
             del cache[k]
 
 
