@@ -2,7 +2,7 @@
 line that names the bad value, prints no traceback, hangs on nothing and leaves no file behind.
 
 CASES are named inputs (flags, KEY VALUE pairs, environment variables, files that are not what they
-claim) for `train` (several for every method), `eval`, `compare`, `bench-paper` and the official
+claim) for `train` (several for every method), `eval`, `compare`, `sweep`, `bench-paper` and the official
 surface; the hypothesis tests throw arbitrary strings at the list-valued flags. docs/reliability.md
 quotes the number of inputs tried (`test_the_drill_size_the_docs_quote`).
 """
@@ -117,6 +117,14 @@ def _cases():
         ("official-dataset-config", ["train", "--root", "{d}", "--trainer", "ZIP", "--dataset-config-file",
                                      "/nonexistent/eurosat.yaml"], {}, "/nonexistent/eurosat.yaml"),
         ("command", ["trian", "--data", "planted"], {}, "trian"),
+        ("sweep-seeds", ["sweep", "--seeds", "x"], {}, "'x'"),
+        ("sweep-methods", ["sweep", "--methods", "garbage"], {}, "garbage"),
+        ("sweep-grid-key", ["sweep", "--grid", "nokey=1"], {}, "nokey"),
+        ("sweep-grid-empty", ["sweep", "--grid", "a="], {}, "a"),
+        ("sweep-grid-file", ["sweep", "--grid", "/nonexistent/grid.yaml"], {}, "/nonexistent/grid.yaml"),
+        ("sweep-group-size", ["sweep", "--group-size", "-1"], {}, "-1"),
+        ("sweep-max-runs", ["sweep", "--max-runs", "0"], {}, "0"),
+        ("sweep-heatmap", ["sweep", "--grid", "a=0.1,0.01", "--heatmap", "a"], {}, "'a'"),
     ]
     for name in METHODS:  # every method: its own option checks and the shared flags
         cases.append((f"{name}-method-opt", train("--method", name, "--method-opt", "nonsense=1"), {}, "nonsense"))
