@@ -25,20 +25,16 @@ from tqdm.auto import tqdm
 
 from zipfast.evaluate.group import Query, losses_many
 from zipfast.run.loop import Session
-from zipfast.run.signals import STOP_SIGNALS, RunInterrupted, StopSignals, exit_code
+from zipfast.run.signals import RunInterrupted, Stopped, StopSignals
 
 
-class GroupInterrupted(KeyboardInterrupt):
-    """A run group stopped by a signal after writing every live run's checkpoint."""
+class GroupInterrupted(Stopped):
+    """A run group stopped by a signal after writing every live run's checkpoint (runs: their
+    RunInterrupted, each naming its checkpoint)."""
 
     def __init__(self, signum: int, runs: list[RunInterrupted]):
-        self.signum, self.runs = signum, runs
-        self.signal_name = STOP_SIGNALS.get(signum, f"signal {signum}")
-        super().__init__(f"stopped by {self.signal_name}; {len(runs)} run(s) saved their checkpoints")
-
-    @property
-    def exit_code(self) -> int:
-        return exit_code(self.signum)
+        self.runs = runs
+        super().__init__(signum, f"; {len(runs)} run(s) saved their checkpoints")
 
 
 class RunGroup:

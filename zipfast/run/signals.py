@@ -47,17 +47,22 @@ class RunInterrupted(KeyboardInterrupt):
         return exit_code(self.signum)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP outside the step loop (nothing in flight to finish)."""
+class Stopped(KeyboardInterrupt):
+    """A stop by signal `signum`: its name and the shell's exit code; the message follows "stopped by
+    <name>" with `what` (", …" or "; …")."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, what: str = ""):
         self.signum = signum
         self.signal_name = STOP_SIGNALS.get(signum, f"signal {signum}")
-        super().__init__(f"stopped by {self.signal_name}")
+        super().__init__(f"stopped by {self.signal_name}{what}")
 
     @property
     def exit_code(self) -> int:
         return exit_code(self.signum)
+
+
+class Terminated(Stopped):
+    """SIGTERM or SIGHUP outside the step loop (nothing in flight to finish)."""
 
 
 class TerminateOnSignals:
