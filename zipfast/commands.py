@@ -362,13 +362,17 @@ def _sweep_on_ray(args, entry, specs, base_for, say) -> int:
 
     groups = plan(specs, [apply(s, base_for[s.method]) for s in specs], args.group_size)
     argv = _without_ray(list(args.argv))
-    args.overwrite = False  # done once, below; the tables at the end read what the tasks wrote
+    if args.cpus_per_group <= 0 or args.gpus_per_group < 0:
+        raise ConfigError(f"--cpus-per-group must be positive and --gpus-per-group at least 0, got "
+                          f"{args.cpus_per_group} and {args.gpus_per_group}")
     runner = RayRunner(entry, args.ray, args.cpus_per_group, args.gpus_per_group, fn=run_group_job)
     from zipfast.sweep.runner import sweep as run_sweep
 
-    # here, once: --overwrite, the settings check and sweep.json (no group runs: groups=[])
+    # here, once: --overwrite, the settings check and sweep.json (no group runs: groups=[]); the tasks and
+    # the tables at the end then read the folder as it is
     run_sweep(base_for, specs, args.output_dir, group_size=args.group_size, eval_every=args.eval_every, load=load,
               progress=False, overwrite=args.overwrite, groups=[])
+    args.overwrite = False
     say(f"zipfast sweep: {len(specs)} runs in {len(groups)} group(s), one Ray task each")
     jobs = [Job([*argv, "--groups", str(g), "--no-progress"], args.output_dir, {"group": g}) for g in range(len(groups))]
     results = runner.run(jobs, progress=not args.no_progress)

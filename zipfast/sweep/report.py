@@ -79,7 +79,7 @@ def markdown(rows: Sequence[dict], chosen: dict[str, dict], wall_s: float | None
         lines.append(f"| {method} | {len(mine)} | {failed} | {values} | {_pm(c['val_mean'], c['val_std'])} | "
                      f"{per_seed} | {_pm(c['test_mean'], c['test_std'])} |")
     if wall_s is not None:
-        lines += ["", f"Wall time: {wall_s:.1f} s."]
+        lines += ["", f"Wall time of this command: {wall_s:.1f} s (runs read back from an earlier command not counted)."]
     return "\n".join(lines) + "\n"
 
 

@@ -111,17 +111,18 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
     EvalEvery(eval_every)
     out = Path(output_dir)
     cfgs = [apply(s, bases[s.method]) for s in specs]
-    if overwrite:
-        remove_runs(out)
-    check_settings(out, bases, eval_every)
+    if not overwrite:
+        check_settings(out, bases, eval_every)
     plan_ = plan(specs, cfgs, group_size)
     folders = {s.name: out / RUNS_DIR / s.name for s in specs}
-    states = {s.name: run_state(folders[s.name]) for s in specs}
+    states = {s.name: "new" if overwrite else run_state(folders[s.name]) for s in specs}
     cache: dict = {}
     first = next((m[0] for g, m in enumerate(plan_) if (groups is None or g in groups)
                   and any(states[specs[i].name] != "finished" for i in m)), None)
-    if first is not None:  # the task loads (and is checked) before anything is announced or written
+    if first is not None:  # the task loads (and is checked) before anything is announced, written or removed
         _task(cfgs[first], load, cache)
+    if overwrite:
+        remove_runs(out)
     if announce is not None:
         todo = sum(states[s.name] != "finished" for s in specs)
         announce(f"zipfast sweep: {len(specs)} runs ({todo} to run, {len(specs) - todo} finished) in "
@@ -132,6 +133,7 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
     mine["fixed_options"] = {**previous.get("fixed_options", {}), **mine["fixed_options"]}
     save_json({**mine, "runs": sorted(set(previous.get("runs", [])) | {s.name for s in specs})}, out / SETTINGS_FILE)
     done = sum(states[s.name] == "finished" for s in specs)
+    keys = [task.task_key(c) for c in cfgs]
     t0 = time.perf_counter()
     for g, members in enumerate(plan_):
         if groups is not None and g not in groups:
@@ -146,7 +148,7 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
         except (GroupInterrupted, KeyboardInterrupt) as e:
             raise SweepInterrupted(e, done, len(specs), out) from None
         done += len(todo)
-        if not any(task.task_key(cfgs[i]) == task.task_key(cfgs[j]) for i in todo for j in _later(plan_, g)):
+        if keys[members[0]] not in {keys[j] for later in plan_[g + 1:] for j in later}:  # its task's last group
             _drop_task(cache, cfgs[todo[0]])
     records = [read_record(s, folders[s.name]) for s in specs]
     if groups is None:
@@ -161,10 +163,6 @@ def _previous(out: Path) -> dict:
     """The sweep.json of the runs already in `out` ({} if none)."""
     path = out / SETTINGS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _later(plan_, g):
-    return [j for members in plan_[g + 1:] for j in members]
 
 
 def plan(specs: Sequence, cfgs: Sequence[TrainConfig], group_size: int) -> list[list[int]]:
