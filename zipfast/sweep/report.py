@@ -110,7 +110,8 @@ def heat_axes(rows: Sequence[dict], method: str, wanted: Sequence[str] | None = 
 
 
 def heat_grid(rows: Sequence[dict], method: str, axes: tuple[str, str]):
-    """(x values, y values, cells [y][x]: the best mean validation accuracy over the other axes, or None)."""
+    """(x values, y values, cells): one row per y value, one column per x value, each the best mean
+    validation accuracy over the other axes, or None."""
     mine = [r for r in rows if r["method"] == method and r["val_mean"] is not None and not r["failed"]]
     xs = sorted({r["values"][axes[0]] for r in rows if r["method"] == method})
     ys = sorted({r["values"][axes[1]] for r in rows if r["method"] == method})
