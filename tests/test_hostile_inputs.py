@@ -117,6 +117,7 @@ def _cases():
         ("official-dataset-config", ["train", "--root", "{d}", "--trainer", "ZIP", "--dataset-config-file",
                                      "/nonexistent/eurosat.yaml"], {}, "/nonexistent/eurosat.yaml"),
         ("command", ["trian", "--data", "planted"], {}, "trian"),
+        ("flag-double-dash", ["train", "--data=--"], {}, "'--'"),  # argparse would leave [] as the value
         ("sweep-seeds", ["sweep", "--seeds", "x"], {}, "'x'"),
         ("sweep-methods", ["sweep", "--methods", "garbage"], {}, "garbage"),
         ("sweep-grid-key", ["sweep", "--grid", "nokey=1"], {}, "nokey"),

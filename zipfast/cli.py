@@ -39,6 +39,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
+    def _get_values(self, action, arg_strings):
+        # `--flag=--` reaches argparse as the value "--", which it drops, leaving [] where one value is due
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one value, got '--'")
+        return super()._get_values(action, arg_strings)
+
 
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="zipfast", description="Fast ZIP black-box prompt tuning of CLIP.",

@@ -82,6 +82,8 @@ def parse_method_opts(items) -> dict | None:
         return None
     out = {}
     for item in items:
+        if not isinstance(item, str):  # argparse gives [] for `--method-opt=--`
+            raise ConfigError("--method-opt takes KEY=VALUE, got an empty item")
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--method-opt takes KEY=VALUE, got {item!r}")

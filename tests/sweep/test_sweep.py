@@ -183,7 +183,7 @@ def test_any_grid_text_on_the_command_line_runs_or_is_one_line_exit_2(tmp_path_f
     import contextlib
     import io
 
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, example, given, settings, strategies as st
 
     keys = st.sampled_from(["a", "rank", "intrinsic_dim", "zip.a", "bar.lr", "seed", "budget", "", "a.b", "x"])
     values = st.lists(st.one_of(st.integers(-3, 3000).map(str), st.floats(allow_nan=True).map(str),
@@ -192,12 +192,19 @@ def test_any_grid_text_on_the_command_line_runs_or_is_one_line_exit_2(tmp_path_f
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(item=items)
+    @example(item="-x")
+    @example(item="--")
+    @example(item="a=-1,--2")
+    @example(item="")
     def check(item):
         out = tmp_path_factory.mktemp("any")
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = main(["sweep", "--data", "planted", "--grid", item, "--budget", "10", "--max-runs", "1", "--shots", "4",
-                       "--test-per-class", "2", "--no-progress", "--output-dir", str(out)])
+            try:  # --grid=ITEM: a text that starts with "-" is the value, not a flag
+                rc = main(["sweep", "--data", "planted", f"--grid={item}", "--budget", "10", "--max-runs", "1",
+                           "--shots", "4", "--test-per-class", "2", "--no-progress", "--output-dir", str(out)])
+            except SystemExit as e:  # argparse's refusal (zipfast.cli._Parser: one line, exit 2)
+                rc = e.code
         lines = [line for line in err.getvalue().splitlines() if line.strip()]
         if rc == 2:
             assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err.getvalue(), lines

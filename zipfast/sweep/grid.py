@@ -657,6 +657,8 @@ def from_command_line(items: Sequence[str], methods: Sequence[str] | None,
     methods and seeds apply unless --methods / --seeds are given) or KEY=v1,v2 (parse_grid). KEY items
     replace the axes of the same key that paper or a file gave. Defaults: zip, seed 1, no grid (one run
     per method and seed at its settings)."""
+    if not all(isinstance(i, str) and i.strip() for i in items):  # argparse gives [] for `--grid=--`
+        raise ConfigError("--grid: an empty item; give KEY=v1,v2 (e.g. a=0.1,0.01), paper or a grid file (*.yaml)")
     files = [i for i in items if i.strip().lower().endswith((".yaml", ".yml"))]
     paper = any(i.strip() == "paper" for i in items)
     keys = [i for i in items if i not in files and i.strip() != "paper"]
