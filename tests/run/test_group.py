@@ -3,6 +3,7 @@
 accounting; a failing run leaves the group, the others go on; a group stopped by a signal
 resumes bit for bit."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,6 +14,7 @@ import torch
 
 from zipfast.config import TrainConfig
 from zipfast.data import synthetic
+from zipfast.data.sources import batch_indices
 from zipfast.run.group import GroupInterrupted, RunGroup
 from zipfast.run.loop import NonFiniteLossError
 from zipfast.run.task import load
@@ -90,6 +92,111 @@ def test_image_side_group_equals_each_run_alone(tmp_path):
             dataclasses.replace(base, method="bar", method_options={"lrs": (1.0, 0.1)}),
             dataclasses.replace(base, method="zip", budget=20)]
     _same_as_alone(load(base), cfgs, tmp_path, threads=2)
+
+
+IMAGE_ZIP = TrainConfig(model=synthetic.MODEL, pretrained="none", dataset=synthetic.NAME, budget=30,
+                        checkpoint_every=0, batch_size=8, shots=4, test_per_class=3, seed=1, method="zip")
+# distinct minibatches: 8 images (two runs), 5 and 3
+DISTINCT = [IMAGE_ZIP, dataclasses.replace(IMAGE_ZIP, batch_size=5),
+            dataclasses.replace(IMAGE_ZIP, batch_size=3, budget=20),
+            dataclasses.replace(IMAGE_ZIP, spsa_params=(1.0, 0.01, 0.1, 0.4, 0.1))]
+
+
+def _spy_encode_many(monkeypatch) -> list:
+    from zipfast.data.sources import ImageSource
+
+    passes, many = [], ImageSource.encode_many
+
+    def counted(self, images):
+        passes.append([x.shape[0] for x in images])
+        return many(self, images)
+    monkeypatch.setattr(ImageSource, "encode_many", counted)
+    return passes
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runs_reading_distinct_minibatches_on_the_cpu_equal_their_runs_alone(tmp_path, threads, monkeypatch):
+    passes = _spy_encode_many(monkeypatch)
+    _same_as_alone(load(IMAGE_ZIP), DISTINCT, tmp_path, threads)
+    assert passes == []  # on the CPU each minibatch is encoded as alone
+
+
+def test_distinct_minibatches_go_through_the_image_tower_together_within_an_ulp(monkeypatch):
+    """The pass CUDA uses, forced on the CPU: one image-tower pass for the three distinct minibatches,
+    each run's losses within 1e-6 (relative) of its own evaluation, its features within 1e-6."""
+    from zipfast.evaluate.group import Query, losses_many
+
+    passes = _spy_encode_many(monkeypatch)
+    torch.set_num_threads(1)
+    task, cache = load(IMAGE_ZIP), {}
+    runs = [_trainer(task, c, None, cache) for c in DISTINCT]
+    g = torch.Generator().manual_seed(5)
+    queries = [Query(t.evaluator, t.space, 0.01 * torch.randn(10, t.space.dim, generator=g), 1) for t in runs]
+    together = losses_many(queries, batch_images_on=("cpu",))
+    assert passes == [[8, 5, 3]]
+    for q, (losses, accs) in zip(queries, together):
+        alone, alone_accs = q.evaluator.losses(q.space, q.cand, q.batch_index)
+        torch.testing.assert_close(losses, alone, rtol=1e-6, atol=0)
+        assert torch.equal(accs, alone_accs)
+    src = runs[0].evaluator.source
+    for bs in (8, 5, 3):  # the features themselves, each minibatch against its own pass
+        idx = batch_indices(src.n_train, bs, 1, 1)
+        mine = src.train_batch(idx, 1, 1)[0]
+        got = src.encode_many([src.train_views(batch_indices(src.n_train, b, 1, 1), 1, 1) for b in (8, 5, 3)])
+        torch.testing.assert_close(got[(8, 5, 3).index(bs)], mine, rtol=0, atol=1e-6)
+
+
+def test_image_prompts_of_several_runs_through_one_tower_pass_within_an_ulp(monkeypatch):
+    """BAR and BlackVIP's batched tower pass (CUDA's), forced on the CPU: one pass of the tower's body
+    for all runs' prompted images, each run's losses within 1e-6 (relative) of its own evaluation."""
+    from zipfast.engine.towers import ImageTower
+    from zipfast.evaluate.group import Query, losses_many
+
+    bodies, pooled = [], ImageTower.pooled_pixels
+
+    def counted(self, x):
+        bodies.append(x.shape[0])
+        return pooled(self, x)
+    monkeypatch.setattr(ImageTower, "pooled_pixels", counted)
+    torch.set_num_threads(1)
+    base = dataclasses.replace(IMAGE_ZIP, method="bar")
+    cfgs = [base, dataclasses.replace(base, method_options={"lrs": (1.0, 0.1)}),
+            dataclasses.replace(base, method="blackvip")]
+    task, cache = load(base), {}
+    runs = [_trainer(task, c, None, cache) for c in cfgs]
+    g = torch.Generator().manual_seed(6)
+    queries = [Query(t.evaluator, t.space, 0.01 * torch.randn(2, t.space.dim, generator=g), 1) for t in runs]
+    together = losses_many(queries, batch_images_on=("cpu",))
+    n_pixel = sum(1 for t in runs if getattr(t.space, "kind", "") == "pixels")
+    assert n_pixel >= 2 and len(bodies) >= 1 and bodies[0] > 2 * 8  # one pass held more than one run's images
+    bodies.clear()
+    for q, got in zip(queries, together):
+        assert not isinstance(got, Exception), got
+        alone, alone_accs = q.evaluator.losses(q.space, q.cand, q.batch_index)
+        torch.testing.assert_close(got[0], alone, rtol=1e-6, atol=0)
+        assert torch.equal(got[1], alone_accs)
+
+
+def test_encode_many_passes_are_no_larger_than_a_run_alone_makes():
+    from zipfast.data.sources import ImageSource
+
+    class Body:  # the body sums pixels; the projection doubles (one call per batch)
+        def pooled_pixels(self, x):
+            sizes.append(x.shape[0])
+            return x.flatten(1)[:, :4]
+
+        def project(self, p):
+            projected.append(p.shape[0])
+            return 2 * p
+    src = ImageSource.__new__(ImageSource)
+    src.test_batch_size, src.device, src.autocast, src._body = 6, torch.device("cpu"), contextlib.nullcontext, Body()
+    sizes, projected = [], []
+    images = [torch.randn(n, 3, 2, 2) for n in (4, 2, 3, 7, 1)]
+    got = src.encode_many(images)
+    assert sizes == [6, 3, 7, 1]  # cap = max(7, 6): [4+2], [3] (3+7 > 7), [7], [1]
+    assert projected == [4, 2, 3, 7, 1]
+    for x, f in zip(images, got):
+        assert torch.equal(f, torch.nn.functional.normalize(2 * x.flatten(1)[:, :4], dim=-1))
 
 
 def test_a_failing_run_leaves_the_group_and_the_others_go_on(planted_task, tmp_path):

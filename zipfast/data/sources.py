@@ -121,14 +121,59 @@ class ImageSource:
         return torch.stack(bank)
 
     def train_batch(self, idx: torch.Tensor, step: int, seed: int):
-        g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT, step))
+        """(features [B, E], labels [B]) of minibatch `step` (the images at idx)."""
         if self.bank is not None:  # one of the V precomputed views per image, drawn per step
+            g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT, step))
             v = torch.randint(self.bank.shape[1], (len(idx),), generator=g)
             return self.bank[idx, v], self.train_y[idx].to(self.device)
+        return self.encode(self.train_views(idx, step, seed)), self.train_y[idx].to(self.device)
+
+    @property
+    def encodes_steps(self) -> bool:
+        """True when each minibatch goes through the image tower (no feature bank): what a run group
+        can batch over several minibatches (zipfast.evaluate.group)."""
+        return self.bank is None
+
+    def train_views(self, idx: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+        """Minibatch `step`'s augmented views [B, 3, size, size] float32, normalised."""
+        g = torch.Generator().manual_seed(derive_seed(seed, _AUGMENT, step))
         paths = [self.dataset.train[i][0] for i in idx.tolist()]
-        x = views(paths, True, self.size, self.mean, self.std, generator=g, interpolation=self.interpolation,
-                  choices=self.choices, workers=self.workers)
-        return self.encode(x), self.train_y[idx].to(self.device)
+        return views(paths, True, self.size, self.mean, self.std, generator=g, interpolation=self.interpolation,
+                     choices=self.choices, workers=self.workers)
+
+    def encode_many(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Features [B_i, E] of several image batches [B_i, 3, H, W]: an open_clip ViT's body runs over
+        the batches together, in passes of at most max(largest B_i, test_batch_size) images (never
+        more rows than a run alone encodes: its minibatch, or a chunk of its test split), and the
+        final projection per batch, because the CPU's GEMM picks its kernel by the number of rows (a
+        batched projection of a few images differed by ~5e-7). A batch's rows at another offset of a
+        pass may still differ from its own pass by about an ulp. Any other tower: each batch alone."""
+        body = self._vit_body()
+        if body is None:
+            return [self.encode(x) for x in images]
+        cap = max(max(x.shape[0] for x in images), self.test_batch_size)
+        out, n = [], 0
+        while n < len(images):
+            take = [images[n]]
+            n += 1
+            while n < len(images) and sum(x.shape[0] for x in take) + images[n].shape[0] <= cap:
+                take.append(images[n])
+                n += 1
+            with torch.no_grad(), self.autocast():
+                pooled = body.pooled_pixels(torch.cat([x.to(self.device) for x in take]))
+                out += [F.normalize(body.project(p).float(), dim=-1) for p in pooled.split([x.shape[0] for x in take])]
+        return out
+
+    def _vit_body(self):
+        """The model's image tower split as body + projection (engine.towers.ImageTower) where it is an
+        open_clip ViT without token outputs, else None."""
+        if getattr(self, "_body", False) is False:
+            from zipfast.engine.towers import ImageTower
+
+            tower = ImageTower(self.model) if hasattr(self.model, "visual") else None
+            ok = tower is not None and tower.token_prompts_ok and not getattr(tower.visual, "output_tokens", False)
+            self._body = tower if ok else None
+        return self._body
 
     def test_set(self, progress=None):
         """Test features [M, E] and labels [M], encoded once and cached."""
@@ -188,11 +233,8 @@ class DecodedImageSource(ImageSource):
         self.images = DecodedImages.decode([p for p, _ in dataset.train], max_side or 2 * size, max_bytes,
                                            min_side=size, progress=decode_progress).to(self.device)
 
-    def train_batch(self, idx: torch.Tensor, step: int, seed: int):
-        if self.bank is not None:
-            return super().train_batch(idx, step, seed)
-        x = step_views(self.images, idx, step, seed, self.size, self.mean, self.std)
-        return self.encode(x), self.train_y[idx].to(self.device)
+    def train_views(self, idx: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+        return step_views(self.images, idx, step, seed, self.size, self.mean, self.std)
 
 
 def step_boxes(images, idx: torch.Tensor, step: int, seed: int):

@@ -7,15 +7,19 @@ on the CPU (fp32 and bf16; tests/run/test_group.py): work is shared, never appro
 
 - Minibatches: runs that read the same source (one per task and data seed: `zipfast.run.task`
   shares them through the runs' common cache) at the same minibatch index share one read, so a
-  text-side run on an image folder shares its image-tower pass with every run of its data seed.
+  text-side run on an image folder shares its image-tower pass with every run of its data seed;
+  on CUDA the distinct minibatches of a source (other batch sizes, runs at other steps) go through
+  the image tower together, in passes no larger than a run alone makes (`ImageSource.encode_many`;
+  each feature row within ~1 ulp of its own pass, tested on the CPU with the pass forced there).
 - Text: every text-side run's contexts go through one pass of their shared text engine
   (`Engine.text_features_many`); each run's logits and losses are then its own.
-- Image prompts (BAR, BlackVIP: pixel prompters on the batched image engine): each run's prompted
-  images are built as alone, then the image tower's body runs once over all runs' images in
-  passes of the engine's memory limit; the final projection runs per slice a run would have
-  passed alone, because the CPU's GEMM picks its kernel by the number of rows (a batched
-  projection differs by about 1e-6).
-- Anything else (BPT-VLM's per-candidate epochs, the reference engines) is evaluated per run.
+- Image prompts (BAR, BlackVIP: pixel prompters on the batched image engine), on CUDA: each run's
+  prompted images are built as alone, then the image tower's body runs once over all runs' images
+  in passes of the engine's memory limit; the final projection runs per slice a run would have
+  passed alone, because a GEMM picks its kernel by the number of rows (on the CPU a batched
+  projection differed by about 1e-6). Tested on the CPU with the pass forced there.
+- Anything else (BPT-VLM's per-candidate epochs, the reference engines, image passes on the CPU:
+  `BATCH_IMAGES_ON`) is evaluated per run.
 
 An exception raised for one run (a malformed candidate, a non-finite feature) is returned in its
 place, so the other runs go on.
@@ -49,22 +53,54 @@ class _Batches:
     def __init__(self):
         self.memo: dict = {}
 
+    @staticmethod
+    def _key(ev, batch_index: int) -> tuple:
+        c = ev.config
+        return id(ev.source), batch_index, c.seed, c.batch_size
+
     def get(self, ev, batch_index: int):
         c, src = ev.config, ev.source
-        key = (id(src), batch_index, c.seed, c.batch_size)
+        key = self._key(ev, batch_index)
         if key not in self.memo:
             idx = batch_indices(src.n_train, c.batch_size, batch_index, c.seed)
             self.memo[key] = src.train_batch(idx, batch_index, c.seed)
         return self.memo[key]
 
+    def encode_together(self, reads: list[tuple], devices: tuple[str, ...]) -> None:
+        """reads: (evaluator, batch index) of text-side runs. The distinct minibatches of each source
+        on one of `devices` that encodes its steps go through the image tower together
+        (`ImageSource.encode_many`)."""
+        by_source: dict[int, dict[tuple, tuple]] = {}
+        for ev, b in reads:
+            if getattr(ev.source, "encodes_steps", False) and ev.source.device.type in devices:
+                by_source.setdefault(id(ev.source), {}).setdefault(self._key(ev, b), (ev, b))
+        for keys in by_source.values():
+            if len(keys) < 2:
+                continue  # one minibatch: `get` reads it as a run alone does
+            src = next(iter(keys.values()))[0].source
+            idx = {k: batch_indices(src.n_train, ev.config.batch_size, b, ev.config.seed) for k, (ev, b) in keys.items()}
+            images = [src.train_views(idx[k], b, ev.config.seed) for k, (ev, b) in keys.items()]
+            for k, f in zip(keys, src.encode_many(images)):
+                self.memo[k] = f, src.train_y[idx[k]].to(src.device)
 
-def losses_many(queries: list[Query]) -> list:
-    """[(losses, accuracies) or the exception raised] per query, in order."""
+
+# Where the image tower runs over several runs' images at once (distinct minibatches; BAR/BlackVIP's
+# prompted images): on CUDA, where small passes are bound by launches. On the CPU, compute-bound, batching
+# gains nothing, and rows at another offset of a pass can differ from the run's own pass by about an ulp
+# (measured 6e-8 on unit features), so each run's images go through the tower as alone: bit for bit.
+BATCH_IMAGES_ON = ("cuda",)
+
+
+def losses_many(queries: list[Query], batch_images_on: tuple[str, ...] = BATCH_IMAGES_ON) -> list:
+    """[(losses, accuracies) or the exception raised] per query, in order. batch_images_on: the device
+    types on which the image tower runs over several runs' images at once."""
     out: list = [None] * len(queries)
     batches = _Batches()
     text = [i for i, q in enumerate(queries) if type(q.evaluator) is TextEvaluator]
-    pixels = [i for i, q in enumerate(queries) if _pixel_prompted(q.evaluator) and getattr(q.space, "kind", "") == "pixels"]
+    pixels = [i for i, q in enumerate(queries) if _pixel_prompted(q.evaluator) and getattr(q.space, "kind", "") == "pixels"
+              and q.evaluator.engine.device.type in batch_images_on]
     rest = [i for i in range(len(queries)) if i not in set(text) | set(pixels)]
+    batches.encode_together([(queries[i].evaluator, queries[i].batch_index) for i in text], batch_images_on)
     _text_losses(queries, text, batches, out)
     _pixel_losses(queries, pixels, batches, out)
     for i in rest:
