@@ -243,3 +243,18 @@ def test_ray_runs_each_group_as_a_task_and_gives_the_same_sweep(reference, tmp_p
     assert all(res == {"num_cpus": 1.0, "num_gpus": 0.0} and "--ray" not in argv for res, argv in submitted)
     assert (out / "group-0.log").is_file() and (out / "sweep.md").is_file()
     assert _records(out) == _records(reference)
+
+
+def test_ray_on_a_local_instance_gives_the_same_sweep(reference, tmp_path):
+    """--ray on a real local Ray instance (one CPU): each group a Ray task in its own worker process."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'zipfast[ray]')")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "ray"
+        assert main([*ARGS, "--output-dir", str(out), "--group-size", "2", "--ray"]) == 0
+    finally:
+        ray.shutdown()
+    assert sorted(p.name for p in out.glob("group-*.log")) == ["group-0.log", "group-1.log"]
+    assert _records(out) == _records(reference)
+    for r in _records(reference):
+        assert _log(out / "runs" / r["name"]) == _log(reference / "runs" / r["name"])
