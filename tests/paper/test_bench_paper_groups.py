@@ -82,3 +82,54 @@ def test_grouped_jobs_leave_each_folder_as_alone(weights, tmp_path, sizes):
             assert log_lines(a, alone) == log_lines(g, grouped) and "Finish training" in log_lines(g, grouped)
     zs = "basic/zsclip/ZeroshotCLIP/eurosat"
     assert log_lines(alone / zs, alone) == log_lines(grouped / zs, grouped)
+
+
+def test_jobs_failing_in_a_group_fail_as_alone_and_the_others_finish(weights, tmp_path, sizes, monkeypatch, capsys):
+    from zipfast.errors import ConfigError
+    from zipfast.run.trainer import Trainer
+
+    init, ask = Trainer.__init__, Trainer._ask
+
+    def bad_bar(self, model, classnames, config, *a, **kw):  # BAR's jobs fail to build: a user error (exit 2)
+        if config.method == "bar":
+            raise ConfigError("TRAINER.BAR.FRAME_SIZE planted bad setting")
+        init(self, model, classnames, config, *a, **kw)
+
+    def broken(self, remaining):  # BPT-VLM of seed 1 meets a bug in its second round (exit 1)
+        if self.config.method == "bptvlm" and self.config.seed == 1 and self.queries:
+            raise RuntimeError("planted bug")
+        return ask(self, remaining)
+    monkeypatch.setattr(Trainer, "__init__", bad_bar)
+    monkeypatch.setattr(Trainer, "_ask", broken)
+    out = tmp_path / "out"
+    assert bench(out, weights, "--methods", "zip,bar,bptvlm", "--seeds", "1,2") == 1  # a bug among the failures
+    assert sizes == [2, 2]  # zip and BPT-VLM of each seed; BAR left before the group
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out.strip().splitlines()[-1])
+    failed = [("bar", 1), ("bar", 2), ("bptvlm", 1)]  # in the jobs' order
+    assert summary["failed"] == [str(out / FOLDERS[m].format(s=s)) for m, s in failed]
+    assert summary["exit_codes"] == [2, 2, 1]
+    lines = [line for line in cap.err.splitlines() if " failed with exit " in line]
+    assert len(lines) == 3 and "Traceback" not in cap.err
+    for (m, s), line in zip(sorted(failed, key=lambda f: f[1]), lines):  # reported as they happen: seed 1's first
+        code = 1 if m == "bptvlm" else 2
+        assert f"job {m} eurosat seed {s} (train) failed with exit {code}" in line
+    for s in (1, 2):
+        bar_log = (out / FOLDERS["bar"].format(s=s) / "log.txt").read_text()
+        assert bar_log.endswith("zipfast train: error: TRAINER.BAR.FRAME_SIZE planted bad setting\n")
+        assert "Traceback" not in bar_log and not (out / FOLDERS["bar"].format(s=s) / "result.json").exists()
+        assert (out / FOLDERS["zip"].format(s=s) / "result.json").is_file()  # the others finished
+    bpt = (out / FOLDERS["bptvlm"].format(s=1) / "log.txt").read_text()
+    assert "RuntimeError: planted bug" in bpt and "zipfast train: internal error (RuntimeError)" in bpt
+    assert "Finish training" not in bpt and not (out / FOLDERS["bptvlm"].format(s=1) / "result.json").exists()
+    assert (out / FOLDERS["bptvlm"].format(s=2) / "result.json").is_file()
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_group_size_below_one_is_one_line(size, tmp_path, capsys):
+    assert main(["bench-paper", "few-shot", "--root", str(tmp_path), "--output", str(tmp_path / "out"),
+                 "--group-size", size]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"zipfast bench-paper: error: --group-size {size}: give at least 1 (the most training runs stepped " \
+                  "together; 1 runs the jobs one at a time)"
+    assert not (tmp_path / "out").exists()
