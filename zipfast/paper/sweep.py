@@ -3,7 +3,8 @@
 A job is the argument list of one `zipfast train` call and its output folder. Jobs whose folder
 already holds a result are skipped (the official scripts skip existing output folders; zipfast
 reruns a folder without a result, which resumes from its checkpoint). With Ray each job is one
-task with its CPU/GPU request; results are gathered the same way in both modes. A job's output goes
+task with its CPU/GPU request; results are gathered the same way in both modes. In this process,
+zipfast.paper.grouped steps the training jobs that share a task as run groups. A job's output goes
 to its log.txt, not to the terminal, which shows the progress bar and one line per failed job.
 """
 
