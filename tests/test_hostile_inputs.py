@@ -108,6 +108,7 @@ def _cases():
         ("bench-seeds", ["bench-paper", "few-shot", "--root", "{d}", "--seeds", "x"], {}, "x"),
         ("bench-methods", ["bench-paper", "few-shot", "--root", "{d}", "--methods", "garbage"], {}, "garbage"),
         ("bench-cpus", ["bench-paper", "few-shot", "--root", "{d}", "--cpus-per-job", "-1"], {}, "-1"),
+        ("bench-group-size", ["bench-paper", "few-shot", "--root", "{d}", "--group-size", "0"], {}, "--group-size 0"),
         ("bench-protocol", ["bench-paper", "few-shots", "--root", "{d}"], {}, "few-shots"),
         ("bench-missing-datasets", ["bench-paper", "few-shot", "--root", "{d}", "--datasets", "eurosat"], {},
          "eurosat"),

@@ -151,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
                    help="run the jobs as Ray tasks; --ray alone (= --ray local) joins the cluster of RAY_ADDRESS or the "
                         "one last started here with `ray start`, else starts a local one; --ray auto joins such a "
                         "cluster and fails if none runs; --ray HOST:PORT or ray://HOST:PORT joins that cluster")
+    b.add_argument("--group-size", type=int, default=32, metavar="R",
+                   help="training runs that share a model and task stepped together at most, each as alone "
+                        "(1: one job at a time; --ray runs one job per task; default: %(default)s)")
     b.add_argument("--cpus-per-job", type=float, default=1)
     b.add_argument("--gpus-per-job", type=float, default=0)
     _add_common(b)
@@ -296,8 +299,9 @@ def _last_checkpoint_note(e: BaseException, args, argv) -> str:
             f"resume with: {resume_command(argv, run.checkpoint)}")
 
 
-def main(argv=None) -> int:
-    """Run one command; returns the exit code (see the parser's epilog)."""
+def main(argv=None, fn=None) -> int:
+    """Run one command; returns the exit code (see the parser's epilog). fn(args): run instead of the
+    command's own function, its errors turned into exit codes the same way (bench-paper's grouped jobs)."""
     from zipfast.run.signals import TerminateOnSignals
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -308,6 +312,8 @@ def main(argv=None) -> int:
         args.opts = [*(args.opts or ()), *extra]
     elif extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if fn is not None:
+        args.fn = fn
     debug = getattr(args, "debug", False)
     from zipfast.env import log_to_stderr
 

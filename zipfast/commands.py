@@ -253,6 +253,9 @@ def bench_paper(args, entry, train_parser=None) -> int:
         if not value >= 0 or (flag == "--cpus-per-job" and not value > 0):
             raise ConfigError(f"{flag} {value}: give a {'positive' if flag == '--cpus-per-job' else 'non-negative'} "
                               "number of devices per job")
+    if args.group_size < 1:
+        raise ConfigError(f"--group-size {args.group_size}: give at least 1 (the most training runs stepped together; "
+                          "1 runs the jobs one at a time)")
     plan = Plan(args.protocol, args.root, args.output, datasets=split(args.datasets),
                 seeds=_int_list("--seeds", args.seeds) if args.seeds else (1, 2, 3),
                 methods=split(args.methods) or ("zip",), shots=args.shots,
@@ -265,7 +268,8 @@ def bench_paper(args, entry, train_parser=None) -> int:
                        if v for f in (flag, v)])
     summary = run_protocol(plan, entry, ray=args.ray, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
                            progress=not args.no_progress, skip_missing=args.skip_missing,
-                           announce=lambda stages: announce_jobs(args.protocol, stages, train_parser))
+                           announce=lambda stages: announce_jobs(args.protocol, stages, train_parser),
+                           group_size=args.group_size, parser=train_parser)
     for path in summary["tables"]:
         if path.endswith(".md"):
             print(open(path).read())

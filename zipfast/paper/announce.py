@@ -12,15 +12,11 @@ def job_budget(argv: list[str], parser) -> tuple[int | None, str | None]:
     its config and overrides as the job will (no model or data loaded): a user error in them is the
     problem (every job of the method would fail on it); (None, None) if there is no parser."""
     from zipfast.paper import official
-    from zipfast.paper.protocols import ZIP_SIDE, METHODS
 
     if parser is None:
         return None, None
     try:
-        args = parser().parse_args(["train", *argv])
-        if args.trainer in (METHODS[m] for m in ZIP_SIDE):
-            return official.official_config(args)[0].budget, None
-        return official.official_image_config(args)[1].budget, None
+        return official.job_config(argv, parser).budget, None
     except UserError as e:
         return None, " ".join(str(e).split())
     except (Exception, SystemExit):  # noqa: BLE001 - the count is a courtesy; the job reports its own error

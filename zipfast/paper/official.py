@@ -138,6 +138,13 @@ def official_config(args):
     return cfg_to_train_config(plain, **flags), kind, spec, subsample
 
 
+def job_config(argv: list[str], parser):
+    """The TrainConfig of a `zipfast train` argument list (parser(): the CLI's parser), read as the run
+    will read it; no model or data loaded. Raises what the run would raise on bad settings."""
+    args = parser().parse_args(["train", *argv])
+    return official_image_config(args)[1] if args.trainer in IMAGE_TRAINERS else official_config(args)[0]
+
+
 def find_checkpoint(model_dir) -> Path:
     d = Path(model_dir)
     path = d if d.is_file() else next((d / n for n in (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME) if (d / n).is_file()),
@@ -215,9 +222,65 @@ def official_image_config(args):
 
 def run(args) -> int:
     """Run an official command line (any implemented trainer) on the one Trainer."""
+    job = prepare(args)
+    try:
+        if not job.no_train:
+            job.finish(job.trainer.fit() if job.trains else None)
+        return 0
+    finally:
+        job.close()
+
+
+@dataclasses.dataclass
+class Prepared:
+    """An official command line up to its fit: the Dassl log (open until `close`), the Trainer (resumed,
+    its hooks added) and what the end of the run writes. `trains`: fit() it, then finish(report);
+    else finish(None) evaluates. bench-paper fits several in one run group (zipfast.paper.grouped)."""
+
+    args: argparse.Namespace
+    dlog: object
+    trainer: object
+    trains: bool
+    no_train: bool
+    kind: str
+    cfg: object
+    spec: object
+    subsample: str
+    n_classes: int
+    fewshot_source: object
+    ck: object = None         # --eval-only: --model-dir's checkpoint
+    ck_prompt: object = None  # and its prompt, loaded
+
+    def finish(self, report: dict | None) -> float:
+        """Dassl's end-of-training lines (report: the fit's), the test predictions and result.json →
+        the test accuracy (%)."""
+        t, args, dlog = self.trainer, self.args, self.dlog
+        queries, w = 0, None
+        if self.trains:
+            best = getattr(t.optimizer, "report", None) == "best"  # CMA-ES's best candidate (BPT-VLM)
+            dlog(f"Reach the maximum number of API calls: {report['queries']} queries in {report['steps']} steps "
+                 f"({report['queries_per_s']} queries/s)")
+            dlog("Finish training")
+            dlog("Deploy the best prompt (lowest training loss)" if best else "Deploy the last-epoch model")
+            queries = report["queries"]
+        elif self.ck is not None:
+            w, queries = self.ck_prompt, int(self.ck.state.get("queries", 0))
+        pred, true = t.test_predictions(w)
+        cfg = self.cfg
+        return write_result(dlog, pred, true, args.eval_only, cfg.output_dir or None, trainer=self.kind,
+                            dataset=self.spec.name, subsample=self.subsample, seed=cfg.seed, shots=cfg.shots,
+                            queries=queries, n_classes=self.n_classes, fewshot_source=self.fewshot_source)
+
+    def close(self) -> None:
+        self.dlog.close()
+
+
+def prepare(args, cache: dict | None = None) -> Prepared:
+    """An official command line built up to its fit (see Prepared). cache: one dict shared by the runs of
+    a group (one load per task key, one data source); None: this run's own."""
     from zipfast.run.prompt import refuse_image_checkpoint
     from zipfast.run.state import read_run
-    from zipfast.run.task import load
+    from zipfast.run.task import cached, load
     from zipfast.run.trainer import Trainer
     from zipfast.paper.dassl_log import DasslLog
 
@@ -240,6 +303,7 @@ def run(args) -> int:
             cfg = dataclasses.replace(cfg, method="zsclip", method_options={"template": spec.template}).validate()
         if args.eval_only or kind == "zsclip":  # nothing trains: skip decoding the (possibly huge) train split
             cfg = dataclasses.replace(cfg, augment="pil").validate()
+    trains = trains and not args.eval_only
     out = cfg.output_dir or None
     dlog = DasslLog(out, echo=not getattr(args, "log_only", False))
     try:
@@ -253,7 +317,7 @@ def run(args) -> int:
                     dlog(f"{key}: {getattr(args, key)}")
             dlog("** Config (zipfast) **")
             dlog(json.dumps(cfg.to_dict(), sort_keys=True))
-        model, tokenizer, classnames, data = load(cfg)
+        model, tokenizer, classnames, data = load(cfg) if cache is None else cached(cfg, cache)
         dlog(f"Dataset: {spec.name} ({subsample} classes: {len(classnames)}; train {len(data.train)}, "
              f"test {len(data.test)})")
         fewshot_source = getattr(data, "fewshot_source", None)
@@ -262,34 +326,31 @@ def run(args) -> int:
         # As Dassl: a folder with a checkpoint resumes (_resume); one without starts over, replacing
         # what a run killed before its first checkpoint left there (overwrite).
         trainer = Trainer(model, classnames, cfg, data, tokenizer=tokenizer, options=options,
-                          template=spec.template if image else None,
-                          output_dir=out if trains and not args.eval_only else None,
-                          progress=not args.no_progress, overwrite=True)
-        if args.no_train and not args.eval_only:
+                          template=spec.template if image else None, output_dir=out if trains else None,
+                          progress=not args.no_progress, overwrite=True, cache=cache)
+        job = Prepared(args, dlog, trainer, trains, args.no_train and not args.eval_only, kind, cfg, spec, subsample,
+                       len(classnames), fewshot_source, ck)
+        if job.no_train:
             dlog("--no-train: nothing trained")
-            return 0
-        queries, w = 0, None
-        if kind == "zsclip":
+        elif kind == "zsclip":
             dlog(f"Zero-shot CLIP, template {trainer.template or spec.template!r}")
         elif args.eval_only:
             if args.load_epoch is not None:
                 log.info("--load-epoch %s ignored: a zipfast checkpoint holds the final prompt", args.load_epoch)
-            w = trainer.load_prompt(ck)
-            queries = int(ck.state.get("queries", 0))
+            job.ck_prompt = trainer.load_prompt(ck)
             best = getattr(trainer.optimizer, "report", None) == "best"  # CMA-ES's best candidate (BPT-VLM)
-            dlog(f"Loading prompt from {ck.path} ({queries} queries"
+            dlog(f"Loading prompt from {ck.path} ({int(ck.state.get('queries', 0))} queries"
                  + (", the best candidate seen" if best else f", step {ck.state.get('step')}") + ")")
         else:
-            best = getattr(trainer.optimizer, "report", None) == "best"
-            queries = train_logged(trainer, args, out, dlog, "Deploy the best prompt (lowest training loss)" if best
-                                   else "Deploy the last-epoch model")
-        pred, true = trainer.test_predictions(w)
-        write_result(dlog, pred, true, args.eval_only, out, trainer=kind, dataset=spec.name, subsample=subsample,
-                     seed=cfg.seed, shots=cfg.shots, queries=queries, n_classes=len(classnames),
-                     fewshot_source=fewshot_source)
-        return 0
-    finally:
+            _resume(trainer, args, out, dlog)
+            if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
+                from zipfast.run.hooks import EvalEvery
+
+                trainer.step_hooks.append(EvalEvery(args.eval_every, out))
+        return job
+    except BaseException:
         dlog.close()
+        raise
 
 
 def write_result(dlog, pred, true, eval_only: bool, out, **fields) -> float:
@@ -307,23 +368,6 @@ def write_result(dlog, pred, true, eval_only: bool, out, **fields) -> float:
     if out:
         save_json({**fields, "accuracy": acc}, Path(out) / RESULT_FILE)
     return acc
-
-
-def train_logged(trainer, args, out, dlog, deployed: str) -> int:
-    """Resume (as Dassl), add the --eval-every hook, fit, and write Dassl's end-of-training lines
-    (`deployed`: which prompt is tested); returns the queries spent. Any trainer of zipfast."""
-    from zipfast.run.hooks import EvalEvery
-
-    _resume(trainer, args, out, dlog)
-    if args.eval_every:  # test accuracy every N queries into curve.jsonl (no queries spent)
-        hook = EvalEvery(args.eval_every, out)
-        trainer.step_hooks.append(hook)
-    report = trainer.fit()
-    dlog(f"Reach the maximum number of API calls: {report['queries']} queries in {report['steps']} steps "
-         f"({report['queries_per_s']} queries/s)")
-    dlog("Finish training")
-    dlog(deployed)
-    return report["queries"]
 
 
 def _resume(trainer, args, out, dlog) -> None:

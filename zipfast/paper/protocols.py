@@ -263,13 +263,22 @@ class Plan:
 
 
 def run_protocol(plan: Plan, entry, ray: str | None = None, cpus_per_job: float = 1, gpus_per_job: float = 0,
-                 progress: bool = True, skip_missing: bool = False, announce=None) -> dict:
+                 progress: bool = True, skip_missing: bool = False, announce=None, group_size: int = 32,
+                 parser=None) -> dict:
     """Check the datasets (Plan.check_data), then run (or skip) every job of the plan through entry (the
     CLI's main), each job's output going to its log.txt; then write its tables and plot. ray: the --ray
-    value (sweep.RayRunner), None to run the jobs in this process. announce(stages): called once the
-    datasets are checked and the runner stands, before any job (the CLI says what the plan will run)."""
+    value (sweep.RayRunner: one job per task), None to run the jobs in this process: with parser (the
+    CLI's, which reads each job's settings) and group_size > 1, the training jobs that share a task in
+    run groups of at most group_size (grouped.GroupedRunner), else one after another. announce(stages):
+    called once the datasets are checked and the runner stands, before any job (the CLI says what the
+    plan will run)."""
+    from zipfast.paper.grouped import GroupedRunner
+
     skipped = plan.check_data(skip_missing)
-    runner = RayRunner(entry, ray, cpus_per_job, gpus_per_job) if ray else LocalRunner(entry)
+    if ray:
+        runner = RayRunner(entry, ray, cpus_per_job, gpus_per_job)
+    else:
+        runner = GroupedRunner(entry, parser, group_size) if parser is not None and group_size > 1 else LocalRunner(entry)
     if announce is not None:  # once the runner stands: a refused --ray stays the only line
         announce(plan.stages())
     summary = run_stages(plan.stages(), runner, progress)

@@ -3,7 +3,8 @@
 A job is the argument list of one `zipfast train` call and its output folder. Jobs whose folder
 already holds a result are skipped (the official scripts skip existing output folders; zipfast
 reruns a folder without a result, which resumes from its checkpoint). With Ray each job is one
-task with its CPU/GPU request; results are gathered the same way in both modes. A job's output goes
+task with its CPU/GPU request; results are gathered the same way in both modes. In this process,
+zipfast.paper.grouped steps the training jobs that share a task as run groups. A job's output goes
 to its log.txt, not to the terminal, which shows the progress bar and one line per failed job.
 """
 
@@ -41,20 +42,22 @@ def _logs(folder: Path) -> dict:
     return {f: (f.stat().st_mtime_ns, f.stat().st_size) for f in folder.glob("log.txt*")} if folder.is_dir() else {}
 
 
-def run_job(entry, argv: list[str], output_dir: str) -> tuple[int, str | None, str]:
+def run_job(entry, argv: list[str], output_dir: str, fn=None, log_path=None) -> tuple[int, str | None, str]:
     """One `zipfast train` call through entry (the CLI's main, passed in: this module sits below
     the CLI; Ray pickles it by reference), its output kept off the terminal: the job writes its Dassl
     lines to its log only (train --log-only), and anything else it prints (warnings, its error line,
-    a traceback) is appended to that log. Returns (exit status, the log's path, the last line printed)."""
+    a traceback) is appended to that log. fn(args): run instead of `train` (a phase of a grouped job,
+    zipfast.paper.grouped), whose log is log_path. Returns (exit status, the log's path, the last line
+    printed)."""
     out, buf, code = Path(output_dir), io.StringIO(), None
     before = _logs(out)
     try:
         with redirect_stdout(buf), redirect_stderr(buf):
-            code = entry(["train", LOG_ONLY, *argv])
+            code = entry(["train", LOG_ONLY, *argv], **({"fn": fn} if fn is not None else {}))
     finally:  # also when interrupted: what it printed stays in its log
         text = buf.getvalue()
         written = [f for f, stamp in _logs(out).items() if before.get(f) != stamp]
-        path = max(written, key=lambda f: f.stat().st_mtime_ns) if written else None
+        path = Path(log_path) if log_path else max(written, key=lambda f: f.stat().st_mtime_ns) if written else None
         if path is None and (text.strip() or code != 0):  # failed before its log opened: a new one, Dassl's naming
             dlog = DasslLog(out, echo=False)
             dlog.close()

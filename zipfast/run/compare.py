@@ -101,10 +101,7 @@ def run_state(folder: Path | None) -> str:
 
 def _task(cfg: TrainConfig, load: Callable | None, cache: dict):
     """(model, tokenizer, classnames, data) of cfg, loaded once per cache."""
-    key = task.task_key(cfg)
-    if key not in cache:
-        cache[key] = (load or task.load)(cfg)
-    return cache[key]
+    return task.cached(cfg, cache, load)
 
 
 def _record(report: dict, curve: list) -> dict:

@@ -13,7 +13,8 @@ A run whose budget is spent, or whose next round does not fit, leaves the group;
 on. A run that fails (a non-finite loss: NonFiniteLossError, after writing its last good state)
 leaves with its error, which `fit` returns in its place. SIGINT/SIGTERM/SIGHUP end the current
 group round, write every live run's checkpoint and raise `GroupInterrupted`; the same runs,
-resumed from their checkpoints (`Trainer.load_checkpoint`), continue bit for bit.
+resumed from their checkpoints (`Trainer.load_checkpoint`), continue bit for bit; `results` then
+holds each stopped run's RunInterrupted.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class RunGroup:
             try:
                 self.results[i] = s.finish(stop.requested)
             except RunInterrupted as e:
+                self.results[i] = e  # read by callers that finish each run on its own (bench-paper)
                 stopped.append(e)
         if stop.requested is not None:
             raise GroupInterrupted(stop.requested, stopped)

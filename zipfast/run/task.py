@@ -71,6 +71,34 @@ def task_key(cfg) -> tuple:
             None if cfg.dataset in PLANTED_TASKS else cfg.seed)
 
 
+def cached(cfg, cache: dict, load_fn=None):
+    """(model, tokenizer, classnames, data) of cfg's task_key, loaded once per cache (load_fn, default
+    `load`); the runs of a group build their trainers with that cache, so they share the data source."""
+    key = ("task", task_key(cfg))
+    if key not in cache:
+        cache[key] = (load_fn or load)(cfg)
+    return cache[key]
+
+
+def release(cache: dict, cfg) -> None:
+    """The task of cfg's key and the sources built on it leave the cache (memory: its runs are done)."""
+    got = cache.pop(("task", task_key(cfg)), None)
+    if got is not None:
+        data = got[3]
+        # what zipfast.evaluate.base.shared built on it: (object, data, model, tokenizer)
+        for k in [k for k, v in cache.items() if isinstance(v, tuple) and len(v) == 4 and v[1] is data]:
+            del cache[k]
+
+
+def plan_groups(cfgs, group_size: int) -> list[list[int]]:
+    """Indices of cfgs in run groups: by task_key (first appearance order), then in slices of at most
+    group_size in the given order."""
+    by_key: dict[tuple, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        by_key.setdefault(task_key(c), []).append(i)
+    return [ids[k:k + group_size] for ids in by_key.values() for k in range(0, len(ids), group_size)]
+
+
 def _seeded_model(cfg):
     """(model, tokenizer); a checkpoint holds no model weights: a random init (pretrained none) is
     seeded by the run seed, so that `eval` rebuilds the very model `train` used."""

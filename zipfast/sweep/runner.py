@@ -149,7 +149,7 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
             raise SweepInterrupted(e, done, len(specs), out) from None
         done += len(todo)
         if keys[members[0]] not in {keys[j] for later in plan_[g + 1:] for j in later}:  # its task's last group
-            _drop_task(cache, cfgs[todo[0]])
+            task.release(cache, cfgs[todo[0]])
     records = [read_record(s, folders[s.name]) for s in specs]
     if groups is None:
         from zipfast.io import save_text
@@ -166,12 +166,8 @@ def _previous(out: Path) -> dict:
 
 
 def plan(specs: Sequence, cfgs: Sequence[TrainConfig], group_size: int) -> list[list[int]]:
-    """Indices of the specs in groups: by `zipfast.run.task.task_key` (first appearance order), then in slices of
-    at most group_size in the specs' order."""
-    by_key: dict[tuple, list[int]] = {}
-    for i, c in enumerate(cfgs):
-        by_key.setdefault(task.task_key(c), []).append(i)
-    return [ids[k:k + group_size] for ids in by_key.values() for k in range(0, len(ids), group_size)]
+    """Indices of the specs in groups (`zipfast.run.task.plan_groups`)."""
+    return task.plan_groups(cfgs, group_size)
 
 
 def _task(cfg: TrainConfig, load, cache: dict):
@@ -180,24 +176,11 @@ def _task(cfg: TrainConfig, load, cache: dict):
     from zipfast.data.imagefolder import FewShotImageFolder
     from zipfast.errors import DatasetError
 
-    key = ("task", task.task_key(cfg))
-    if key not in cache:
-        got = (load or task.load)(cfg)
-        if isinstance(got[3], FewShotImageFolder) and not got[3].val:
-            raise DatasetError(f"{cfg.dataset!r} gives no validation images, which the sweep selects on: add a val/ "
-                               "folder, or pass --test-per-class N so that images are left for validation")
-        cache[key] = got
-    return cache[key]
-
-
-def _drop_task(cache: dict, cfg: TrainConfig) -> None:
-    """The task of a finished key and the sources built on it leave the cache (memory)."""
-    got = cache.pop(("task", task.task_key(cfg)), None)
-    if got is not None:
-        data = got[3]
-        # what zipfast.evaluate.base.shared built on it: (object, data, model, tokenizer)
-        for k in [k for k, v in cache.items() if isinstance(v, tuple) and len(v) == 4 and v[1] is data]:
-            del cache[k]
+    got = task.cached(cfg, cache, load)
+    if isinstance(got[3], FewShotImageFolder) and not got[3].val:
+        raise DatasetError(f"{cfg.dataset!r} gives no validation images, which the sweep selects on: add a val/ "
+                           "folder, or pass --test-per-class N so that images are left for validation")
+    return got
 
 
 def _run_group(specs, cfgs, folders, states, load, cache, eval_every, progress, desc) -> None:
