@@ -21,7 +21,8 @@ def render(data: dict) -> str:
            f"{' (dirty)' if ci.get('dirty') else ''}; load average at start/end: {mi.get('loadavg_start')} / "
            f"{mi.get('loadavg_end')}", ""]
     for kind, title in (("image", "real step (image pass + text)"), ("features", "text only, ViT-B/16 text tower"),
-                        ("planted", "text only, planted tower")):
+                        ("planted", "text only, planted tower"),
+                        ("planted-fused", "text only, planted tower, fused CUDA-graph steps")):
         got = [b for b in rows if b["extra_info"]["kind"] == kind]
         if not got:
             continue
@@ -29,7 +30,7 @@ def render(data: dict) -> str:
         rounds = {(b["extra_info"]["mode"], b["extra_info"]["R"]): b["stats"]["rounds"] for b in got}
         eng = {b["extra_info"]["R"]: b["extra_info"].get("text_engines") for b in got if "text_engines" in b["extra_info"]}
         out += [f"### {title}", ""]
-        if kind == "planted":
+        if kind.startswith("planted"):
             out += ["| R | group round (s) | sum of R rounds alone (s) | group / sum | text engines | rounds |",
                     "|---:|---:|---:|---:|---:|---:|"]
             for R in sorted({r for _, r in med}):

@@ -9,7 +9,9 @@ Timed units (each a pedantic round of pytest-benchmark):
   group round   `RunGroup._round` over all R runs: every run's ask, `losses_many`, every run's tell
                 and session bookkeeping, i.e. what one iteration of `RunGroup.fit` does.
   alone round   `Trainer._round` of one run (the plain ask → evaluator.losses → tell), the
-                round a run does by itself (the CUDA-graph fused step disabled, as in a group).
+                round a run does by itself with the CUDA-graph fused step disabled.
+  fused=True    both with the fused step where it applies (CUDA): the group's one captured
+                group step, or each run's own captured step alone.
 """
 
 from __future__ import annotations
@@ -99,22 +101,24 @@ def feature_trainers(R: int, model, tokenizer, data: FeatureSource, device: str 
             for i in range(R)]
 
 
-def started(trainers) -> list[Session]:
-    """Each trainer's session started as `fit` starts it (the plain rounds: no fused step)."""
+def started(trainers, fused: bool = False) -> list[Session]:
+    """Each trainer's session started as `fit` starts it; fused False: the plain rounds (the fused
+    step, which applies on CUDA, switched off)."""
     sessions = [Session(t, progress=False) for t in trainers]
     for s, t in zip(sessions, trainers):
         s.start()
-        t._fused = None
+        if not fused:
+            t._fused = None
     return sessions
 
 
 class GroupRound:
     """Callable: one `RunGroup` round of the trainers (all stay live: the budget is never reached)."""
 
-    def __init__(self, trainers):
+    def __init__(self, trainers, fused: bool = False):
         self.trainers = list(trainers)
         self.group = RunGroup(self.trainers, progress=False)
-        self.sessions = started(self.trainers)
+        self.sessions = started(self.trainers, fused)
         self.live = list(range(len(self.trainers)))
         self.bar = tqdm(disable=True)
 
@@ -141,9 +145,9 @@ class GroupRound:
 class AloneRounds:
     """Callable: one plain round of each trainer in turn, as each run would do it by itself."""
 
-    def __init__(self, trainers):
+    def __init__(self, trainers, fused: bool = False):
         self.trainers = list(trainers)
-        started(self.trainers)
+        started(self.trainers, fused)
 
     def __call__(self):
         for t in self.trainers:

@@ -6,8 +6,10 @@ Same workloads (bench/group_workload.py) with device "cuda", fp32, each round sy
                       128 images, feature_bank = 0: one run's round alone vs group rounds R = 1, 4, 16
   gpu group-planted   planted tower: group round vs the sum of the runs' rounds alone, R = 1, 4, 16, 64
   gpu group-features  ViT-B/16 text tower, cached features: alone vs group R = 1, 4, 16
-On a GPU the alone round is the plain one (a run alone would use the fused CUDA-graph step;
-a group does not). Results: bench/results/gpu.json; `python bench/group_report.py` renders them.
+  gpu group-fused     planted tower, the fused CUDA-graph steps: the group's ONE captured group
+                      step vs the sum of each run's own captured step alone, R = 1, 4, 16, 64
+The other cases time the plain rounds (the fused step switched off, alone and in the group).
+Results: bench/results/gpu.json; `python bench/group_report.py` renders them.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ def test_gpu_group_planted(benchmark, R, mode):
     trainers = W.planted_trainers(R, device="cuda")
     fn = W.GroupRound(trainers) if mode == "group" else W.AloneRounds(trainers)
     _record(benchmark, fn, 20, kind="planted", mode=mode, R=R)
+
+
+@pytest.mark.benchmark(group="gpu group-fused")
+@pytest.mark.parametrize("mode", ["group", "alone-sum"])
+@pytest.mark.parametrize("R", [1, 4, 16, 64])
+def test_gpu_group_fused(benchmark, R, mode):
+    trainers = W.planted_trainers(R, device="cuda")
+    fn = W.GroupRound(trainers, fused=True) if mode == "group" else W.AloneRounds(trainers, fused=True)
+    assert all(t._fused is not None for t in trainers), "the fused step does not apply"
+    _record(benchmark, fn, 20, kind="planted-fused", mode=mode, R=R)
 
 
 @pytest.mark.benchmark(group="gpu group-features")

@@ -86,12 +86,11 @@ def test_spsa_update_on_gpu(backend, mode, monkeypatch):
         assert rel(a.cpu(), b) <= 1e-5
 
 
-def test_graph_step_replays_equal_eager():
-    """Three graph replays equal three eager steps (fresh perturbations per replay)."""
+def _planted_cuda():
+    """(engine, space, w0, task) of the planted task on CUDA (fp32, the batched engine)."""
     from zipfast.engine.batched import make_engine
     from zipfast.data.planted import make_planted_task, planted_model
     from zipfast.spaces.context import ZIPSpace
-    from zipfast.engine.step import FusedZIPStep
     from zipfast.engine.towers import ClassPrompts, TextTower
 
     model, tok = planted_model(0)
@@ -100,7 +99,14 @@ def test_graph_step_replays_equal_eager():
     task = make_planted_task(tower, tok, n_ctx=4, shots=4, test_per_class=2, seed=0)
     engine = make_engine("torch-batched", tower, ClassPrompts.build(tower, tok, task.classnames, 4), "fp32")
     space = ZIPSpace.create(task.ctx0.float().cuda(), 40, 2, torch.Generator().manual_seed(1))
-    w0 = space.init_params(torch.Generator().manual_seed(2))
+    return engine, space, space.init_params(torch.Generator().manual_seed(2)), task
+
+
+def test_graph_step_replays_equal_eager():
+    """Three graph replays equal three eager steps (fresh perturbations per replay)."""
+    from zipfast.engine.step import FusedZIPStep
+
+    engine, space, w0, task = _planted_cuda()
     steps = [FusedZIPStep(space, engine, w0, seed=7, q=3, batch_size=16, feat_dim=task.train_features.shape[1],
                           use_graph=g) for g in (True, False)]
     for k in range(3):
@@ -109,3 +115,32 @@ def test_graph_step_replays_equal_eager():
             s(task.train_features[idx].float().cuda(), task.train_labels[idx].cuda())
     assert steps[0].graph is not None and int(steps[0].step) == 3
     assert rel(steps[0].w, steps[1].w) <= 1e-6
+
+
+def test_group_graph_replays_equal_the_eager_group_step():
+    """The run group's step of 3 runs (other step sizes, seeds, spsa-gc) captured as ONE CUDA graph:
+    its first replay passes the self-check (no fallback recorded) and three replays equal three
+    eager group steps, run by run."""
+    from zipfast.engine.group_step import FusedZIPGroupStep
+    from zipfast.engine.step import FusedZIPStep
+    from zipfast.ops import registry
+
+    engine, space, w0, task = _planted_cuda()
+
+    def group(use_graph):
+        return FusedZIPGroupStep([FusedZIPStep(space, engine, w0 * (1 + r), seed=7 + r, q=3, batch_size=16,
+                                               feat_dim=task.train_features.shape[1],
+                                               spsa_params=(1.0, 0.01, 0.01 * (1 + r), 0.4, 0.1),
+                                               opt_type=("spsa-clip", "spsa-gc")[r % 2]) for r in range(3)],
+                                 use_graph=use_graph)
+    graph, eager = group(True), group(False)
+    for k in range(3):
+        batches = [(task.train_features[torch.arange(16) + k + r].float().cuda(),
+                    task.train_labels[torch.arange(16) + k + r].cuda()) for r in range(3)]
+        graph(batches)
+        eager(batches)
+    assert graph.graph is not None and graph.use_graph
+    assert not [f for f in registry.fallbacks() if f["op"] == "fused_group_step"]
+    for a, b in zip(graph.steps, eager.steps):
+        assert int(a.step) == int(b.step) == 3
+        assert rel(a.w, b.w) <= 1e-6 and rel(a.momentum, b.momentum) <= 1e-6

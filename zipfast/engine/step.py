@@ -12,6 +12,8 @@ each step), the losses, accuracies and statistics. Nothing in `step_fn` reads a 
 back to the host, so on CPU it runs eagerly (and compiles with torch.compile(fullgraph=True)),
 and on CUDA it is captured once per shape (warm-up on a side stream, one memory pool) and
 replayed. The trajectory equals SPSA(perturbation="philox") through the engine (tests/test_step.py).
+`CapturedStep` (eager or graph, first replay checked) is shared with the run group's step
+(zipfast.engine.group_step).
 """
 
 from __future__ import annotations
@@ -27,7 +29,80 @@ from zipfast.ops.spsa_update import STATS, schedules, spsa_update
 log = get_logger("step")
 
 
-class FusedZIPStep:
+class CapturedStep:
+    """`step_fn` over static buffers, run eagerly or (use_graph) captured once as a CUDA graph and
+    replayed, the first replay checked against the eager step. A subclass sets device, use_graph,
+    graph = None and defines step_fn, `_state()` (the tensors a step advances, restored after the
+    warm-up and the check) and `_outputs()` (what the check compares), both {name: tensor}."""
+
+    what = "the fused ZIP step"  # for the log
+    op = "fused_step"  # the registry's name of a rejected graph (the run report's "op fused_step")
+
+    def step_fn(self) -> None:
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _outputs(self) -> dict:
+        raise NotImplementedError
+
+    def _shape(self) -> str:
+        return ""
+
+    def _run(self) -> None:
+        """One step, on the inputs already in the buffers."""
+        if not self.use_graph:
+            self.step_fn()
+            return
+        if self.graph is None:
+            self._capture()
+            if selfcheck.mode() != "0":
+                self._first_replay_checked()  # the graph is trusted only once it equals the eager step
+                return
+        self.graph.replay()
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (lazy inits, Triton compiles), then capture one step."""
+        state = {n: t.clone() for n, t in self._state().items()}
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self.step_fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for n, t in self._state().items():  # the warm-up must not count as a step
+            t.copy_(state[n])
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=torch.cuda.graph_pool_handle()):
+            self.step_fn()
+        log.info("captured %s as a CUDA graph (%s)", self.what, self._shape())
+
+    def _first_replay_checked(self) -> None:
+        """This step twice from the same state: eagerly, then as the graph's first replay. The
+        graph is kept when its outputs equal the eager ones (relative 1e-6); otherwise it is
+        dropped for this step object, the eager results stand, and the fallback is logged and
+        recorded in `zipfast.ops.registry.fallbacks()` (hence in the run report)."""
+        before = {n: t.clone() for n, t in self._state().items()}
+        self.step_fn()
+        eager = {n: t.clone() for n, t in {**self._outputs(), **self._state()}.items()}
+        for n, t in self._state().items():
+            t.copy_(before[n])
+        try:
+            self.graph.replay()
+            problem = selfcheck.first_problem(*(selfcheck.compare(t, eager[n], f"graph replay {n}", rtol=1e-6)
+                                                for n, t in self._outputs().items()))
+        except Exception as e:  # a replay that fails is as untrustworthy as a wrong one
+            problem = f"replay raised {type(e).__name__}: {e}"
+        if problem is None:
+            return
+        for n, t in {**self._outputs(), **self._state()}.items():
+            t.copy_(eager[n])
+        self.graph, self.use_graph = None, False
+        log.warning("%s's CUDA graph disagrees with the eager step (%s); running it eagerly", self.what, problem)
+        registry.note_fallback(self.op, self.device.type, "eager", {"cuda-graph": f"self-check failed: {problem}"})
+
+
+class FusedZIPStep(CapturedStep):
     """Static-buffer ZIP step for one shape (q pairs, batch of B image features of width E).
 
     space: a ZIPSpace; engine: the query engine (its text_features must not sync the host);
@@ -60,10 +135,18 @@ class FusedZIPStep:
 
     def step_fn(self) -> None:
         """One step on the static buffers (no host synchronisation)."""
+        counters = self._perturb()  # fills ctx before the text pass reads it
+        self._update(self.engine.text_features(self.ctx), *counters)
+
+    def _perturb(self):
+        """Step k = step + 1's candidates into ctx [2q, m, D] → (k, a_k, c_k) (device scalars)."""
         k = self.step + 1
         ak, ck = schedules(k, self.a, self.o, self.alpha, self.c, self.gamma)
         candidates(self.w, self.seed, k, ck, self.ctx0, self.ff, self.space.rank, self.q, out=self.ctx)
-        txt = self.engine.text_features(self.ctx)
+        return k, ak, ck
+
+    def _update(self, txt: torch.Tensor, k, ak, ck) -> None:
+        """The candidates' text features txt [2q, C, E] → losses, SPSA update, step + 1 (in the buffers)."""
         loss, acc = clip_loss(txt, self.feats, self.labels, self.engine.logit_scale)
         w_new, m_new, stats = spsa_update(self.w, self.momentum, loss, self.seed, k, ak, ck, mode=self.opt_type,
                                           b1=self.b1)
@@ -74,61 +157,24 @@ class FusedZIPStep:
         self.stats.copy_(stats)
         self.step.add_(1)
 
-    def _capture(self) -> None:
-        """Warm up on a side stream (lazy inits, Triton compiles), then capture one step."""
-        state = [t.clone() for t in (self.w, self.momentum, self.step)]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self.step_fn()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        for t, s in zip((self.w, self.momentum, self.step), state):  # the warm-up must not count as a step
-            t.copy_(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=torch.cuda.graph_pool_handle()):
-            self.step_fn()
-        log.info("captured the fused ZIP step as a CUDA graph (q=%d, batch %d)", self.q, self.feats.shape[0])
+    def load(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
+        """The minibatch (features [B, E], labels [B]) into the static buffers."""
+        self.feats.copy_(feats, non_blocking=True)
+        self.labels.copy_(labels, non_blocking=True)
 
     def __call__(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """Run one step on a minibatch (features [B, E], labels [B]); results stay in the buffers."""
-        self.feats.copy_(feats, non_blocking=True)
-        self.labels.copy_(labels, non_blocking=True)
-        if not self.use_graph:
-            self.step_fn()
-            return
-        if self.graph is None:
-            self._capture()
-            if selfcheck.mode() != "0":
-                self._first_replay_checked()  # the graph is trusted only once it equals the eager step
-                return
-        self.graph.replay()
+        self.load(feats, labels)
+        self._run()
 
-    _STATE = ("w", "momentum", "step")
-    _OUTPUTS = ("w", "momentum", "losses", "accs", "stats")
+    def _state(self) -> dict:
+        return {"w": self.w, "momentum": self.momentum, "step": self.step}
 
-    def _first_replay_checked(self) -> None:
-        """This step twice from the same state: eagerly, then as the graph's first replay. The
-        graph is kept when its outputs equal the eager ones (relative 1e-6); otherwise it is
-        dropped for this step object, the eager results stand, and the fallback is logged and
-        recorded in `zipfast.ops.registry.fallbacks()` (hence in the run report)."""
-        before = {n: getattr(self, n).clone() for n in self._STATE}
-        self.step_fn()
-        eager = {n: getattr(self, n).clone() for n in self._OUTPUTS + ("step",)}
-        for n, t in before.items():
-            getattr(self, n).copy_(t)
-        try:
-            self.graph.replay()
-            problem = selfcheck.first_problem(*(selfcheck.compare(getattr(self, n), eager[n], f"graph replay {n}",
-                                                                  rtol=1e-6) for n in self._OUTPUTS))
-        except Exception as e:  # a replay that fails is as untrustworthy as a wrong one
-            problem = f"replay raised {type(e).__name__}: {e}"
-        if problem is None:
-            return
-        for n, t in eager.items():
-            getattr(self, n).copy_(t)
-        self.graph, self.use_graph = None, False
-        log.warning("the fused ZIP step's CUDA graph disagrees with the eager step (%s); running it eagerly", problem)
-        registry.note_fallback("fused_step", self.device.type, "eager", {"cuda-graph": f"self-check failed: {problem}"})
+    def _outputs(self) -> dict:
+        return {"w": self.w, "momentum": self.momentum, "losses": self.losses, "accs": self.accs, "stats": self.stats}
+
+    def _shape(self) -> str:
+        return f"q={self.q}, batch {self.feats.shape[0]}"
 
     def record(self) -> dict:
         """The last step's statistics as host values (one synchronisation: call every log_every steps)."""

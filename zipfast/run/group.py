@@ -5,9 +5,11 @@ group computes all their losses together (zipfast.evaluate.group: one text pass 
 candidate, one read per shared minibatch, the image tower's body batched over the image-side
 runs) and tells each run its own. A run is otherwise what it is alone: its options, seeds,
 optimiser state, budget and exact query accounting, log, checkpoints, step hooks and report, in
-its own folder, bit for bit in fp32 on the CPU (tests/run/test_group.py). Differences from a run
-alone: its wall time (`wall_time_s`, `time_s`) is the group's while it ran, and the fused CUDA-graph
-step of a single ZIP run is not used (the group's rounds are the plain ones).
+its own folder, bit for bit in fp32 on the CPU (tests/run/test_group.py). The ZIP runs that alone
+would take the fused step (on CUDA by default, anywhere with ZIPFAST_FUSED_STEP=1) take it
+together: one fused group step per shared text engine and shape, on CUDA captured as ONE CUDA
+graph (zipfast.run.fused_group; unverified on a GPU). The difference from a run alone: its wall
+time (`wall_time_s`, `time_s`) is the group's while it ran.
 
 A run whose budget is spent, or whose next round does not fit, leaves the group; the others go
 on. A run that fails (a non-finite loss: NonFiniteLossError, after writing its last good state)
@@ -25,6 +27,7 @@ import time
 from tqdm.auto import tqdm
 
 from zipfast.evaluate.group import Query, losses_many
+from zipfast.run.fused_group import FusedRounds
 from zipfast.run.loop import Session
 from zipfast.run.signals import RunInterrupted, Stopped, StopSignals
 
@@ -48,6 +51,7 @@ class RunGroup:
         self.trainers = list(trainers)
         self.progress, self.desc, self.on_round = progress, desc, on_round
         self.results: list = [None] * len(self.trainers)
+        self.fused = FusedRounds()
 
     def fit(self) -> list:
         """Run every trainer to its budget → per trainer its report (dict) or the exception it left
@@ -67,7 +71,6 @@ class RunGroup:
         try:
             for i in live:
                 sessions[i].start()
-                ts[i]._fused = None  # the plain rounds: their losses are computed with the other runs'
             while live:
                 t0 = time.perf_counter()
                 live = self._round(live, sessions, bar)
@@ -99,25 +102,45 @@ class RunGroup:
         return self.results
 
     def _round(self, live: list[int], sessions, bar) -> list[int]:
-        """One group round → the runs still live after it."""
+        """One group round → the runs still live after it: the fused steps together, then the plain
+        rounds' losses together; each run's round is the one it would take alone."""
         ts = self.trainers
-        asked = {}
+        fused = [i for i in live if ts[i]._fused_fits(ts[i].config.budget - ts[i].queries)]
+        done = self.fused.round(ts, fused)
+        done.update(self._plain(live, fused))
+        still = []
+        for i in live:
+            if i not in done:  # nothing left to run
+                continue
+            if isinstance(done[i], Exception):
+                self.results[i] = done[i]
+                continue
+            spent, rec = done[i]
+            sessions[i].record(spent, rec)
+            bar.update(spent)
+            still.append(i)
+        return still
+
+    def _plain(self, live: list[int], skip: list[int]) -> dict:
+        """The plain rounds of the live runs not in `skip` → {index: (queries spent, record) or the
+        exception it leaves with}; runs with nothing left to ask are left out."""
+        ts = self.trainers
+        asked, done = {}, {}
         for i in live:
             t = ts[i]
             remaining = t.config.budget - t.queries
-            if t.optimizer is None or remaining <= 0:
+            if i in skip or t.optimizer is None or remaining <= 0:
                 continue
             try:
                 pending = t._ask(remaining)
             except Exception as e:
-                self.results[i] = e
+                done[i] = e
                 continue
             if pending is not None:
                 asked[i] = pending
         order = list(asked)
         answers = losses_many([Query(ts[i].evaluator, ts[i].space, asked[i].cand, asked[i].batch_index)
                                for i in order])
-        still = []
         for i, got in zip(order, answers):
             t, p = ts[i], asked[i]
             try:
@@ -126,11 +149,7 @@ class RunGroup:
                     t.optimizer.load_state_dict(p.before, getattr(t.optimizer.point, "device", "cpu"))
                     t.evaluator.restore(t.space, p.held)
                     raise got
-                spent, rec = t._tell(p, *got)
+                done[i] = t._tell(p, *got)
             except Exception as e:
-                self.results[i] = e
-                continue
-            sessions[i].record(spent, rec)
-            bar.update(spent)
-            still.append(i)
-        return still
+                done[i] = e
+        return done

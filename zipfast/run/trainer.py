@@ -130,8 +130,9 @@ class Trainer(BudgetedRun):
     def _round(self, remaining: int) -> tuple[int, dict | None]:
         if self.optimizer is None:  # zero-shot CLIP: nothing to train
             return 0, None
-        if self._fused is not None and remaining >= 2 * self.config.sp_avg:  # the CUDA-graph step
-            return 2 * self.config.sp_avg, self._fused_round(self._fused)
+        if self._fused_fits(remaining):  # the CUDA-graph step
+            self._fused(*self.evaluator.fused_batch(self.step + 1))
+            return self._fused_stepped()
         pending = self._ask(remaining)
         if pending is None:
             return 0, None
@@ -177,11 +178,17 @@ class Trainer(BudgetedRun):
         rec["time_s"] = round(self._tick(), 4)
         return spent, rec
 
-    def _fused_round(self, fused) -> dict | None:
-        """One fused step; the host reads its statistics (→ the record) only on log, checkpoint and
-        final steps, None otherwise."""
-        c, k = self.config, self.step + 1
-        fused(*self.evaluator.fused_batch(k))
+    def _fused_fits(self, remaining: int) -> bool:
+        """Whether this round is a fused step: the fused step applies and a whole one (2q queries) fits
+        in `remaining` (else the plain round, which asks for what fits)."""
+        return self._fused is not None and remaining >= 2 * self.config.sp_avg
+
+    def _fused_stepped(self) -> tuple[int, dict | None]:
+        """After one fused step on this run's `FusedZIPStep` buffers (alone, or as its part of a run
+        group's step, zipfast.run.fused_group): the optimiser takes the new state → (2q queries
+        spent, the record). The host reads the step's statistics only on log, checkpoint and final
+        steps (record None otherwise), so a non-finite loss raises NonFiniteLossError there."""
+        c, k, fused = self.config, self.step + 1, self._fused
         opt = self.optimizer  # the optimiser stays the owner of the state (checkpoints, evaluate)
         opt.w, opt.step = fused.w.clone(), k
         if c.opt_type == "spsa-gc":
@@ -191,12 +198,12 @@ class Trainer(BudgetedRun):
         last = self.queries + 2 * c.sp_avg > c.budget
         save = self.run_dir is not None and c.checkpoint_every and k % c.checkpoint_every == 0
         if not (k % c.log_every == 0 or last or save):
-            return None
+            return 2 * c.sp_avg, None
         rec = {"step": k, "queries": self.queries, **fused.record(), "time_s": round(self.elapsed, 4)}
         if not all(map(math.isfinite, (rec["loss"], rec["grad_norm"]))):
             raise NonFiniteLossError(f"non-finite loss or gradient by step {k} of the fused step ({rec}); "
                                      "rerun with ZIPFAST_FUSED_STEP=0 to stop at the first bad step")
-        return rec
+        return 2 * c.sp_avg, rec
 
     # ------------------------------------------------------------------ evaluation
 
