@@ -160,3 +160,45 @@ def test_group_step_refuses_runs_on_other_engines_or_shapes(setup):
     steps[1].q = 4
     with pytest.raises(ValueError, match="share the engine"):
         FusedZIPGroupStep(steps)
+
+
+def _curve_trainer(task, cfg, out, cache, every=20):
+    from zipfast.run.hooks import EvalEvery
+
+    t = _trainer(task, cfg, out, cache)
+    t.step_hooks.append(EvalEvery(every, out))
+    return t
+
+
+def test_eval_every_keeps_the_fused_step_and_its_points_are_the_trajectory_s(planted_task, tmp_path, fused_on):
+    """A step hook that says when it is due (EvalEvery) keeps the fused step: the trajectory is the fused
+    run's without the hook, and each curve point is the test accuracy of the point at that count."""
+    cfg = dataclasses.replace(PLANTED, method="zip", seed=1, log_every=100)
+    plain = _trainer(planted_task, cfg, tmp_path / "plain", {})
+    ref = plain.fit()
+    t = _curve_trainer(planted_task, cfg, tmp_path / "curve", {})
+    rep = t.fit()
+    assert t._fused is not None and torch.equal(t.w, plain.w)
+    assert {k: v for k, v in rep.items() if k not in TIMES} == {k: v for k, v in ref.items() if k not in TIMES}
+    points = t.step_hooks[0].points
+    assert [p["queries"] for p in points] == [0, 20, 40, 60]
+    for p in points[1:]:  # the same run stopped at that budget ends at that point
+        short = _trainer(planted_task, dataclasses.replace(cfg, budget=p["queries"]), None, {})
+        assert short.fit()["test_acc"] == pytest.approx(p["test_acc"], abs=1e-4)
+
+
+def test_group_with_eval_every_takes_the_fused_group_step(planted_task, tmp_path, fused_on, monkeypatch):
+    cfgs = [dataclasses.replace(PLANTED, method="zip", **r) for r in RUNS]
+    alone = []
+    for i, c in enumerate(cfgs):
+        t = _curve_trainer(planted_task, c, tmp_path / f"alone{i}", {})
+        alone.append((t.fit(), t.w.clone(), t.step_hooks[0].points))
+    monkeypatch.setattr(FusedZIPStep, "step_fn", lambda self: pytest.fail("a run stepped alone in the group"))
+    cache = {}
+    group = [_curve_trainer(planted_task, c, tmp_path / f"group{i}", cache) for i, c in enumerate(cfgs)]
+    results = RunGroup(group, progress=False).fit()
+    for i, ((rep, w, points), got, t) in enumerate(zip(alone, results, group)):
+        assert isinstance(got, dict), got
+        assert torch.equal(t.w, w), i
+        assert {k: v for k, v in got.items() if k not in TIMES} == {k: v for k, v in rep.items() if k not in TIMES}
+        assert t.step_hooks[0].points == points and len(points) >= 2

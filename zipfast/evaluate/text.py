@@ -99,14 +99,16 @@ class TextEvaluator(Evaluator):
 
     def fused(self, space, optimizer, config, hooks):
         """The fused static-buffer step (zipfast.engine.step.FusedZIPStep) where it applies: ZIP's SPSA
-        on the counter-based stream, the batched engine, no step hooks; on CUDA (a captured graph) by
-        default, anywhere with ZIPFAST_FUSED_STEP=1 (eager), never with ZIPFAST_FUSED_STEP=0."""
+        on the counter-based stream, the batched engine, no step hooks but those that say when they
+        are due (`due(trainer)`, e.g. EvalEvery: the fused round reads its record then); on CUDA (a
+        captured graph) by default, anywhere with ZIPFAST_FUSED_STEP=1 (eager), never with
+        ZIPFAST_FUSED_STEP=0."""
         from zipfast.engine.batched import BatchedEngine
         from zipfast.engine.step import FusedZIPStep
         from zipfast.optim import SPSA
 
         want = fused_setting()
-        if want == "0" or (want != "1" and self.device.type != "cuda") or hooks:
+        if want == "0" or (want != "1" and self.device.type != "cuda") or not all(hasattr(h, "due") for h in hooks):
             return None
         if not (isinstance(optimizer, SPSA) and optimizer.perturbation == "philox"
                 and isinstance(self.engine, BatchedEngine)):

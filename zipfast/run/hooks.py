@@ -62,6 +62,11 @@ class EvalEvery:
         self._bucket = trainer.queries // self.every
         self._record(trainer)
 
+    def due(self, trainer) -> bool:
+        """Whether this round's end is a point (the query count crossed a multiple of `every`): a fused
+        step (zipfast.run.trainer) reads its record, and so calls the hooks, only then."""
+        return trainer.queries // self.every > self._bucket
+
     def __call__(self, trainer, record: dict) -> None:
         bucket = trainer.queries // self.every
         if bucket > self._bucket:

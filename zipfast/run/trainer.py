@@ -187,7 +187,8 @@ class Trainer(BudgetedRun):
         """After one fused step on this run's `FusedZIPStep` buffers (alone, or as its part of a run
         group's step, zipfast.run.fused_group): the optimiser takes the new state → (2q queries
         spent, the record). The host reads the step's statistics only on log, checkpoint and final
-        steps (record None otherwise), so a non-finite loss raises NonFiniteLossError there."""
+        steps and where a step hook is due (record None otherwise), so a non-finite loss raises
+        NonFiniteLossError there."""
         c, k, fused = self.config, self.step + 1, self._fused
         opt = self.optimizer  # the optimiser stays the owner of the state (checkpoints, evaluate)
         opt.w, opt.step = fused.w.clone(), k
@@ -197,7 +198,7 @@ class Trainer(BudgetedRun):
         self._tick()
         last = self.queries + 2 * c.sp_avg > c.budget
         save = self.run_dir is not None and c.checkpoint_every and k % c.checkpoint_every == 0
-        if not (k % c.log_every == 0 or last or save):
+        if not (k % c.log_every == 0 or last or save or any(h.due(self) for h in self.step_hooks)):
             return 2 * c.sp_avg, None
         rec = {"step": k, "queries": self.queries, **fused.record(), "time_s": round(self.elapsed, 4)}
         if not all(map(math.isfinite, (rec["loss"], rec["grad_norm"]))):
