@@ -144,3 +144,26 @@ def test_group_graph_replays_equal_the_eager_group_step():
     for a, b in zip(graph.steps, eager.steps):
         assert int(a.step) == int(b.step) == 3
         assert rel(a.w, b.w) <= 1e-6 and rel(a.momentum, b.momentum) <= 1e-6
+
+
+@pytest.mark.parametrize("methods", [("zip",), ("bar", "blackvip")])
+def test_group_image_passes_on_gpu_stay_within_1e5_of_each_run_alone(methods):
+    """On CUDA a run group batches the image tower over runs (distinct minibatches of text-side runs;
+    BAR/BlackVIP's prompted images): one round's losses of each run within 1e-5 (relative) of the
+    run evaluated alone, and the same accuracies."""
+    import dataclasses
+
+    from tests.run.test_group import DISTINCT, _trainer
+    from zipfast.evaluate.group import Query, losses_many
+    from zipfast.run.task import load
+
+    cfgs = [dataclasses.replace(c, device="cuda", method=methods[i % len(methods)]) for i, c in enumerate(DISTINCT)]
+    task, cache = load(cfgs[0]), {}
+    runs = [_trainer(task, c, None, cache) for c in cfgs]
+    g = torch.Generator().manual_seed(5)
+    queries = [Query(t.evaluator, t.space, (0.01 * torch.randn(4, t.space.dim, generator=g)).cuda(), 1) for t in runs]
+    for q, got in zip(queries, losses_many(queries)):
+        assert not isinstance(got, Exception), got
+        alone, alone_accs = q.evaluator.losses(q.space, q.cand, q.batch_index)
+        torch.testing.assert_close(got[0], alone, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got[1].cpu(), alone_accs.cpu())

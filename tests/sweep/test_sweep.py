@@ -258,3 +258,29 @@ def test_ray_on_a_local_instance_gives_the_same_sweep(reference, tmp_path):
     assert _records(out) == _records(reference)
     for r in _records(reference):
         assert _log(out / "runs" / r["name"]) == _log(reference / "runs" / r["name"])
+
+
+def test_seeds_on_loaded_weights_step_in_one_group_each_as_alone(tmp_path, monkeypatch):
+    """On loaded weights every seed uses one model: the seeds of an image task step in ONE run group
+    (each with its own few-shot split and minibatches), and each run equals the run alone."""
+    from tests.paper_runs import register_random_openai_weights
+    from zipfast.run.group import RunGroup
+
+    from zipfast.engine.batched import BatchedEngine
+
+    register_random_openai_weights(monkeypatch, tmp_path)
+    sizes, fit, passes, many = [], RunGroup.fit, [], BatchedEngine.text_features_many
+    monkeypatch.setattr(RunGroup, "fit", lambda self: sizes.append(len(self.trainers)) or fit(self))
+    monkeypatch.setattr(BatchedEngine, "text_features_many", lambda self, c: passes.append(len(c)) or many(self, c))
+    args = ["sweep", "--data", "synthetic-images", "--model", "zipfast-tiny", "--pretrained", "openai", "--grid",
+            "a=0.01,0.1", "--seeds", "1,2", "--budget", "20", "--shots", "4", "--test-per-class", "2",
+            "--batch-size", "8", "--eval-every", "10", "--no-progress", "--threads", "1"]
+    assert main([*args, "--output-dir", str(tmp_path / "group")]) == 0
+    assert sizes == [4] and passes[0] == 4  # both seeds' runs: one text pass of one shared engine
+    sizes.clear()
+    assert main([*args, "--output-dir", str(tmp_path / "alone"), "--group-size", "1"]) == 0
+    assert sizes == [1, 1, 1, 1]
+    recs = _records(tmp_path / "group")
+    assert recs == _records(tmp_path / "alone") and len({r["train_loss"] for r in recs}) == 4
+    for r in recs:
+        assert _log(tmp_path / "group" / "runs" / r["name"]) == _log(tmp_path / "alone" / "runs" / r["name"])

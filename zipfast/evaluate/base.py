@@ -48,15 +48,17 @@ class Task:
     shared: dict | None = None
 
 
-def shared(task: Task, key: tuple, build):
+def shared(task: Task, key: tuple, build, on_data: bool = True):
     """`build()` once per key in `task.shared` where given (the runs of one process, a run group
     among them, share it), else a new one. The key names the objects it depends on by id: those
-    objects are kept with it, so that no id is reused while it is cached."""
+    objects are kept with it, so that no id is reused while it is cached. on_data False: it does
+    not depend on the task's data (a text engine: the runs of other seeds on one model share it)."""
     if task.shared is None:
         return build()
-    key = (*key, id(task.data), id(task.model), id(task.tokenizer), str(task.device))
+    data = task.data if on_data else None
+    key = (*key, id(data), id(task.model), id(task.tokenizer), str(task.device))
     if key not in task.shared:
-        task.shared[key] = (build(), task.data, task.model, task.tokenizer)
+        task.shared[key] = (build(), data, task.model, task.tokenizer)
     return task.shared[key][0]
 
 

@@ -61,10 +61,12 @@ class TextEvaluator(Evaluator):
         tower = TextTower(task.model)
         source = shared_source(task, "features", lambda: feature_source(task))
         ctx0, prefix = initial_context(task, tower, init_text, ctx0_seed)
-        # one text engine per model, classes, context length, prefix, backend and precision: the runs of a
-        # group share it, and so its one text pass (zipfast.evaluate.group)
+        # one text engine per model, classes, context length, prefix, backend and precision (whatever the
+        # data: other seeds' runs too): the runs of a group share it, and so its one text pass
+        # (zipfast.evaluate.group)
         tower, prompts, engine = shared(task, ("text engine", tuple(task.classnames), ctx0.shape[0], prefix, backend,
-                                               task.config.precision), lambda: _engine(task, tower, ctx0, prefix, backend))
+                                               task.config.precision), lambda: _engine(task, tower, ctx0, prefix, backend),
+                                        on_data=False)
         return cls(task, tower, source, ctx0, prompts, engine)
 
     def use_template(self, template: str) -> None:

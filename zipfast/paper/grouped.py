@@ -1,5 +1,5 @@
-"""bench-paper's in-process runner: the training jobs of a stage that share a task (`zipfast.run.task.task_key`:
-model, weights, dataset, shots and, off the planted task, the seed) stepped together in run groups
+"""bench-paper's in-process runner: the training jobs of a stage that share a model (`zipfast.run.task.group_key`:
+model, weights, dataset, shots and, on a random init, the seed) stepped together in run groups
 (zipfast.run.group) of at most group_size; every other job (evaluations, zero-shot, a job whose settings
 do not read, a task no other job shares) runs alone through `run_job`, as before.
 
@@ -40,9 +40,10 @@ class GroupedRunner(jobs.LocalRunner):
                 got = [jobs.run_job(self.entry, todo[unit[0]].argv, todo[unit[0]].output_dir)]
             else:
                 got = self._group([todo[i] for i in unit], cache, progress, f"group of {len(unit)} jobs")
-                key = task.task_key(cfgs[unit[0]])
-                if all(len(u) == 1 or task.task_key(cfgs[u[0]]) != key for u in units[n + 1:]):
-                    task.release(cache, cfgs[unit[0]])
+                later = {task.task_key(cfgs[i]) for u in units[n + 1:] if len(u) > 1 for i in u}
+                for i in {task.task_key(cfgs[i]): i for i in unit}.values():  # tasks whose last group this was
+                    if task.task_key(cfgs[i]) not in later:
+                        task.release(cache, cfgs[i])
             for i, r in zip(unit, got):
                 results[i] = r
                 if r[0] != 0:

@@ -261,12 +261,13 @@ def compare(base: TrainConfig, load: Callable | None = None, methods: Sequence[s
     if log is not None:
         for line in estimate_lines(estimate(cfgs, states, lambda c: _task(c, load, cache), eval_every, cache)):
             log(line)
-    # runs that share a model and a task step together (one group per task key), each as it would alone
-    keys = list(dict.fromkeys(task.task_key(c) for c in cfgs))
+    # runs that share a model step together (one group per group key: on loaded weights every seed), each
+    # as it would alone
+    keys = list(dict.fromkeys(task.group_key(c) for c in cfgs))
     done: list[dict] = []
     records: dict[int, dict] = {}
     for g, key in enumerate(keys, 1):
-        ids = [i for i, c in enumerate(cfgs) if task.task_key(c) == key]
+        ids = [i for i, c in enumerate(cfgs) if task.group_key(c) == key]
         if progress:
             how = {"finished": " (finished, read back)", "stopped": " (continues from its checkpoint)"}
             print(f"[group {g}/{len(keys)}] " + ", ".join(f"{cfgs[i].method} seed {cfgs[i].seed}{how.get(states[i], '')}"

@@ -27,8 +27,9 @@ from zipfast.methods import engine_backends, get, resolve_options
 log = logging.getLogger("zipfast.run")
 
 
-def load(cfg, task_seed: int = 0):
-    """(model, tokenizer, classnames, data) for a TrainConfig's model and dataset."""
+def load(cfg, task_seed: int = 0, models: dict | None = None):
+    """(model, tokenizer, classnames, data) for a TrainConfig's model and dataset. models: a dict in
+    which loaded weights are kept and reused (`shares_model`: one model for every seed)."""
     from zipfast.data.planted import make_planted_task, planted_model
     from zipfast.engine.towers import TextTower
     from zipfast.models import load_clip
@@ -49,7 +50,7 @@ def load(cfg, task_seed: int = 0):
 
         paper, data = build_paper_data(cfg)
         data.fewshot_source = paper.fewshot_source
-        return (*_seeded_model(cfg), data.classnames, data)
+        return (*_seeded_model(cfg, models), data.classnames, data)
     if not cfg.dataset:
         raise UserError(f"no dataset (--data / TrainConfig.dataset): give an image folder's root, {synthetic.NAME} "
                         "or planted")
@@ -59,52 +60,77 @@ def load(cfg, task_seed: int = 0):
             return (*synthetic.model(), data.classnames, data)
     else:
         data = FewShotImageFolder.from_root(cfg.dataset, cfg.shots, cfg.seed, cfg.test_per_class)
-    return (*_seeded_model(cfg), data.classnames, data)
+    return (*_seeded_model(cfg, models), data.classnames, data)
 
 
 def task_key(cfg) -> tuple:
     """Runs whose configs share this key load the same (model, tokenizer, classnames, data): the frozen
     model and the task do not depend on the method or its settings, and on the planted task not on the
     seed either (a random model of an image task is seeded by the run seed, its few-shot split too).
-    compare and sweep load a task once per key, and step its runs together (zipfast.run.group)."""
+    compare, sweep and bench-paper load a task once per key, and step runs together by group_key."""
     return (cfg.model, cfg.pretrained, cfg.dataset, cfg.shots, cfg.test_per_class, cfg.context_tokens,
             None if cfg.dataset in PLANTED_TASKS else cfg.seed)
 
 
+def shares_model(cfg) -> bool:
+    """Whether the runs of every seed use one model: loaded weights, or the planted task's tower (a
+    random init of an image task is seeded by the run seed)."""
+    return cfg.dataset in PLANTED_TASKS or cfg.pretrained != "none"
+
+
+def group_key(cfg) -> tuple:
+    """Runs whose configs share this key step together in run groups: one model (task_key without the
+    seed where the model does not depend on it). Each seed keeps its own few-shot split, data source
+    and minibatches; the group shares the model, the text engine and its one text pass."""
+    key = task_key(cfg)
+    return (*key[:-1], None) if shares_model(cfg) else key
+
+
 def cached(cfg, cache: dict, load_fn=None):
     """(model, tokenizer, classnames, data) of cfg's task_key, loaded once per cache (load_fn, default
-    `load`); the runs of a group build their trainers with that cache, so they share the data source."""
+    `load`, which also keeps loaded weights there for the other seeds); the runs of a group build their
+    trainers with that cache, so they share the data source."""
     key = ("task", task_key(cfg))
     if key not in cache:
-        cache[key] = (load_fn or load)(cfg)
+        cache[key] = load(cfg, models=cache) if load_fn in (None, load) else load_fn(cfg)
     return cache[key]
 
 
 def release(cache: dict, cfg) -> None:
-    """The task of cfg's key and the sources built on it leave the cache (memory: its runs are done)."""
+    """The task of cfg's key and what was built on it leave the cache (memory: its runs are done): the
+    sources on its data, and what was built on its model unless another cached task uses that model."""
     got = cache.pop(("task", task_key(cfg)), None)
-    if got is not None:
-        data = got[3]
-        # what zipfast.evaluate.base.shared built on it: (object, data, model, tokenizer)
-        for k in [k for k, v in cache.items() if isinstance(v, tuple) and len(v) == 4 and v[1] is data]:
-            del cache[k]
+    if got is None:
+        return
+    model, data = got[0], got[3]
+    in_use = any(k[0] == "task" and v[0] is model for k, v in cache.items() if isinstance(k, tuple) and k)
+    # what zipfast.evaluate.base.shared built: (object, data or None, model, tokenizer)
+    for k in [k for k, v in cache.items() if isinstance(v, tuple) and len(v) == 4
+              and (v[1] is data or (v[2] is model and not in_use))]:
+        del cache[k]
 
 
 def plan_groups(cfgs, group_size: int) -> list[list[int]]:
-    """Indices of cfgs in run groups: by task_key (first appearance order), then in slices of at most
+    """Indices of cfgs in run groups: by group_key (first appearance order), then in slices of at most
     group_size in the given order."""
     by_key: dict[tuple, list[int]] = {}
     for i, c in enumerate(cfgs):
-        by_key.setdefault(task_key(c), []).append(i)
+        by_key.setdefault(group_key(c), []).append(i)
     return [ids[k:k + group_size] for ids in by_key.values() for k in range(0, len(ids), group_size)]
 
 
-def _seeded_model(cfg):
+def _seeded_model(cfg, models: dict | None = None):
     """(model, tokenizer); a checkpoint holds no model weights: a random init (pretrained none) is
-    seeded by the run seed, so that `eval` rebuilds the very model `train` used."""
+    seeded by the run seed, so that `eval` rebuilds the very model `train` used. Loaded weights are
+    kept in `models` (when given) and reused for every seed."""
     from zipfast.models import load_clip
 
+    key = ("model", cfg.model, cfg.pretrained)
+    if models is not None and shares_model(cfg) and key in models:
+        return models[key]
     model, tokenizer, _ = load_clip(cfg.model, cfg.pretrained, seed=cfg.seed)
+    if models is not None and shares_model(cfg):
+        models[key] = (model, tokenizer)
     return model, tokenizer
 
 

@@ -1,8 +1,8 @@
 """Running a sweep: its runs (zipfast.sweep.grid.RunSpec) in run groups, each run in its own folder.
 
-Runs that share a model (the same model, weights, task and, off the planted task, data seed:
-`zipfast.run.task.task_key`) go in groups of at most `group_size` (zipfast.run.group.RunGroup), so a minibatch's
-image pass and every round's text pass serve all of them. Each run is an ordinary run: its folder
+Runs that share a model (the same model, weights, task and, on a random init of an image task, seed:
+`zipfast.run.task.group_key`) go in groups of at most `group_size` (zipfast.run.group.RunGroup), so a minibatch's
+image pass (runs of one seed) and every round's text pass serve all of them. Each run is an ordinary run: its folder
 (`<out>/runs/<spec name>/`) holds log.jsonl, checkpoint.safetensors, report.json and curve.jsonl as
 `zipfast train` writes them, and `selection.json` ({"val_acc"}: the validation accuracy of its
 final prompt). A rerun of the same sweep reads finished runs back, continues stopped ones from
@@ -148,8 +148,10 @@ def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eva
         except (GroupInterrupted, KeyboardInterrupt) as e:
             raise SweepInterrupted(e, done, len(specs), out) from None
         done += len(todo)
-        if keys[members[0]] not in {keys[j] for later in plan_[g + 1:] for j in later}:  # its task's last group
-            task.release(cache, cfgs[todo[0]])
+        later = {keys[j] for rest in plan_[g + 1:] for j in rest}
+        for i in {keys[i]: i for i in todo}.values():  # the tasks whose last group this was leave memory
+            if keys[i] not in later:
+                task.release(cache, cfgs[i])
     records = [read_record(s, folders[s.name]) for s in specs]
     if groups is None:
         from zipfast.io import save_text
@@ -171,7 +173,7 @@ def plan(specs: Sequence, cfgs: Sequence[TrainConfig], group_size: int) -> list[
 
 
 def _task(cfg: TrainConfig, load, cache: dict):
-    """(model, tokenizer, classnames, data) of the runs of cfg's group_key, loaded once; a task without
+    """(model, tokenizer, classnames, data) of the runs of cfg's task_key, loaded once; a task without
     validation images is refused here, before any run (the selection needs them)."""
     from zipfast.data.imagefolder import FewShotImageFolder
     from zipfast.errors import DatasetError
