@@ -13,13 +13,13 @@ on the CPU (fp32 and bf16; tests/run/test_group.py): work is shared, never appro
   each feature row within ~1 ulp of its own pass, tested on the CPU with the pass forced there).
 - Text: every text-side run's contexts go through one pass of their shared text engine
   (`Engine.text_features_many`); each run's logits and losses are then its own.
-- Image prompts (BAR, BlackVIP: pixel prompters on the batched image engine), on CUDA: each run's
-  prompted images are built as alone, then the image tower's body runs once over all runs' images
-  in passes of the engine's memory limit; the final projection runs per slice a run would have
+- Image prompts (BAR, BlackVIP: pixel prompters on the batched image engine): each run's prompted
+  images are built as alone (from the minibatch read once); on CUDA the image tower's body then
+  runs once over all runs' images in passes of the engine's memory limit, on the CPU each run's
+  images pass as alone (`BATCH_IMAGES_ON`); the final projection runs per slice a run would have
   passed alone, because a GEMM picks its kernel by the number of rows (on the CPU a batched
-  projection differed by about 1e-6). Tested on the CPU with the pass forced there.
-- Anything else (BPT-VLM's per-candidate epochs, the reference engines, image passes on the CPU:
-  `BATCH_IMAGES_ON`) is evaluated per run.
+  projection differed by about 1e-6). The batched pass is tested on the CPU, forced there.
+- Anything else (BPT-VLM's per-candidate epochs, the reference engines) is evaluated per run.
 
 An exception raised for one run (a malformed candidate, a non-finite feature) is returned in its
 place, so the other runs go on.
@@ -97,12 +97,13 @@ def losses_many(queries: list[Query], batch_images_on: tuple[str, ...] = BATCH_I
     out: list = [None] * len(queries)
     batches = _Batches()
     text = [i for i, q in enumerate(queries) if type(q.evaluator) is TextEvaluator]
-    pixels = [i for i, q in enumerate(queries) if _pixel_prompted(q.evaluator) and getattr(q.space, "kind", "") == "pixels"
-              and q.evaluator.engine.device.type in batch_images_on]
+    pixels = [i for i, q in enumerate(queries) if _pixel_prompted(q.evaluator) and getattr(q.space, "kind", "") == "pixels"]
     rest = [i for i in range(len(queries)) if i not in set(text) | set(pixels)]
-    batches.encode_together([(queries[i].evaluator, queries[i].batch_index) for i in text], batch_images_on)
+    # a failure here is left to each run's own read below (its error, its run)
+    _guarded(lambda: batches.encode_together([(queries[i].evaluator, queries[i].batch_index) for i in text],
+                                             batch_images_on))
     _text_losses(queries, text, batches, out)
-    _pixel_losses(queries, pixels, batches, out)
+    _pixel_losses(queries, pixels, batches, out, batch_images_on)
     for i in rest:
         q = queries[i]
         out[i] = _guarded(lambda q=q: q.evaluator.losses(q.space, q.cand, q.batch_index))
@@ -154,13 +155,15 @@ class _Slice(NamedTuple):
     rows: slice           # where its features go in the owner's [K·B, E]
 
 
-def _pixel_losses(queries, members, batches, out) -> None:
-    """Pixel prompters: each run's prompted images as alone; the tower's body batched over runs that
-    share the tower and query precision; the projection per slice."""
+def _pixel_losses(queries, members, batches, out, batch_images_on: tuple[str, ...]) -> None:
+    """Pixel prompters: each run's prompted images as alone (from the minibatch read once); on the
+    devices of batch_images_on the tower's body batched over runs that share the tower and query
+    precision, elsewhere each run's passes its own; the projection per slice."""
     by_tower: dict[tuple, list[int]] = {}
     for i in members:
         ev = queries[i].evaluator
-        by_tower.setdefault((id(ev.tower.visual), ev.query_precision), []).append(i)
+        alone = None if ev.engine.device.type in batch_images_on else i
+        by_tower.setdefault((id(ev.tower.visual), ev.query_precision, alone), []).append(i)
     for ids in by_tower.values():
         engine = queries[ids[0]].evaluator.engine
         precision = resolve_precision(queries[ids[0]].evaluator.query_precision, engine.device)
