@@ -146,6 +146,26 @@ def test_distinct_minibatches_go_through_the_image_tower_together_within_an_ulp(
         torch.testing.assert_close(got[(8, 5, 3).index(bs)], mine, rtol=0, atol=1e-6)
 
 
+def test_a_failed_batched_encoding_leaves_each_run_to_its_own_read(monkeypatch):
+    """An error while encoding distinct minibatches together is not the group's: each run then reads
+    (and encodes) its own minibatch, and gets the losses of its own evaluation."""
+    from zipfast.data.sources import ImageSource
+    from zipfast.evaluate.group import Query, losses_many
+
+    def broken(self, images):
+        raise RuntimeError("planted failure of the batched pass")
+    monkeypatch.setattr(ImageSource, "encode_many", broken)
+    torch.set_num_threads(1)
+    task, cache = load(IMAGE_ZIP), {}
+    runs = [_trainer(task, c, None, cache) for c in DISTINCT[:3]]
+    g = torch.Generator().manual_seed(7)
+    queries = [Query(t.evaluator, t.space, 0.01 * torch.randn(4, t.space.dim, generator=g), 1) for t in runs]
+    for q, got in zip(queries, losses_many(queries, batch_images_on=("cpu",))):
+        assert not isinstance(got, Exception), got
+        alone = q.evaluator.losses(q.space, q.cand, q.batch_index)
+        assert torch.equal(got[0], alone[0]) and torch.equal(got[1], alone[1])
+
+
 def test_image_prompts_of_several_runs_through_one_tower_pass_within_an_ulp(monkeypatch):
     """BAR and BlackVIP's batched tower pass (CUDA's), forced on the CPU: one pass of the tower's body
     for all runs' prompted images, each run's losses within 1e-6 (relative) of its own evaluation."""
