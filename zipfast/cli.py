@@ -270,7 +270,7 @@ def resume_command(argv: list[str], checkpoint) -> str:
 
 
 def continue_command(argv: list[str]) -> str:
-    """The command line that continues an interrupted `zipfast compare`: the same one, less
+    """The command line that continues an interrupted compare, sweep or bench-paper: the same one, less
     --overwrite (which would delete the runs it kept)."""
     return shlex.join(["zipfast", *(a for a in argv if a != "--overwrite")])
 
@@ -355,7 +355,7 @@ def _run(args, argv, debug) -> int:
         line = f"zipfast {args.cmd}: {e}"
         if e.checkpoint is not None and args.cmd == "train":
             line += f"; resume with: {resume_command(argv, e.checkpoint)}"
-        elif args.cmd in ("compare", "sweep") and getattr(args, "output_dir", None):
+        elif args.cmd == "bench-paper" or (args.cmd in ("compare", "sweep") and getattr(args, "output_dir", None)):
             line += f"; continue with the same command: {continue_command(argv)}"
         print(line, file=sys.stderr, flush=True)
         return e.exit_code

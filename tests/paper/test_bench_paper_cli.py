@@ -176,6 +176,37 @@ def test_ray_alone_asks_ray_for_an_existing_cluster_or_a_new_local_one(data, tmp
     assert fake_ray == [None]  # ray.init() without an address: RAY_ADDRESS, the last `ray start`, else a new one
 
 
+def test_a_stop_cancels_the_ray_jobs_not_done_and_says_how_many_finished(tmp_path, monkeypatch):
+    """Ctrl-C while the driver waits: every job not yet done is cancelled (Ray interrupts a running one,
+    and one not started never starts); run_stages says how many jobs had finished."""
+    import types
+
+    refs, cancelled, waits = [], [], []
+
+    def remote(**kw):
+        def wrap(fn):
+            return types.SimpleNamespace(remote=lambda *a: refs.append(f"ref{len(refs)}") or refs[-1])
+        return wrap
+
+    def wait(pending, num_returns):
+        waits.append(list(pending))
+        if len(waits) == 2:
+            raise KeyboardInterrupt
+        (tmp_path / "job0" / "result.json").parent.mkdir()
+        (tmp_path / "job0" / "result.json").write_text("{}")  # the first job finished
+        return pending[:1], pending[1:]
+    fake = types.SimpleNamespace(is_initialized=lambda: True, remote=remote, wait=wait,
+                                 get=lambda ref: (0, None, ""), cancel=cancelled.append)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    jobs = [sweep.Job(["--seed", str(i)], str(tmp_path / f"job{i}")) for i in range(3)]
+    with pytest.raises(sweep.JobsInterrupted) as stop:
+        sweep.run_stages([jobs], sweep.RayRunner(main), progress=False)
+    assert cancelled == ["ref1", "ref2"]
+    assert str(stop.value) == ("stopped by SIGINT: 1 of 3 jobs finished; the jobs in progress keep the last "
+                               "checkpoints they wrote before it")
+    assert stop.value.exit_code == 130
+
+
 @pytest.mark.parametrize("argv,named", [
     # argparse reads the KEY of KEY VALUE pairs right after --ray as its value: refused, naming the way out
     (["--ray", *TINY], "--ray 'TRAINER.BASIC.MAX_API_CALLS' is not a Ray address"),

@@ -133,3 +133,56 @@ def test_group_size_below_one_is_one_line(size, tmp_path, capsys):
     assert err == f"zipfast bench-paper: error: --group-size {size}: give at least 1 (the most training runs stepped " \
                   "together; 1 runs the jobs one at a time)"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("group_size", ["1", "32"])
+def test_sigint_stops_the_bench_and_the_same_command_continues(weights, tmp_path, sizes, monkeypatch, capsys, group_size):
+    """SIGINT in the first round: the job (one at a time) or the group's jobs write their checkpoints and
+    stop lines, no other job starts, one line says how to continue; the same command then ends every job
+    as an uninterrupted bench does."""
+    import os
+    import signal
+
+    from zipfast.run.loop import Session
+
+    argv = ["--methods", "zip,bptvlm,zsclip", "--seeds", "1,2", "--group-size", group_size]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert bench(ref, weights, *argv) == 0
+    record, rounds = Session.record, []
+
+    def stopping(self, spent, rec):
+        rounds.append(spent)
+        if len(rounds) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return record(self, spent, rec)
+    monkeypatch.setattr(Session, "record", stopping)
+    capsys.readouterr()
+    assert bench(out, weights, *argv) == 130
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("zipfast bench-paper: stopped by SIGINT: 0 of 5 jobs finished; the jobs in progress keep "
+                           "their last checkpoints (each job's log.txt says where); continue with the same command: "
+                           "zipfast bench-paper few-shot --root "), line
+    assert " failed with exit " not in err  # a stop is not a failure
+    stopped = [(m, s) for m in ("zip", "bptvlm") for s in (1, 2)] if group_size == "32" else [("zip", 1)]
+    for m in ("zip", "bptvlm"):
+        for s in (1, 2):
+            folder = out / FOLDERS[m].format(s=s)
+            assert not (folder / "result.json").exists()
+            if (m, s) in stopped:  # its own stop line, the train command that resumes it alone
+                text = (folder / "log.txt").read_text()
+                assert "zipfast train: stopped by SIGINT after step 1 " in text and "resume with: zipfast train" in text
+                assert (folder / CHECKPOINT_NAME).is_file()
+            else:  # never started
+                assert not folder.exists() or not any(folder.glob("log.txt*"))
+    assert not (out / "basic/zsclip/ZeroshotCLIP/eurosat").exists()
+    monkeypatch.setattr(Session, "record", record)
+    assert bench(out, weights, *argv) == 0
+    for m in ("zip", "bptvlm"):
+        for s in (1, 2):
+            r, o = ref / FOLDERS[m].format(s=s), out / FOLDERS[m].format(s=s)
+            ta, tb = load_file(r / CHECKPOINT_NAME), load_file(o / CHECKPOINT_NAME)
+            assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), (m, s)
+            ra, rb = ({k: v for k, v in json.loads((d / "result.json").read_text()).items() if k != "fewshot_source"}
+                      for d in (r, o))
+            assert ra == rb and "accuracy" in ra

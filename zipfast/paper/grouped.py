@@ -7,7 +7,9 @@ A grouped job runs in three phases, each through the CLI's entry so that its err
 code and the line the job alone would give, appended to its own log (`run_job`): prepare
 (`official.prepare` on the group's one cache dict: one load of the task, one data source), the group's
 fit, then finish (Dassl's end lines, the test, result.json) or the error the run left the group with.
-Each folder holds what the job writes alone; the task leaves memory after its last group.
+Each folder holds what the job writes alone; the task leaves memory after its last group. A stop
+signal ends the group's round: every live job writes its checkpoint and its stop line, and no other
+job starts (`jobs.stop_if_signalled`).
 """
 
 from __future__ import annotations
@@ -34,22 +36,22 @@ class GroupedRunner(jobs.LocalRunner):
                                                              if not any(i in g for g in groups if len(g) > 1)])
         results: list = [None] * len(todo)
         cache: dict = {}
-        bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not progress)
-        for n, unit in enumerate(units):
-            if len(unit) == 1:
-                got = [jobs.run_job(self.entry, todo[unit[0]].argv, todo[unit[0]].output_dir)]
-            else:
-                got = self._group([todo[i] for i in unit], cache, progress, f"group of {len(unit)} jobs")
-                later = {task.task_key(cfgs[i]) for u in units[n + 1:] if len(u) > 1 for i in u}
-                for i in {task.task_key(cfgs[i]): i for i in unit}.values():  # tasks whose last group this was
-                    if task.task_key(cfgs[i]) not in later:
-                        task.release(cache, cfgs[i])
-            for i, r in zip(unit, got):
-                results[i] = r
-                if r[0] != 0:
-                    jobs.report_failure(todo[i], r)
-            bar.update(len(unit))
-        bar.close()
+        with tqdm(total=len(todo), desc="jobs", unit="job", disable=not progress) as bar:
+            for n, unit in enumerate(units):
+                if len(unit) == 1:
+                    got = [jobs.run_job(self.entry, todo[unit[0]].argv, todo[unit[0]].output_dir)]
+                else:
+                    got = self._group([todo[i] for i in unit], cache, progress, f"group of {len(unit)} jobs")
+                    later = {task.task_key(cfgs[i]) for u in units[n + 1:] if len(u) > 1 for i in u}
+                    for i in {task.task_key(cfgs[i]): i for i in unit}.values():  # tasks whose last group this was
+                        if task.task_key(cfgs[i]) not in later:
+                            task.release(cache, cfgs[i])
+                for i, r in zip(unit, got):
+                    results[i] = r
+                    if r[0] != 0:
+                        jobs.report_failure(todo[i], r)
+                jobs.stop_if_signalled(got)  # each stopped job wrote its line to its log; no other job starts
+                bar.update(len(unit))
         return results
 
     def _group(self, group: list, cache: dict, progress: bool, desc: str) -> list[tuple]:
@@ -63,6 +65,7 @@ class GroupedRunner(jobs.LocalRunner):
                     held[k] = official.prepare(args, cache)
                     return 0
                 got = jobs.run_job(self.entry, job.argv, job.output_dir, fn=prepare)
+                jobs.stop_if_signalled([got])  # stopped while loading: no group step starts
                 if got[0] != 0:
                     out[k] = got
             live = sorted(held)
@@ -79,6 +82,8 @@ class GroupedRunner(jobs.LocalRunner):
                     return 0
                 out[k] = jobs.run_job(self.entry, group[k].argv, group[k].output_dir, fn=finish,
                                       log_path=held[k].dlog.path)
+                if not isinstance(end, BaseException):  # stopped in its test: the others' tests wait for the rerun
+                    jobs.stop_if_signalled([out[k]])
         finally:
             for p in held.values():
                 p.close()

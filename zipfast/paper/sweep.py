@@ -6,6 +6,8 @@ reruns a folder without a result, which resumes from its checkpoint). With Ray e
 task with its CPU/GPU request; results are gathered the same way in both modes. In this process,
 zipfast.paper.grouped steps the training jobs that share a task as run groups. A job's output goes
 to its log.txt, not to the terminal, which shows the progress bar and one line per failed job.
+A stop signal (SIGINT, SIGTERM, SIGHUP) ends the whole run, not only the job it stopped:
+`JobsInterrupted`, which the CLI turns into one line with the command that continues.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 from zipfast.errors import ConfigError
 from zipfast.paper.dassl_log import DasslLog
 from zipfast.paper.official import LOG_ONLY, RESULT_FILE
+from zipfast.run.signals import STOP_SIGNALS, RunInterrupted, Stopped, exit_code
 
 log = logging.getLogger("zipfast.paper")
 
@@ -69,9 +72,41 @@ def run_job(entry, argv: list[str], output_dir: str, fn=None, log_path=None) -> 
     return code, None if path is None else str(path), last
 
 
+def stop_signal(code) -> int | None:
+    """The signal a job's exit status says stopped it (129/130/143: SIGHUP/SIGINT/SIGTERM), else None."""
+    return next((s for s in STOP_SIGNALS if code == exit_code(s)), None)
+
+
+def stop_if_signalled(results) -> None:
+    """Raise Stopped when a job of results (run_job's) was stopped by a signal: the signal meant the
+    whole command, so no further job starts (the job's own line, in its log, names its checkpoint)."""
+    signum = next((s for s in (stop_signal(r[0]) for r in results) if s is not None), None)
+    if signum is not None:
+        raise Stopped(signum)
+
+
+class JobsInterrupted(RunInterrupted):
+    """A signal stopped the jobs; each job it stopped keeps its last checkpoint (its log says where)
+    and the same command continues them (finished jobs are skipped)."""
+
+    def __init__(self, cause: KeyboardInterrupt, done: int, total: int):
+        self.signum = getattr(cause, "signum", 2)
+        self.signal_name = getattr(cause, "signal_name", "SIGINT")
+        self.step = self.queries = self.checkpoint = None
+        if hasattr(cause, "signum"):  # the stopped jobs wrote their checkpoints and stop lines
+            kept = "their last checkpoints (each job's log.txt says where)"
+        else:  # SIGINT outside a job's step loop (Ray's driver; a second one, which aborts at once)
+            kept = "the last checkpoints they wrote before it"
+        KeyboardInterrupt.__init__(self, f"stopped by {self.signal_name}: {done} of {total} jobs finished; the jobs in "
+                                         f"progress keep {kept}")
+
+
 def report_failure(job: Job, result: tuple) -> None:
-    """One line on the terminal for a failed job: which, its exit status and last line, its log."""
+    """One line on the terminal for a failed job: which, its exit status and last line, its log (none
+    for a job a signal stopped: the run's own last line says so)."""
     code, path, last = result
+    if stop_signal(code) is not None:
+        return
     m = job.meta
     label = " ".join(str(x) for x in (m.get("method"), m.get("dataset"), f"seed {m.get('seed')}" if "seed" in m else None,
                                       f"({m['role']})" if "role" in m else None) if x) or job.output_dir
@@ -88,10 +123,12 @@ class LocalRunner:
     def run(self, jobs: list[Job], progress: bool = True) -> list[tuple]:
         """run_job's result for each job, in order; a failure is reported as it happens."""
         results = []
-        for job in tqdm(jobs, desc="jobs", unit="job", disable=not progress):
-            results.append(run_job(self.entry, job.argv, job.output_dir))
-            if results[-1][0] != 0:
-                report_failure(job, results[-1])
+        with tqdm(jobs, desc="jobs", unit="job", disable=not progress) as bar:
+            for job in bar:
+                results.append(run_job(self.entry, job.argv, job.output_dir))
+                if results[-1][0] != 0:
+                    report_failure(job, results[-1])
+                stop_if_signalled(results[-1:])
         return results
 
 
@@ -132,24 +169,38 @@ class RayRunner:
         self.task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(fn or run_job)
 
     def run(self, jobs: list[Job], progress: bool = True) -> list[tuple]:
-        refs = [self.task.remote(self.entry, job.argv, job.output_dir) for job in jobs]
-        which = dict(zip(refs, jobs))
-        pending, bar = list(refs), tqdm(total=len(refs), desc="jobs (ray)", unit="job", disable=not progress)
-        while pending:
-            ready, pending = self.ray.wait(pending, num_returns=1)
-            for ref in ready:
-                result = self.ray.get(ref)
-                if result[0] != 0:
-                    report_failure(which[ref], result)
-            bar.update(len(ready))
-        bar.close()
+        refs: list = []
+        pending = None
+        with tqdm(total=len(jobs), desc="jobs (ray)", unit="job", disable=not progress) as bar:
+            try:
+                refs += [self.task.remote(self.entry, job.argv, job.output_dir) for job in jobs]
+                which, pending = dict(zip(refs, jobs)), list(refs)
+                while pending:
+                    ready, pending = self.ray.wait(pending, num_returns=1)
+                    for ref in ready:
+                        result = self.ray.get(ref)
+                        if result[0] != 0:
+                            report_failure(which[ref], result)
+                    bar.update(len(ready))
+            except KeyboardInterrupt:  # the jobs not yet done never start, or stop (Ray interrupts them)
+                for ref in refs if pending is None else pending:  # stopped while submitting: all so far
+                    self.ray.cancel(ref)
+                raise
         return self.ray.get(refs)
 
 
 def run_stages(stages: list[list[Job]], runner, progress: bool = True) -> dict:
     """Run stage after stage (a stage may read the previous one's prompts); skip finished jobs.
     Returns {"ran": n, "skipped": n, "failed": [output dirs], "logs": [their logs],
-    "exit_codes": [the failed jobs' exit codes]}."""
+    "exit_codes": [the failed jobs' exit codes]}. A stop signal ends the run: JobsInterrupted."""
+    try:
+        return _run_stages(stages, runner, progress)
+    except KeyboardInterrupt as e:
+        everything = [j for jobs in stages for j in jobs]
+        raise JobsInterrupted(e, sum(j.done for j in everything), len(everything)) from None
+
+
+def _run_stages(stages: list[list[Job]], runner, progress: bool) -> dict:
     ran, skipped, failed, logs, exit_codes = 0, 0, [], [], []
     for jobs in stages:
         todo = [j for j in jobs if not j.done]
