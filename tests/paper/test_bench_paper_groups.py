@@ -186,3 +186,35 @@ def test_sigint_stops_the_bench_and_the_same_command_continues(weights, tmp_path
             ra, rb = ({k: v for k, v in json.loads((d / "result.json").read_text()).items() if k != "fewshot_source"}
                       for d in (r, o))
             assert ra == rb and "accuracy" in ra
+
+
+@pytest.mark.parametrize("phase", ["prepare", "finish"])
+def test_a_stop_while_a_grouped_job_loads_or_tests_starts_no_other_job(weights, tmp_path, sizes, monkeypatch, capsys,
+                                                                      phase):
+    """SIGINT outside the step loop: while the group's second job loads (no group step runs), or while the
+    first job of a trained group runs its test (the others' tests wait for the same command)."""
+    import os
+    import signal
+
+    from zipfast.paper import official
+
+    real = getattr(official, "prepare") if phase == "prepare" else official.Prepared.finish
+    calls = []
+
+    def stopping(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2 if phase == "prepare" else len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # outside the step loop: KeyboardInterrupt at once
+        return real(*a, **kw)
+    if phase == "prepare":
+        monkeypatch.setattr(official, "prepare", stopping)
+    else:
+        monkeypatch.setattr(official.Prepared, "finish", stopping)
+    out = tmp_path / "out"
+    assert bench(out, weights, "--methods", "zip,bptvlm", "--seeds", "1,2") == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("zipfast bench-paper: stopped by SIGINT: 0 of 4 jobs finished"), line
+    assert sizes == ([] if phase == "prepare" else [4]) and len(calls) == (2 if phase == "prepare" else 1)
+    assert not list(out.rglob("result.json"))
+    log = (out / FOLDERS["zip"].format(s=2 if phase == "prepare" else 1) / "log.txt").read_text()
+    assert "zipfast train: aborted by SIGINT" in log
