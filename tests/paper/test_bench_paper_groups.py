@@ -5,7 +5,9 @@ group fails as alone while the others finish; a bad --group-size is one line."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 
 import pytest
 import torch
@@ -140,9 +142,6 @@ def test_sigint_stops_the_bench_and_the_same_command_continues(weights, tmp_path
     """SIGINT in the first round: the job (one at a time) or the group's jobs write their checkpoints and
     stop lines, no other job starts, one line says how to continue; the same command then ends every job
     as an uninterrupted bench does."""
-    import os
-    import signal
-
     from zipfast.run.loop import Session
 
     argv = ["--methods", "zip,bptvlm,zsclip", "--seeds", "1,2", "--group-size", group_size]
@@ -193,12 +192,9 @@ def test_a_stop_while_a_grouped_job_loads_or_tests_starts_no_other_job(weights, 
                                                                       phase):
     """SIGINT outside the step loop: while the group's second job loads (no group step runs), or while the
     first job of a trained group runs its test (the others' tests wait for the same command)."""
-    import os
-    import signal
-
     from zipfast.paper import official
 
-    real = getattr(official, "prepare") if phase == "prepare" else official.Prepared.finish
+    real = official.prepare if phase == "prepare" else official.Prepared.finish
     calls = []
 
     def stopping(*a, **kw):

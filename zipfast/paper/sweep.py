@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from zipfast.errors import ConfigError
 from zipfast.paper.dassl_log import DasslLog
 from zipfast.paper.official import LOG_ONLY, RESULT_FILE
-from zipfast.run.signals import STOP_SIGNALS, RunInterrupted, Stopped, exit_code
+from zipfast.run.signals import STOP_SIGNALS, ManyInterrupted, Stopped, exit_code
 
 log = logging.getLogger("zipfast.paper")
 
@@ -85,20 +85,17 @@ def stop_if_signalled(results) -> None:
         raise Stopped(signum)
 
 
-class JobsInterrupted(RunInterrupted):
+class JobsInterrupted(ManyInterrupted):
     """A signal stopped the jobs; each job it stopped keeps its last checkpoint (its log says where)
     and the same command continues them (finished jobs are skipped)."""
 
     def __init__(self, cause: KeyboardInterrupt, done: int, total: int):
-        self.signum = getattr(cause, "signum", 2)
-        self.signal_name = getattr(cause, "signal_name", "SIGINT")
-        self.step = self.queries = self.checkpoint = None
         if hasattr(cause, "signum"):  # the stopped jobs wrote their checkpoints and stop lines
             kept = "their last checkpoints (each job's log.txt says where)"
         else:  # SIGINT outside a job's step loop (Ray's driver; a second one, which aborts at once)
             kept = "the last checkpoints they wrote before it"
-        KeyboardInterrupt.__init__(self, f"stopped by {self.signal_name}: {done} of {total} jobs finished; the jobs in "
-                                         f"progress keep {kept}")
+        super().__init__(cause, lambda name: f"stopped by {name}: {done} of {total} jobs finished; the jobs in "
+                                             f"progress keep {kept}")
 
 
 def report_failure(job: Job, result: tuple) -> None:

@@ -47,6 +47,18 @@ class RunInterrupted(KeyboardInterrupt):
         return exit_code(self.signum)
 
 
+class ManyInterrupted(RunInterrupted):
+    """A signal (`cause`: the KeyboardInterrupt it raised) stopped a command of many runs (a sweep,
+    bench-paper's jobs): no single checkpoint; `what(signal name)` is its message. A bare
+    KeyboardInterrupt counts as SIGINT."""
+
+    def __init__(self, cause: KeyboardInterrupt, what):
+        self.signum = getattr(cause, "signum", signal.SIGINT)
+        self.signal_name = getattr(cause, "signal_name", "SIGINT")
+        self.step = self.queries = self.checkpoint = None
+        KeyboardInterrupt.__init__(self, what(self.signal_name))
+
+
 class Stopped(KeyboardInterrupt):
     """A stop by signal `signum`: its name and the shell's exit code; the message follows "stopped by
     <name>" with `what` (", …" or "; …")."""

@@ -27,7 +27,7 @@ from zipfast.run.checkpoint import CHECKPOINT_NAME
 from zipfast.run.group import GroupInterrupted, RunGroup
 from zipfast.run.hooks import EvalEvery, read_curve
 from zipfast.run.rundir import REPORT_NAME, RunDir
-from zipfast.run.signals import RunInterrupted
+from zipfast.run.signals import ManyInterrupted
 
 log = logging.getLogger("zipfast.sweep")
 
@@ -82,16 +82,12 @@ def remove_runs(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-class SweepInterrupted(RunInterrupted):
+class SweepInterrupted(ManyInterrupted):
     """A signal stopped a sweep after every live run of the current group saved its checkpoint."""
 
     def __init__(self, cause: KeyboardInterrupt, done: int, total: int, out: Path):
-        self.signum = getattr(cause, "signum", 2)
-        self.signal_name = getattr(cause, "signal_name", "SIGINT")
-        self.step = self.queries = None
-        self.checkpoint = None
-        KeyboardInterrupt.__init__(self, f"sweep stopped by {self.signal_name}: {done} of {total} runs finished, the "
-                                         f"runs in progress saved their checkpoints under {out / RUNS_DIR}")
+        super().__init__(cause, lambda name: f"sweep stopped by {name}: {done} of {total} runs finished, the runs in "
+                                             f"progress saved their checkpoints under {out / RUNS_DIR}")
 
 
 def sweep(bases: dict, specs: Sequence, output_dir, *, group_size: int = 32, eval_every: int | None = None,
